@@ -1,0 +1,96 @@
+"""The one configuration object: built from the CLI, saved in every checkpoint as JSON."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+
+CELLS = ("lstm", "rnn")
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
+LR_SCHEDULES = ("constant", "cosine", "step")
+
+# Gates per cell: the G in PyTorch's [G*H, in] weight layout.
+GATES = {"lstm": 4, "rnn": 1}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of a run. Defaults are the CLI's defaults."""
+
+    # corpus
+    corpus: tuple = ()  # paths as given on the command line; () means the built-in corpus
+    encoding: str = "utf-8"
+    val_frac: float = 0.1
+    # model
+    cell: str = "lstm"
+    hidden_size: int = 256
+    num_layers: int = 2
+    # batching
+    seq_len: int = 64
+    batch_size: int = 32
+    # optimisation
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    momentum: float = 0.0
+    clip: float = 5.0
+    lr_schedule: str = "constant"
+    warmup: int = 0
+    lr_decay: float = 0.5  # the factor of the 'step' schedule
+    lr_decay_every: int = 0  # steps between 'step' decays; 0 means one epoch
+    lr_min: float = 0.0  # the floor of the 'cosine' schedule
+    lr_horizon: int = 0  # steps over which 'cosine' decays; 0 means the run's step budget
+    seed: int = 0
+    # budget: the run stops at whichever is reached first; None means no limit of that kind
+    steps: int | None = None
+    epochs: float | None = None
+    time_limit: float | None = None  # seconds, per invocation
+    # cadence
+    save_every: int = 200
+    eval_every: int = 0  # 0 means at the end of every epoch and of the run
+    log_every: int = 10
+
+    def to_json_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["corpus"] = list(self.corpus)
+        return d
+
+    @classmethod
+    def from_json_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
+        d = dict(d)
+        d["corpus"] = tuple(d.get("corpus", ()))
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '90', '90s', '10m', '1.5h' or '1h30m'."""
+    s = text.strip().lower()
+    pos, total, matched = 0, 0.0, False
+    while pos < len(s):
+        m = _DURATION.match(s, pos)
+        if not m or m.end() == pos:
+            raise ValueError(f"cannot read {text!r} as a duration; use e.g. 90s, 10m or 1h30m")
+        value, unit = float(m.group(1)), m.group(2) or "s"
+        total += value * {"h": 3600, "m": 60, "s": 1}[unit]
+        pos, matched = m.end(), True
+    if not matched:
+        raise ValueError(f"cannot read {text!r} as a duration; use e.g. 90s, 10m or 1h30m")
+    return total
+
+
+def config_json(config: TrainConfig) -> str:
+    return json.dumps(config.to_json_dict(), sort_keys=True)

@@ -1,0 +1,201 @@
+"""Reading text, building the vocabulary, splitting and batching.
+
+The batching is part of charlstm's documented contract (README, "Data layout"): the
+training text is cut into B contiguous streams of L = n_train // B characters; step k of
+an epoch reads ``streams[:, k*T:(k+1)*T]`` and predicts the characters one later.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+BUILTIN = "builtin:pydoc"
+_GLOB_CHARS = set("*?[")
+_SNIFF_BYTES = 8192
+
+
+def builtin_text() -> str:
+    """The English text of the Python language reference that ships with every CPython
+    (``pydoc_data.topics``), topics joined in sorted order."""
+    from pydoc_data.topics import topics
+
+    return "\n".join(topics[name].strip("\n") + "\n" for name in sorted(topics))
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    path: str
+    sha256: str
+
+
+@dataclass
+class Corpus:
+    text: str
+    files: list  # of CorpusFile, in reading order
+
+
+def _looks_like_text(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    return b"\x00" not in head
+
+
+def resolve_paths(specs) -> list[Path]:
+    """Files named by ``specs``: files, directories (recursed, hidden entries and
+    non-text files skipped) and glob patterns; sorted, without duplicates."""
+    found: set[Path] = set()
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            matches = [path]
+        elif path.exists():
+            matches = [path]
+        elif _GLOB_CHARS & set(spec):
+            matches = [Path(m) for m in glob.glob(spec, recursive=True)]
+            if not matches:
+                raise UserError(f"no files match {spec!r}; check the pattern")
+        else:
+            raise UserError(f"{spec}: no such file or directory")
+        for m in matches:
+            if m.is_dir():
+                files = [f for f in _walk_text_files(m)]
+                if not files:
+                    raise UserError(f"{m}: directory holds no text files")
+                found.update(files)
+            elif m.is_file():
+                found.add(m)
+    return sorted(found, key=lambda p: str(p))
+
+
+def _walk_text_files(root: Path):
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = Path(dirpath) / name
+            if p.is_file() and _looks_like_text(p):
+                yield p
+
+
+def decode_file(path: Path, data: bytes, encoding: str) -> str:
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path}: not valid {encoding} at byte {e.start}; "
+            f"pass --encoding with the file's encoding (e.g. --encoding latin-1)") from None
+    except LookupError:
+        raise UserError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a byte-order mark is not part of the text
+    return text
+
+
+def read_corpus(specs, encoding: str = "utf-8") -> Corpus:
+    """Read and join the files named by ``specs``; no specs means the built-in corpus."""
+    if not specs:
+        text = builtin_text()
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return Corpus(text, [CorpusFile(BUILTIN, digest)])
+    parts, files = [], []
+    for path in resolve_paths(specs):
+        data = path.read_bytes()
+        parts.append(decode_file(path, data, encoding))
+        files.append(CorpusFile(str(path), hashlib.sha256(data).hexdigest()))
+    text = "".join(parts)
+    if not text:
+        raise UserError("the corpus is empty; give files that contain text")
+    return Corpus(text, files)
+
+
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def id_dtype(vocab_size: int):
+    """The smallest unsigned dtype that holds every id."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return dtype
+    raise ValueError("vocabulary too large")
+
+
+class Vocab:
+    """Sorted distinct characters; a character's id is its index."""
+
+    def __init__(self, chars):
+        self.chars = list(chars)
+        self.index = {c: i for i, c in enumerate(self.chars)}
+        self.dtype = id_dtype(len(self.chars))
+
+    @classmethod
+    def from_text(cls, text: str) -> "Vocab":
+        codes = _code_points(text)
+        present = np.flatnonzero(np.bincount(codes, minlength=1))
+        return cls(chr(int(c)) for c in present)
+
+    def __len__(self) -> int:
+        return len(self.chars)
+
+    def unknown_chars(self, text: str) -> list[str]:
+        return sorted(set(text) - set(self.index))
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of ``text``; every character must be in the vocabulary."""
+        codes = _code_points(text)
+        lut_size = max(int(codes.max(initial=0)), max((ord(c) for c in self.chars), default=0)) + 1
+        lut = np.full(lut_size, -1, dtype=np.int64)
+        for i, c in enumerate(self.chars):
+            lut[ord(c)] = i
+        ids = lut[codes]
+        if ids.size and ids.min() < 0:
+            missing = self.unknown_chars(text)
+            raise UserError(f"characters outside the vocabulary: {_describe_chars(missing)}")
+        return ids.astype(self.dtype)
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[int(i)] for i in ids)
+
+    def as_array(self) -> np.ndarray:
+        return np.array(self.chars, dtype="<U1") if self.chars else np.zeros(0, "<U1")
+
+
+def _describe_chars(chars, limit: int = 10) -> str:
+    shown = ", ".join(repr(c) for c in chars[:limit])
+    more = f" and {len(chars) - limit} more" if len(chars) > limit else ""
+    return shown + more
+
+
+def split(ids: np.ndarray, val_frac: float):
+    """Training ids and validation ids: validation is the last floor(N*val_frac)."""
+    n_val = int(math.floor(len(ids) * val_frac))
+    return ids[:len(ids) - n_val], ids[len(ids) - n_val:]
+
+
+class Batches:
+    """B contiguous streams of the training ids, read T characters per step."""
+
+    def __init__(self, train_ids: np.ndarray, batch_size: int, seq_len: int):
+        self.B, self.T = batch_size, seq_len
+        self.L = len(train_ids) // batch_size
+        self.streams = train_ids[:batch_size * self.L].reshape(batch_size, self.L)
+        self.steps_per_epoch = (self.L - 1) // seq_len
+
+    @staticmethod
+    def min_chars(batch_size: int, seq_len: int) -> int:
+        """Training characters needed for one step of an epoch."""
+        return batch_size * (seq_len + 1)
+
+    def chunk(self, k: int):
+        """Inputs and targets [B, T] of step k of an epoch."""
+        T = self.T
+        return self.streams[:, k * T:(k + 1) * T], self.streams[:, k * T + 1:(k + 1) * T + 1]

@@ -1,0 +1,9 @@
+"""Errors a user can fix. The CLI prints their message as one line, without a traceback."""
+
+
+class UserError(Exception):
+    """A problem with the user's input or files; the message names it and the fix."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used: missing, damaged, or not charlstm's."""

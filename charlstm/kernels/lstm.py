@@ -1,0 +1,104 @@
+"""LSTM layer: forward over a chunk beside its backward twin.
+
+Gate order is PyTorch's (i, f, g, o): rows [0:H) of the gate pre-activations are the
+input gate, [H:2H) the forget gate, [2H:3H) the candidate, [3H:4H) the output gate.
+
+The input projection of every time step (``x_t @ weight_ih.T + bias_ih + bias_hh``) is
+computed before the kernel is called, for all T steps at once; the kernels only run the
+recurrence, one GEMM per step, with the elementwise gate math fused into one pass.
+"""
+from .jit import kernel
+import numpy as np
+
+from .activations import sigmoid, tanh
+
+
+@kernel
+def lstm_step(gates, xproj, c_prev, c, h, tanh_c):
+    """Turn one step's gate pre-activations into the new state, in place.
+
+    Parameters
+    ----------
+    gates : [B, 4H] on entry ``h_prev @ weight_hh.T``; on exit the activated gates.
+    xproj : [B, 4H] this step's input projection including both biases.
+    c_prev : [B, H] previous cell state.
+    c, h, tanh_c : [B, H] outputs: new cell state, new hidden state, tanh(c).
+    """
+    B, H = c.shape
+    for b in range(B):
+        for j in range(H):
+            i = sigmoid(gates[b, j] + xproj[b, j])
+            f = sigmoid(gates[b, H + j] + xproj[b, H + j])
+            g = tanh(gates[b, 2 * H + j] + xproj[b, 2 * H + j])
+            o = sigmoid(gates[b, 3 * H + j] + xproj[b, 3 * H + j])
+            gates[b, j] = i
+            gates[b, H + j] = f
+            gates[b, 2 * H + j] = g
+            gates[b, 3 * H + j] = o
+            c_new = f * c_prev[b, j] + i * g
+            tc = tanh(c_new)
+            c[b, j] = c_new
+            tanh_c[b, j] = tc
+            h[b, j] = o * tc
+
+
+@kernel
+def lstm_forward(xproj, weight_hh, h0, c0, hs, cs, gates, tanh_cs):
+    """Run the LSTM recurrence over a chunk.
+
+    Parameters
+    ----------
+    xproj : [T, B, 4H] input projections with both biases added.
+    weight_hh : [4H, H] recurrent weights (PyTorch layout).
+    h0, c0 : [B, H] state before the first step.
+    hs, cs, tanh_cs : [T, B, H] outputs: hidden states, cell states, tanh(cell states).
+    gates : [T, B, 4H] output: activated gates (i, f, g, o), kept for the backward pass.
+    """
+    T = xproj.shape[0]
+    w_t = weight_hh.T
+    for t in range(T):
+        if t == 0:
+            np.dot(h0, w_t, gates[0])
+            lstm_step(gates[0], xproj[0], c0, cs[0], hs[0], tanh_cs[0])
+        else:
+            np.dot(hs[t - 1], w_t, gates[t])
+            lstm_step(gates[t], xproj[t], cs[t - 1], cs[t], hs[t], tanh_cs[t])
+
+
+@kernel
+def lstm_backward(weight_hh, c0, cs, gates, tanh_cs, dhs, dh, dc, dpre):
+    """Backpropagate through the chunk that ``lstm_forward`` ran.
+
+    Parameters
+    ----------
+    weight_hh : [4H, H] recurrent weights.
+    c0 : [B, H] cell state before the first step.
+    cs, tanh_cs : [T, B, H], gates : [T, B, 4H]: what the forward pass saved.
+    dhs : [T, B, H] gradient of the loss with respect to each output h_t coming from
+        above (the decoder or the next layer), not counting the recurrence.
+    dh, dc : [B, H] on entry the gradient with respect to the final h_T and c_T (zero
+        under truncated BPTT); on exit the gradient with respect to h0 and c0.
+    dpre : [T, B, 4H] output: gradient with respect to the gate pre-activations, from
+        which the caller forms every weight and bias gradient with one GEMM each.
+    """
+    T, B, H = cs.shape
+    for t in range(T - 1, -1, -1):
+        c_prev = c0 if t == 0 else cs[t - 1]
+        gt = gates[t]
+        dp = dpre[t]
+        for b in range(B):
+            for j in range(H):
+                i = gt[b, j]
+                f = gt[b, H + j]
+                g = gt[b, 2 * H + j]
+                o = gt[b, 3 * H + j]
+                tc = tanh_cs[t, b, j]
+                dh_t = dh[b, j] + dhs[t, b, j]
+                dc_t = dc[b, j] + dh_t * o * (1.0 - tc * tc)
+                dp[b, j] = dc_t * g * i * (1.0 - i)
+                dp[b, H + j] = dc_t * c_prev[b, j] * f * (1.0 - f)
+                dp[b, 2 * H + j] = dc_t * i * (1.0 - g * g)
+                dp[b, 3 * H + j] = dh_t * tc * o * (1.0 - o)
+                dc[b, j] = dc_t * f
+        # dh_{t-1} = dpre_t @ weight_hh (the recurrent part; dhs[t-1] joins next step).
+        np.dot(dp, weight_hh, dh)

@@ -1,0 +1,63 @@
+"""Vanilla tanh RNN layer: forward over a chunk beside its backward twin.
+
+h_t = tanh(x_t @ weight_ih.T + bias_ih + h_{t-1} @ weight_hh.T + bias_hh), PyTorch's
+``nn.RNN`` with ``nonlinearity='tanh'``. The input projection is precomputed for all T
+steps; the kernels run the recurrence.
+"""
+from .jit import kernel
+import numpy as np
+
+from .activations import tanh
+
+
+@kernel
+def rnn_step(pre, xproj, h):
+    """h = tanh(pre + xproj) for one step; ``pre`` holds ``h_prev @ weight_hh.T``."""
+    B, H = h.shape
+    for b in range(B):
+        for j in range(H):
+            h[b, j] = tanh(pre[b, j] + xproj[b, j])
+
+
+@kernel
+def rnn_forward(xproj, weight_hh, h0, hs, scratch):
+    """Run the recurrence over a chunk.
+
+    Parameters
+    ----------
+    xproj : [T, B, H] input projections with both biases added.
+    weight_hh : [H, H] recurrent weights.
+    h0 : [B, H] state before the first step.
+    hs : [T, B, H] output: hidden states.
+    scratch : [B, H] workspace for the recurrent product.
+    """
+    T = xproj.shape[0]
+    w_t = weight_hh.T
+    for t in range(T):
+        if t == 0:
+            np.dot(h0, w_t, scratch)
+        else:
+            np.dot(hs[t - 1], w_t, scratch)
+        rnn_step(scratch, xproj[t], hs[t])
+
+
+@kernel
+def rnn_backward(weight_hh, hs, dhs, dh, dpre):
+    """Backpropagate through the chunk that ``rnn_forward`` ran.
+
+    Parameters
+    ----------
+    weight_hh : [H, H]; hs : [T, B, H] saved hidden states.
+    dhs : [T, B, H] gradient with respect to each h_t from above.
+    dh : [B, H] on entry the gradient with respect to h_T (zero under truncated BPTT);
+        on exit the gradient with respect to h0.
+    dpre : [T, B, H] output: gradient with respect to the pre-activations.
+    """
+    T, B, H = hs.shape
+    for t in range(T - 1, -1, -1):
+        dp = dpre[t]
+        for b in range(B):
+            for j in range(H):
+                h = hs[t, b, j]
+                dp[b, j] = (dh[b, j] + dhs[t, b, j]) * (1.0 - h * h)
+        np.dot(dp, weight_hh, dh)

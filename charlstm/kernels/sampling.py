@@ -1,0 +1,96 @@
+"""Batch-1 generation: feed characters through the stack and draw the next one.
+
+The cell step functions are the same ones the training kernels use, so sampling cannot
+drift from training. The weights arrive stacked per layer (see ``charlstm.sample``).
+"""
+import math
+
+from .jit import kernel
+import numpy as np
+
+from .lstm import lstm_step
+from .rnn import rnn_step
+
+
+@kernel
+def _advance(is_lstm, table0, w_ih_t, bias, w_hh_t, char_id, h, c, pre, gates, tanh_c):
+    """Feed one character; update h, c [L, 1, H] in place."""
+    L = h.shape[0]
+    for k in range(L):
+        if k == 0:
+            pre[0, :] = table0[char_id]
+        else:
+            np.dot(h[k - 1], w_ih_t[k - 1], pre)
+            pre[0, :] += bias[k - 1]
+        np.dot(h[k], w_hh_t[k], gates)
+        if is_lstm:
+            # In place is safe: each element of c is read before it is written, and h
+            # was consumed by the GEMM above.
+            lstm_step(gates, pre, c[k], c[k], h[k], tanh_c)
+        else:
+            rnn_step(gates, pre, h[k])
+
+
+@kernel
+def _draw(logits, temperature, top_k, u, probs):
+    """Index drawn from softmax(logits / temperature) restricted to the top_k largest
+    (0 = all); temperature 0 is argmax. ``u`` is a uniform draw in [0, 1)."""
+    V = logits.shape[0]
+    if temperature == 0.0:
+        return int(np.argmax(logits))
+    threshold = -np.inf
+    if 0 < top_k < V:
+        threshold = np.sort(logits)[V - top_k]
+    m = np.max(logits)
+    total = 0.0
+    for v in range(V):
+        if logits[v] >= threshold:
+            p = math.exp((float(logits[v]) - m) / temperature)
+        else:
+            p = 0.0
+        probs[v] = p
+        total += p
+    target = u * total
+    acc = 0.0
+    last = 0
+    for v in range(V):
+        if probs[v] > 0.0:
+            acc += probs[v]
+            last = v
+            if acc > target:
+                return v
+    return last
+
+
+@kernel
+def generate(is_lstm, table0, w_ih_t, bias, w_hh_t, dec_w_t, dec_b, h, c,
+             feed_ids, first_input, uniforms, temperature, top_k, out_ids):
+    """Feed ``feed_ids`` (state warm-up, outputs discarded), then starting from
+    ``first_input`` draw len(out_ids) characters, each fed back as the next input.
+
+    Parameters
+    ----------
+    table0 : [V, G*H] layer 0's weight_ih.T plus both biases (one-hot input as a lookup).
+    w_ih_t : [max(L-1, 1), H, G*H] upper layers' weight_ih.T; bias : [max(L-1,1), G*H]
+        their summed biases. w_hh_t : [L, H, G*H]. dec_w_t : [H, V]; dec_b : [V].
+    h, c : [L, 1, H] state, updated in place. uniforms : [len(out_ids)] in [0, 1).
+    Returns the last character drawn (the next call's ``first_input``).
+    """
+    GH = w_hh_t.shape[2]
+    H = h.shape[2]
+    V = dec_b.shape[0]
+    pre = np.empty((1, GH), h.dtype)
+    gates = np.empty((1, GH), h.dtype)
+    tanh_c = np.empty((1, H), h.dtype)
+    logits = np.empty((1, V), h.dtype)
+    probs = np.empty(V, np.float64)
+    for i in range(feed_ids.shape[0]):
+        _advance(is_lstm, table0, w_ih_t, bias, w_hh_t, feed_ids[i], h, c, pre, gates, tanh_c)
+    x = first_input
+    for n in range(out_ids.shape[0]):
+        _advance(is_lstm, table0, w_ih_t, bias, w_hh_t, x, h, c, pre, gates, tanh_c)
+        np.dot(h[h.shape[0] - 1], dec_w_t, logits)
+        logits[0, :] += dec_b
+        x = _draw(logits[0], temperature, top_k, uniforms[n], probs)
+        out_ids[n] = x
+    return x

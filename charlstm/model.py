@@ -1,0 +1,80 @@
+"""Parameter layout: names and shapes as PyTorch's state_dict, in one flat buffer.
+
+Parameters (and their gradients, and each optimizer statistic) live in one contiguous
+buffer with a named view per tensor, so optimizers and clipping work on one array and
+the hot loop allocates nothing.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .config import TrainConfig
+
+
+def param_shapes(config: TrainConfig, vocab_size: int) -> dict[str, tuple]:
+    """Ordered names and shapes, as ``nn.LSTM``/``nn.RNN`` named ``rnn`` plus ``nn.Linear`` named
+    ``decoder`` would list them in ``state_dict()``."""
+    G, H = config.gates, config.hidden_size
+    shapes = {}
+    for k in range(config.num_layers):
+        n_in = vocab_size if k == 0 else H
+        shapes[f"rnn.weight_ih_l{k}"] = (G * H, n_in)
+        shapes[f"rnn.weight_hh_l{k}"] = (G * H, H)
+        shapes[f"rnn.bias_ih_l{k}"] = (G * H,)
+        shapes[f"rnn.bias_hh_l{k}"] = (G * H,)
+    shapes["decoder.weight"] = (vocab_size, H)
+    shapes["decoder.bias"] = (vocab_size,)
+    return shapes
+
+
+class FlatParams:
+    """One contiguous buffer with a named, shaped view per tensor."""
+
+    def __init__(self, shapes: dict[str, tuple], dtype=np.float32, flat: np.ndarray | None = None):
+        self.shapes = dict(shapes)
+        size = sum(math.prod(s) for s in self.shapes.values())
+        if flat is None:
+            flat = np.zeros(size, dtype=dtype)
+        assert flat.shape == (size,) and flat.flags.c_contiguous
+        self.flat = flat
+        self.views: dict[str, np.ndarray] = {}
+        offset = 0
+        for name, shape in self.shapes.items():
+            n = math.prod(shape)
+            self.views[name] = flat[offset:offset + n].reshape(shape)
+            offset += n
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.views[name]
+
+    def __iter__(self):
+        return iter(self.views)
+
+    def items(self):
+        return self.views.items()
+
+    def zeros_like(self) -> "FlatParams":
+        return FlatParams(self.shapes, flat=np.zeros_like(self.flat))
+
+    def copy(self) -> "FlatParams":
+        return FlatParams(self.shapes, flat=self.flat.copy())
+
+    def astype(self, dtype) -> "FlatParams":
+        return FlatParams(self.shapes, flat=self.flat.astype(dtype))
+
+
+def init_params(config: TrainConfig, vocab_size: int, rng: np.random.Generator,
+                dtype=np.float32) -> FlatParams:
+    """PyTorch's default initialisation: every tensor uniform in +-1/sqrt(hidden_size),
+    drawn in state_dict order from ``rng``."""
+    params = FlatParams(param_shapes(config, vocab_size), dtype=dtype)
+    bound = 1.0 / math.sqrt(config.hidden_size)
+    for name, view in params.items():
+        view[...] = rng.uniform(-bound, bound, size=view.shape)
+    return params
+
+
+def count_params(shapes: dict[str, tuple]) -> int:
+    return sum(math.prod(s) for s in shapes.values())

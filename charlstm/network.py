@@ -1,0 +1,174 @@
+"""A stack of recurrent layers and a decoder, run over one chunk of a batch.
+
+This module only orchestrates: the time loops are the Numba kernels in ``kernels/``; the
+projections that do not depend on the recurrence (inputs of all T steps, decoder,
+weight gradients) are single GEMMs over all T*B rows, done here by NumPy's BLAS.
+Arrays are time-major ([T, B, ...]) so each step's slice is contiguous.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .config import TrainConfig
+from .kernels.lstm import lstm_backward, lstm_forward
+from .kernels.onehot import onehot_backward, onehot_forward
+from .kernels.rnn import rnn_backward, rnn_forward
+from .kernels.softmax import softmax_xent_grad, softmax_xent_loss
+from .model import FlatParams
+
+
+class Workspace:
+    """Preallocated activations and gradient scratch for one (T, B) chunk shape."""
+
+    def __init__(self, T: int, B: int, num_layers: int, H: int, G: int, V: int, dtype, lstm: bool):
+        N = T * B
+        # xproj holds each layer's input projection in the forward pass and is reused for
+        # the gradient of the gate pre-activations in the backward pass.
+        self.xproj = [np.empty((T, B, G * H), dtype) for _ in range(num_layers)]
+        self.hs = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
+        if lstm:
+            self.cs = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
+            self.tanh_cs = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
+            self.gates = [np.empty((T, B, G * H), dtype) for _ in range(num_layers)]
+        else:
+            self.scratch = np.empty((B, H), dtype)
+        self.h0 = np.empty((num_layers, B, H), dtype)
+        self.c0 = np.empty((num_layers, B, H), dtype)
+        self.dh0 = np.zeros((num_layers, B, H), dtype)
+        self.dc0 = np.zeros((num_layers, B, H), dtype)
+        self.dhs = np.empty((T, B, H), dtype)
+        self.logits = np.empty((N, V), dtype)
+        self.table = np.empty((V, G * H), dtype)
+        self.ids = np.empty(N, np.int32)
+        self.targets = np.empty(N, np.int32)
+
+
+class Network:
+    """Runs forward and backward passes of one model over chunks of characters.
+
+    ``params`` and ``grads`` are FlatParams with PyTorch state_dict names; the dtype of
+    ``params`` (float32 to train, float64 for gradient checks) is the dtype of every
+    activation.
+    """
+
+    def __init__(self, config: TrainConfig, vocab_size: int, params: FlatParams):
+        self.cell = config.cell
+        self.lstm = config.cell == "lstm"
+        self.num_layers = config.num_layers
+        self.H = config.hidden_size
+        self.G = config.gates
+        self.V = vocab_size
+        self.params = params
+        self.dtype = params.flat.dtype
+        self.grads = params.zeros_like()
+        self._workspaces: dict[tuple, Workspace] = {}
+
+    # -- state ---------------------------------------------------------------------
+    def zero_state(self, batch: int) -> dict[str, np.ndarray]:
+        state = {"h": np.zeros((self.num_layers, batch, self.H), self.dtype)}
+        if self.lstm:
+            state["c"] = np.zeros((self.num_layers, batch, self.H), self.dtype)
+        return state
+
+    def workspace(self, T: int, B: int) -> Workspace:
+        key = (T, B)
+        ws = self._workspaces.get(key)
+        if ws is None:
+            ws = Workspace(T, B, self.num_layers, self.H, self.G, self.V, self.dtype, self.lstm)
+            self._workspaces[key] = ws
+        return ws
+
+    # -- passes --------------------------------------------------------------------
+    def forward(self, inputs: np.ndarray, state: dict) -> Workspace:
+        """Run all layers and the decoder over ``inputs`` [B, T]; leave logits in the
+        workspace and carry the final state into ``state`` (in place)."""
+        B, T = inputs.shape
+        ws = self.workspace(T, B)
+        p = self.params
+        np.copyto(ws.ids, inputs.T.reshape(-1))
+        ws.h0[...] = state["h"]
+        if self.lstm:
+            ws.c0[...] = state["c"]
+        N = T * B
+        x = None
+        for k in range(self.num_layers):
+            xproj = ws.xproj[k]
+            xproj2d = xproj.reshape(N, -1)
+            bias = p[f"rnn.bias_ih_l{k}"] + p[f"rnn.bias_hh_l{k}"]
+            if k == 0:
+                np.add(p["rnn.weight_ih_l0"].T, bias, out=ws.table)
+                onehot_forward(ws.table, ws.ids, xproj2d)
+            else:
+                np.dot(x, p[f"rnn.weight_ih_l{k}"].T, out=xproj2d)
+                xproj2d += bias
+            w_hh = p[f"rnn.weight_hh_l{k}"]
+            if self.lstm:
+                lstm_forward(xproj, w_hh, ws.h0[k], ws.c0[k], ws.hs[k], ws.cs[k],
+                             ws.gates[k], ws.tanh_cs[k])
+                state["c"][k] = ws.cs[k][T - 1]
+            else:
+                rnn_forward(xproj, w_hh, ws.h0[k], ws.hs[k], ws.scratch)
+            state["h"][k] = ws.hs[k][T - 1]
+            x = ws.hs[k].reshape(N, self.H)
+        np.dot(x, p["decoder.weight"].T, out=ws.logits)
+        ws.logits += p["decoder.bias"]
+        return ws
+
+    def loss(self, inputs: np.ndarray, targets: np.ndarray, state: dict) -> float:
+        """Summed natural-log cross-entropy of the chunk; carries ``state``; no gradients."""
+        ws = self.forward(inputs, state)
+        np.copyto(ws.targets, targets.T.reshape(-1))
+        return softmax_xent_loss(ws.logits, ws.targets)
+
+    def loss_and_grad(self, inputs: np.ndarray, targets: np.ndarray, state: dict) -> float:
+        """Mean natural-log cross-entropy over the B*T predictions of the chunk.
+
+        Fills ``self.grads`` with its gradient, carries ``state`` to the chunk's end,
+        and leaves the gradient with respect to the initial state in the workspace
+        (``dh0``, ``dc0``). The gradient is cut at the chunk's start: truncated BPTT.
+        """
+        B, T = inputs.shape
+        N = T * B
+        ws = self.forward(inputs, state)
+        np.copyto(ws.targets, targets.T.reshape(-1))
+        loss_sum = softmax_xent_grad(ws.logits, ws.targets, 1.0 / N)
+        self._backward(ws, T, B)
+        return loss_sum / N
+
+    def _backward(self, ws: Workspace, T: int, B: int) -> None:
+        p, g = self.params, self.grads
+        N, H = T * B, self.H
+        dlogits = ws.logits
+        top = ws.hs[-1].reshape(N, H)
+        np.dot(dlogits.T, top, out=g["decoder.weight"])
+        np.sum(dlogits, axis=0, out=g["decoder.bias"])
+        dhs2d = ws.dhs.reshape(N, H)
+        np.dot(dlogits, p["decoder.weight"], out=dhs2d)
+        for k in range(self.num_layers - 1, -1, -1):
+            dpre = ws.xproj[k]  # the forward's projection is dead: reuse its memory
+            dh, dc = ws.dh0[k], ws.dc0[k]
+            dh[...] = 0.0
+            dc[...] = 0.0
+            w_hh = p[f"rnn.weight_hh_l{k}"]
+            if self.lstm:
+                lstm_backward(w_hh, ws.c0[k], ws.cs[k], ws.gates[k], ws.tanh_cs[k],
+                              ws.dhs, dh, dc, dpre)
+            else:
+                rnn_backward(w_hh, ws.hs[k], ws.dhs, dh, dpre)
+            GH = dpre.shape[2]
+            dpre2d = dpre.reshape(N, GH)
+            hs = ws.hs[k]
+            g_hh = g[f"rnn.weight_hh_l{k}"]
+            # sum_t dpre_t^T h_{t-1}: steps 1..T-1 in one GEMM, step 0 against h0.
+            np.dot(dpre[1:].reshape(-1, GH).T, hs[:-1].reshape(-1, H), out=g_hh)
+            g_hh += dpre[0].T @ ws.h0[k]
+            np.sum(dpre2d, axis=0, out=g[f"rnn.bias_ih_l{k}"])
+            g[f"rnn.bias_hh_l{k}"][...] = g[f"rnn.bias_ih_l{k}"]
+            if k == 0:
+                onehot_backward(dpre2d, ws.ids, ws.table)
+                g["rnn.weight_ih_l0"][...] = ws.table.T
+            else:
+                below = ws.hs[k - 1].reshape(N, H)
+                w_ih = p[f"rnn.weight_ih_l{k}"]
+                np.dot(dpre2d.T, below, out=g[f"rnn.weight_ih_l{k}"])
+                np.dot(dpre2d, w_ih, out=dhs2d)

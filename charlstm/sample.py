@@ -1,0 +1,72 @@
+"""Generating text from a checkpoint, streamed in chunks from a compiled kernel."""
+from __future__ import annotations
+
+import numpy as np
+
+from .checkpoint import Checkpoint
+from .corpus import _describe_chars
+from .errors import UserError
+from .kernels.sampling import generate
+
+STREAM_CHUNK = 32  # characters per kernel call: small enough to stream, large enough to be cheap
+
+
+class Sampler:
+    """Holds a model's weights in the stacked layout the sampling kernel reads, and the
+    batch-1 state it carries."""
+
+    def __init__(self, ckpt: Checkpoint):
+        cfg = ckpt.config
+        p = ckpt.params
+        L, H, G = cfg.num_layers, cfg.hidden_size, cfg.gates
+        self.vocab = ckpt.vocab
+        self.is_lstm = cfg.cell == "lstm"
+        self.table0 = np.ascontiguousarray(
+            p["rnn.weight_ih_l0"].T + p["rnn.bias_ih_l0"] + p["rnn.bias_hh_l0"])
+        self.w_ih_t = np.zeros((max(L - 1, 1), H, G * H), np.float32)
+        self.bias = np.zeros((max(L - 1, 1), G * H), np.float32)
+        for k in range(1, L):
+            self.w_ih_t[k - 1] = p[f"rnn.weight_ih_l{k}"].T
+            self.bias[k - 1] = p[f"rnn.bias_ih_l{k}"] + p[f"rnn.bias_hh_l{k}"]
+        self.w_hh_t = np.stack([p[f"rnn.weight_hh_l{k}"].T for k in range(L)]).astype(np.float32)
+        self.dec_w_t = np.ascontiguousarray(p["decoder.weight"].T)
+        self.dec_b = p["decoder.bias"].copy()
+        self.h = np.zeros((L, 1, H), np.float32)
+        self.c = np.zeros((L, 1, H), np.float32)
+        self.next_input = None
+
+    def encode(self, text: str) -> np.ndarray:
+        unknown = self.vocab.unknown_chars(text)
+        if unknown:
+            raise UserError(
+                f"the prime text has characters outside the model's vocabulary: "
+                f"{_describe_chars(unknown)}; remove them or choose another prime")
+        return self.vocab.encode(text).astype(np.int64)
+
+    def prime(self, text: str, rng: np.random.Generator) -> None:
+        """Warm the state on ``text``. With no text, a newline (if the vocabulary has
+        one) or else a random character starts the sample."""
+        if text:
+            ids = self.encode(text)
+        elif "\n" in self.vocab.index:
+            ids = np.array([self.vocab.index["\n"]], np.int64)
+        else:
+            ids = np.array([rng.integers(len(self.vocab))], np.int64)
+        self._run(ids[:-1], int(ids[-1]), np.zeros(0), 0.0, 0, np.zeros(0, np.int64))
+        self.next_input = int(ids[-1])
+
+    def _run(self, feed, first, uniforms, temperature, top_k, out):
+        return generate(self.is_lstm, self.table0, self.w_ih_t, self.bias, self.w_hh_t,
+                        self.dec_w_t, self.dec_b, self.h, self.c, feed, first,
+                        uniforms, float(temperature), int(top_k), out)
+
+    def stream(self, length: int, temperature: float, top_k: int, rng: np.random.Generator):
+        """Yield the generated text in chunks of STREAM_CHUNK characters."""
+        remaining = length
+        while remaining > 0:
+            n = min(STREAM_CHUNK, remaining)
+            out = np.empty(n, np.int64)
+            self.next_input = self._run(np.zeros(0, np.int64), self.next_input,
+                                        rng.random(n), temperature, top_k, out)
+            remaining -= n
+            yield self.vocab.decode(out)

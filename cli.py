@@ -1,0 +1,319 @@
+"""charlstm's command line: a thin layer that turns options into calls.
+
+Installed as the ``charlstm`` console script; ``python cli.py ...`` works from a checkout.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from charlstm import __version__
+from charlstm.config import CELLS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_duration
+from charlstm.errors import UserError
+
+DEFAULT_EPOCHS = 10
+
+
+class Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        if seconds <= 0:
+            self.fail("must be positive", param, ctx)
+        return seconds
+
+
+POSITIVE = click.IntRange(min=1)
+NON_NEGATIVE = click.IntRange(min=0)
+
+
+def _budget_options(f):
+    f = click.option("--time", "time_limit", type=Duration(), default=None,
+                     help="Stop after this much wall-clock time in this invocation, e.g. 90s, 10m, 1h30m.")(f)
+    f = click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Stop when this many epochs (in total) are done.")(f)
+    f = click.option("--steps", type=NON_NEGATIVE, default=None,
+                     help="Stop at this total number of optimizer steps (0: only write the initial checkpoint).")(f)
+    return f
+
+
+def _cadence_options(f):
+    f = click.option("--quiet", is_flag=True, help="Hide the progress bar.")(f)
+    f = click.option("--log-every", type=POSITIVE, default=None,
+                     help="Write a metrics.jsonl line every N steps.  [default: 10]")(f)
+    f = click.option("--eval-every", type=NON_NEGATIVE, default=None,
+                     help="Validate every N steps; 0: at the end of each epoch and of the run.  [default: 0]")(f)
+    f = click.option("--save-every", type=POSITIVE, default=None,
+                     help="Write last.npz every N steps (and always at the end).  [default: 200]")(f)
+    return f
+
+
+def _fail(e: Exception):
+    raise click.ClickException(str(e))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="charlstm")
+def main():
+    """Train character-level LSTM and RNN language models, sample from them, resume them."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--encoding", default="utf-8", help="Text encoding of the corpus files.")
+@click.option("--val-frac", type=click.FloatRange(0, 1, max_open=True), default=0.1,
+              help="Fraction of the corpus, taken from its end, held out for validation.")
+@click.option("--cell", type=click.Choice(CELLS), default="lstm")
+@click.option("--hidden-size", type=POSITIVE, default=256)
+@click.option("--num-layers", type=POSITIVE, default=2)
+@click.option("--seq-len", type=POSITIVE, default=64, help="Characters per stream per step (T).")
+@click.option("--batch-size", type=POSITIVE, default=32, help="Parallel streams (B).")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, help="Learning rate.")
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.0, help="Momentum for sgd.")
+@click.option("--clip", type=click.FloatRange(min=0), default=5.0,
+              help="Clip the global gradient norm to this; 0 disables clipping.")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="constant")
+@click.option("--warmup", type=NON_NEGATIVE, default=0, help="Steps of linear learning-rate warmup.")
+@click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=0.5,
+              help="Factor of the 'step' schedule.")
+@click.option("--lr-decay-every", type=NON_NEGATIVE, default=0,
+              help="Steps between 'step' decays; 0: one epoch.")
+@click.option("--lr-min", type=click.FloatRange(min=0), default=0.0, help="Floor of the 'cosine' schedule.")
+@click.option("--lr-horizon", type=NON_NEGATIVE, default=0,
+              help="Steps over which 'cosine' anneals; 0: the run's step budget.")
+@click.option("--seed", type=NON_NEGATIVE, default=0, help="Seed of the initialisation.")
+@_budget_options
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory.  [default: runs/<timestamp>]")
+@click.option("--force", is_flag=True, help="Start over in an --out directory that already holds a run.")
+@_cadence_options
+def train(paths, out, force, quiet, **options):
+    """Train a model on the text in PATHS (files, directories, globs).
+
+    With no PATHS it trains on the built-in corpus: the Python language reference that
+    ships with every CPython. Writes RUN_DIR/last.npz, best.npz and metrics.jsonl.
+    """
+    from charlstm.train import Trainer, prepare_data, run_training
+
+    cadence = {k: options.pop(k) for k in ("save_every", "eval_every", "log_every")}
+    cadence = {k: v for k, v in cadence.items() if v is not None}
+    if options["steps"] is None and options["epochs"] is None and options["time_limit"] is None:
+        options["epochs"] = DEFAULT_EPOCHS
+    config = TrainConfig(corpus=tuple(paths), **options, **cadence)
+    out_dir = Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    try:
+        if (out_dir / "last.npz").exists() and not force:
+            raise UserError(
+                f"{out_dir} already holds a run; continue it with `charlstm resume {out_dir}` "
+                f"or pass --force to start over")
+        data = prepare_data(config)
+        config = _resolve_horizon(config, data.batches.steps_per_epoch)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        trainer = Trainer(config, data)
+        _announce(trainer, out_dir, quiet)
+        status = run_training(trainer, out_dir, quiet=quiet)
+    except UserError as e:
+        _fail(e)
+    _finish(trainer, out_dir, status, quiet)
+
+
+def _resolve_horizon(config: TrainConfig, steps_per_epoch: int) -> TrainConfig:
+    """Fix the cosine schedule's horizon at the start of a run, so resuming (with any
+    budget) continues the same schedule."""
+    if config.lr_schedule != "cosine" or config.lr_horizon > 0:
+        return config
+    limits = []
+    if config.steps is not None:
+        limits.append(config.steps)
+    if config.epochs is not None:
+        limits.append(math.ceil(config.epochs * steps_per_epoch))
+    if not limits:
+        raise click.UsageError("--lr-schedule cosine needs --steps, --epochs or --lr-horizon")
+    return config.replace(lr_horizon=min(limits))
+
+
+def _announce(trainer, out_dir: Path, quiet: bool) -> None:
+    if quiet:
+        return
+    cfg, data = trainer.config, trainer.data
+    from charlstm.model import count_params
+    click.echo(
+        f"charlstm {__version__}: {cfg.cell} {cfg.num_layers}x{cfg.hidden_size}, "
+        f"{count_params(trainer.net.params.shapes):,} parameters, vocabulary {len(data.vocab)}, "
+        f"{len(data.train_ids):,} training / {len(data.val_ids):,} validation characters, "
+        f"{data.batches.steps_per_epoch} steps per epoch; writing {out_dir}", err=True)
+
+
+def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
+    if not quiet:
+        best = trainer.best_val_bpc
+        best_txt = f", best validation {best:.4f} bpc" if not math.isnan(best) else ""
+        stopped = " (stopped by signal)" if status else ""
+        click.echo(f"step {trainer.step}{best_txt}{stopped}; checkpoint {out_dir / 'last.npz'}", err=True)
+    if status:
+        sys.exit(status)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_budget_options
+@click.option("--corpus", "corpus", multiple=True,
+              help="Continue on this text instead (fine-tuning); its characters must fit the vocabulary.")
+@_cadence_options
+def resume(run_dir, steps, epochs, time_limit, corpus, quiet, **cadence):
+    """Continue the run in RUN_DIR from its last.npz, exactly where it stopped."""
+    from charlstm import checkpoint as ckpt_io
+    from charlstm.corpus import read_corpus
+    from charlstm.train import Trainer, prepare_data, run_training
+
+    run_dir = Path(run_dir)
+    try:
+        ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(run_dir))
+        config = ckpt.config
+        changes = {k: v for k, v in cadence.items() if v is not None}
+        if steps is not None or epochs is not None or time_limit is not None:
+            changes.update(steps=steps, epochs=epochs, time_limit=time_limit)
+        if corpus:
+            changes["corpus"] = tuple(corpus)
+        config = config.replace(**changes)
+        if not corpus:
+            current = read_corpus(config.corpus, config.encoding).files
+            if [(f.path, f.sha256) for f in current] != [(f.path, f.sha256) for f in ckpt.corpus_files]:
+                raise UserError(
+                    "the corpus changed since the checkpoint was written (its SHA-256 differs); "
+                    "restore it, or pass --corpus PATH to continue on new text")
+        data = prepare_data(config, vocab=ckpt.vocab)
+        trainer = Trainer(config, data, resume_from=ckpt)
+        limit = trainer.step_limit()
+        if limit is not None and trainer.step >= limit and time_limit is None:
+            raise click.UsageError(
+                f"the run already reached its budget (step {trainer.step}); "
+                f"give a larger --steps or --epochs, or --time, to train further")
+        _announce(trainer, run_dir, quiet)
+        status = run_training(trainer, run_dir, quiet=quiet)
+    except UserError as e:
+        _fail(e)
+    _finish(trainer, run_dir, status, quiet)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--length", type=NON_NEGATIVE, default=500, help="Characters to generate after the prime.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.8,
+              help="Softmax temperature; 0 picks the most likely character.")
+@click.option("--top-k", type=NON_NEGATIVE, default=0, help="Draw only from the K most likely characters; 0: all.")
+@click.option("--prime", default="", help="Text that warms up the state; printed first.")
+@click.option("--seed", type=NON_NEGATIVE, default=None, help="Seed for the draws; the same seed gives the same text.")
+def sample(checkpoint, length, temperature, top_k, prime, seed):
+    """Generate text from CHECKPOINT (a .npz file, or a run directory: its best.npz, else
+    last.npz), streaming it to stdout."""
+    import numpy as np
+
+    from charlstm import checkpoint as ckpt_io
+    from charlstm.sample import Sampler
+
+    try:
+        ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))
+        sampler = Sampler(ckpt)
+        rng = np.random.default_rng(seed)
+        sampler.prime(prime, rng)
+    except UserError as e:
+        _fail(e)
+    out = click.get_text_stream("stdout")
+    out.write(prime)
+    out.flush()
+    for piece in sampler.stream(length, temperature, top_k, rng):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path())
+@click.argument("file", type=click.Path())
+@click.option("--encoding", default="utf-8", help="Text encoding of FILE.")
+@click.option("--json", "as_json", is_flag=True, help="Print {\"bpc\": ..., \"chars\": ...}.")
+def eval_(checkpoint, file, encoding, as_json):
+    """Bits per character of FILE under CHECKPOINT, read as one stream from zero state."""
+    from charlstm import checkpoint as ckpt_io
+    from charlstm.corpus import _describe_chars, decode_file
+    from charlstm.evaluate import stream_bits_per_char
+    from charlstm.network import Network
+
+    try:
+        ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))
+        path = Path(file)
+        if not path.is_file():
+            raise UserError(f"{file}: no such file")
+        text = decode_file(path, path.read_bytes(), encoding)
+        unknown = ckpt.vocab.unknown_chars(text)
+        if unknown:
+            raise UserError(f"{file} has characters outside the model's vocabulary: {_describe_chars(unknown)}")
+        if len(text) < 2:
+            raise UserError(f"{file} needs at least two characters to evaluate")
+        net = Network(ckpt.config, len(ckpt.vocab), ckpt.params)
+        bpc = stream_bits_per_char(net, ckpt.vocab.encode(text))
+    except UserError as e:
+        _fail(e)
+    if as_json:
+        click.echo(json.dumps({"bpc": bpc, "chars": len(text)}))
+    else:
+        click.echo(f"{bpc:.4f}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the information as JSON.")
+def info(checkpoint, as_json):
+    """Configuration, size and progress of CHECKPOINT (a .npz file or a run directory)."""
+    from charlstm import checkpoint as ckpt_io
+    from charlstm.model import count_params
+
+    try:
+        path = ckpt_io.resolve_checkpoint(checkpoint)
+        ckpt = ckpt_io.load(path)
+    except UserError as e:
+        _fail(e)
+    best = ckpt.best_val_bpc
+    summary = {
+        "checkpoint": str(path),
+        "config": ckpt.config.to_json_dict(),
+        "corpus": [{"path": f.path, "sha256": f.sha256} for f in ckpt.corpus_files],
+        "parameters": count_params(ckpt.params.shapes),
+        "step": ckpt.step,
+        "epoch": ckpt.epoch,
+        "best_val_bpc": None if math.isnan(best) else best,
+        "vocab_size": len(ckpt.vocab),
+        "elapsed_seconds": ckpt.elapsed,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    cfg = ckpt.config
+    click.echo(f"checkpoint     {path}")
+    click.echo(f"model          {cfg.cell}, {cfg.num_layers} layers x {cfg.hidden_size} hidden")
+    click.echo(f"parameters     {summary['parameters']:,}")
+    click.echo(f"vocabulary     {summary['vocab_size']} characters")
+    click.echo(f"step           {ckpt.step} (epoch {ckpt.epoch}, {ckpt.epoch_step} steps into it)")
+    click.echo(f"best val bpc   {'-' if summary['best_val_bpc'] is None else f'{best:.4f}'}")
+    click.echo(f"training time  {ckpt.elapsed:.1f} s")
+    click.echo("corpus         " + ", ".join(f.path for f in ckpt.corpus_files))
+    click.echo("configuration")
+    for key, value in summary["config"].items():
+        click.echo(f"  {key:<15}{value}")
+
+
+if __name__ == "__main__":
+    main()

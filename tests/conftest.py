@@ -1,0 +1,38 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_text(n_chars: int, seed: int = 0) -> str:
+    """A small corpus with learnable structure: words from a tiny lexicon, in lines."""
+    rng = np.random.default_rng(seed)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "it"]
+    out, size = [], 0
+    while size < n_chars:
+        line = " ".join(rng.choice(words, size=rng.integers(3, 9))) + ".\n"
+        out.append(line)
+        size += len(line)
+    return "".join(out)[:n_chars]
+
+
+@pytest.fixture
+def small_corpus(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(make_text(6000), encoding="utf-8")
+    return path
+
+
+def run_cli(*args, cwd=None, check=True, timeout=300, env=None) -> subprocess.CompletedProcess:
+    """Run the real CLI from this checkout in a subprocess."""
+    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"charlstm {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
+    return proc

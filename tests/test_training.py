@@ -1,0 +1,137 @@
+"""The training loop: exact resume, learning, checkpoint contents."""
+import json
+import math
+import zipfile
+
+import numpy as np
+import pytest
+
+from charlstm import checkpoint as ckpt_io
+from charlstm.config import TrainConfig
+from charlstm.model import param_shapes
+from charlstm.train import Trainer, prepare_data, run_training
+
+from conftest import make_text
+
+
+def tiny_config(corpus, **kw):
+    base = dict(corpus=(str(corpus),), hidden_size=16, num_layers=2, seq_len=8, batch_size=4,
+                save_every=1000, log_every=3, eval_every=0, val_frac=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def train(config, out_dir):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, prepare_data(config))
+    assert run_training(trainer, out_dir, quiet=True) == 0
+    return trainer
+
+
+def resume(run_dir, **changes):
+    ckpt = ckpt_io.load(run_dir / "last.npz")
+    config = ckpt.config.replace(**changes)
+    trainer = Trainer(config, prepare_data(config, vocab=ckpt.vocab), resume_from=ckpt)
+    assert run_training(trainer, run_dir, quiet=True) == 0
+    return trainer
+
+
+@pytest.mark.parametrize("cell,optimizer,extra", [
+    ("lstm", "adam", {}),
+    ("rnn", "sgd", {"momentum": 0.9, "lr": 0.05}),
+    ("lstm", "rmsprop", {"lr_schedule": "cosine", "lr_horizon": 40, "warmup": 5}),
+    ("rnn", "adagrad", {"lr_schedule": "step", "lr_decay_every": 7}),
+])
+def test_resume_is_bit_identical(tmp_path, cell, optimizer, extra):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(800))
+    n = 30  # crosses an epoch boundary (22 steps per epoch here)
+    config = tiny_config(corpus, cell=cell, optimizer=optimizer, **extra)
+    whole = train(config.replace(steps=2 * n), tmp_path / "whole")
+    assert whole.steps_per_epoch < n
+    train(config.replace(steps=n), tmp_path / "split")
+    resumed = resume(tmp_path / "split", steps=2 * n)
+
+    a = np.load(tmp_path / "whole" / "last.npz", allow_pickle=False)
+    b = np.load(tmp_path / "split" / "last.npz", allow_pickle=False)
+    assert resumed.step == whole.step == 2 * n
+    # Everything that determines the future is identical. (The split run validated once
+    # more, at the end of its first half, so its best_val_bpc and metrics may differ.)
+    history = ("config", "elapsed", "metrics", "best_val_bpc")
+    assert set(a.files) == set(b.files)
+    for key in a.files:
+        if key not in history:
+            assert np.array_equal(a[key], b[key]), key
+    ma, mb = a["metrics"], b["metrics"]
+    common = np.intersect1d(ma[:, 0], mb[:, 0])
+    rows_a = ma[np.isin(ma[:, 0], common)]
+    rows_b = mb[np.isin(mb[:, 0], common)]
+    assert np.array_equal(rows_a[:, 2], rows_b[:, 2])  # training bpc, step for step
+
+
+def test_checkpoint_keys_and_safe_loading(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(3000))
+    config = tiny_config(corpus, steps=5)
+    trainer = train(config, tmp_path / "run")
+    path = tmp_path / "run" / "last.npz"
+    with np.load(path, allow_pickle=False) as z:
+        keys = set(z.files)
+        meta = json.loads(z["config"].item())
+        vocab = z["vocab"]
+        for name, shape in param_shapes(config, len(vocab)).items():
+            assert z[name].shape == shape and z[name].dtype == np.float32
+        assert z["state.h"].shape == z["state.c"].shape == (2, 4, 16)
+        assert z["step"] == 5 and z["optim.step"] == 5
+    assert meta["format_version"] == 1 and meta["hyperparameters"]["hidden_size"] == 16
+    assert meta["corpus"][0]["path"] == str(corpus) and len(meta["corpus"][0]["sha256"]) == 64
+    assert vocab.dtype == np.dtype("<U1") and list(vocab) == sorted(set(make_text(3000)))
+    expected = {"config", "vocab", "optim.step", "step", "epoch", "epoch_step", "state.h",
+                "state.c", "rng", "metrics", "best_val_bpc", "elapsed"}
+    assert expected <= keys
+    assert {f"optim.exp_avg.{n}" for n in param_shapes(config, len(vocab))} <= keys
+    # no object arrays anywhere: every member is a plain .npy without pickles
+    with zipfile.ZipFile(path) as zf:
+        assert all(n.endswith(".npy") for n in zf.namelist())
+    # no temporary files are left behind
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.npz", "last.npz", "metrics.jsonl"]
+
+
+def test_metrics_jsonl_lines(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(3000))
+    train(tiny_config(corpus, steps=9, eval_every=4), tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows]
+    assert steps == [3, 4, 6, 8, 9]
+    assert all({"step", "epoch", "train_bpc", "lr", "grad_norm", "chars_per_s", "elapsed"} <= set(r) for r in rows)
+    assert [r["step"] for r in rows if "val_bpc" in r] == [4, 8, 9]
+
+
+def test_steps_zero_writes_the_initial_checkpoint(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(3000))
+    config = tiny_config(corpus, steps=0, seed=3)
+    trainer = train(config, tmp_path / "run")
+    ckpt = ckpt_io.load(tmp_path / "run" / "last.npz")
+    assert ckpt.step == 0
+    again = Trainer(config, prepare_data(config))
+    assert np.array_equal(ckpt.params.flat, again.net.params.flat)  # seeded, reproducible init
+    bound = 1 / math.sqrt(16)
+    assert np.abs(ckpt.params.flat).max() <= bound
+
+
+def test_a_small_model_learns_far_below_unigram_entropy(tmp_path):
+    text = make_text(20000, seed=1)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(text)
+    counts = np.unique(list(text), return_counts=True)[1]
+    p = counts / counts.sum()
+    unigram_bits = float(-(p * np.log2(p)).sum())
+    config = tiny_config(corpus, hidden_size=32, num_layers=1, seq_len=32, batch_size=16,
+                         steps=300, lr=1e-2, eval_every=300)
+    trainer = train(config, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    final_train = np.mean([r["train_bpc"] for r in rows[-5:]])
+    assert final_train < 0.6 * unigram_bits, (final_train, unigram_bits)
+    assert trainer.best_val_bpc < 0.6 * unigram_bits
