@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import TrainConfig
+from .kernels.blas import matmul, matmul_add
 from .kernels.lstm import lstm_backward, lstm_forward
 from .kernels.onehot import onehot_backward, onehot_forward
 from .kernels.rnn import rnn_backward, rnn_forward
@@ -99,7 +100,7 @@ class Network:
                 np.add(p["rnn.weight_ih_l0"].T, bias, out=ws.table)
                 onehot_forward(ws.table, ws.ids, xproj2d)
             else:
-                np.dot(x, p[f"rnn.weight_ih_l{k}"].T, out=xproj2d)
+                matmul(x, p[f"rnn.weight_ih_l{k}"].T, xproj2d)
                 xproj2d += bias
             w_hh = p[f"rnn.weight_hh_l{k}"]
             if self.lstm:
@@ -110,7 +111,7 @@ class Network:
                 rnn_forward(xproj, w_hh, ws.h0[k], ws.hs[k], ws.scratch)
             state["h"][k] = ws.hs[k][T - 1]
             x = ws.hs[k].reshape(N, self.H)
-        np.dot(x, p["decoder.weight"].T, out=ws.logits)
+        matmul(x, p["decoder.weight"].T, ws.logits)
         ws.logits += p["decoder.bias"]
         return ws
 
@@ -140,10 +141,10 @@ class Network:
         N, H = T * B, self.H
         dlogits = ws.logits
         top = ws.hs[-1].reshape(N, H)
-        np.dot(dlogits.T, top, out=g["decoder.weight"])
+        matmul(dlogits.T, top, g["decoder.weight"])
         np.sum(dlogits, axis=0, out=g["decoder.bias"])
         dhs2d = ws.dhs.reshape(N, H)
-        np.dot(dlogits, p["decoder.weight"], out=dhs2d)
+        matmul(dlogits, p["decoder.weight"], dhs2d)
         for k in range(self.num_layers - 1, -1, -1):
             dpre = ws.xproj[k]  # the forward's projection is dead: reuse its memory
             dh, dc = ws.dh0[k], ws.dc0[k]
@@ -160,8 +161,8 @@ class Network:
             hs = ws.hs[k]
             g_hh = g[f"rnn.weight_hh_l{k}"]
             # sum_t dpre_t^T h_{t-1}: steps 1..T-1 in one GEMM, step 0 against h0.
-            np.dot(dpre[1:].reshape(-1, GH).T, hs[:-1].reshape(-1, H), out=g_hh)
-            g_hh += dpre[0].T @ ws.h0[k]
+            matmul(dpre[1:].reshape(-1, GH).T, hs[:-1].reshape(-1, H), g_hh)
+            matmul_add(dpre[0].T, ws.h0[k], g_hh)
             np.sum(dpre2d, axis=0, out=g[f"rnn.bias_ih_l{k}"])
             g[f"rnn.bias_hh_l{k}"][...] = g[f"rnn.bias_ih_l{k}"]
             if k == 0:
@@ -170,5 +171,5 @@ class Network:
             else:
                 below = ws.hs[k - 1].reshape(N, H)
                 w_ih = p[f"rnn.weight_ih_l{k}"]
-                np.dot(dpre2d.T, below, out=g[f"rnn.weight_ih_l{k}"])
-                np.dot(dpre2d, w_ih, out=dhs2d)
+                matmul(dpre2d.T, below, g[f"rnn.weight_ih_l{k}"])
+                matmul(dpre2d, w_ih, dhs2d)

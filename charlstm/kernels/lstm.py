@@ -10,7 +10,7 @@ recurrence, one GEMM per step, with the elementwise gate math fused into one pas
 from .jit import kernel
 import numpy as np
 
-from .activations import sigmoid, tanh
+from .activations import one_like, sigmoid, tanh
 
 
 @kernel
@@ -26,20 +26,25 @@ def lstm_step(gates, xproj, c_prev, c, h, tanh_c):
     """
     B, H = c.shape
     for b in range(B):
+        # One 1-D view per gate: with them LLVM vectorises the loop over j (indexing
+        # gates[b, k*H + j] directly measured 5x slower).
+        gi, gf, gg, go = gates[b, :H], gates[b, H:2 * H], gates[b, 2 * H:3 * H], gates[b, 3 * H:]
+        xi, xf, xg, xo = xproj[b, :H], xproj[b, H:2 * H], xproj[b, 2 * H:3 * H], xproj[b, 3 * H:]
+        cp, cn, hn, tn = c_prev[b], c[b], h[b], tanh_c[b]
         for j in range(H):
-            i = sigmoid(gates[b, j] + xproj[b, j])
-            f = sigmoid(gates[b, H + j] + xproj[b, H + j])
-            g = tanh(gates[b, 2 * H + j] + xproj[b, 2 * H + j])
-            o = sigmoid(gates[b, 3 * H + j] + xproj[b, 3 * H + j])
-            gates[b, j] = i
-            gates[b, H + j] = f
-            gates[b, 2 * H + j] = g
-            gates[b, 3 * H + j] = o
-            c_new = f * c_prev[b, j] + i * g
+            i = sigmoid(gi[j] + xi[j])
+            f = sigmoid(gf[j] + xf[j])
+            g = tanh(gg[j] + xg[j])
+            o = sigmoid(go[j] + xo[j])
+            gi[j] = i
+            gf[j] = f
+            gg[j] = g
+            go[j] = o
+            c_new = f * cp[j] + i * g
             tc = tanh(c_new)
-            c[b, j] = c_new
-            tanh_c[b, j] = tc
-            h[b, j] = o * tc
+            cn[j] = c_new
+            tn[j] = tc
+            hn[j] = o * tc
 
 
 @kernel
@@ -82,23 +87,27 @@ def lstm_backward(weight_hh, c0, cs, gates, tanh_cs, dhs, dh, dc, dpre):
         which the caller forms every weight and bias gradient with one GEMM each.
     """
     T, B, H = cs.shape
+    one = one_like(cs)
     for t in range(T - 1, -1, -1):
         c_prev = c0 if t == 0 else cs[t - 1]
-        gt = gates[t]
         dp = dpre[t]
         for b in range(B):
+            gt = gates[t, b]
+            i_, f_, g_, o_ = gt[:H], gt[H:2 * H], gt[2 * H:3 * H], gt[3 * H:]
+            dpi, dpf, dpg, dpo = dp[b, :H], dp[b, H:2 * H], dp[b, 2 * H:3 * H], dp[b, 3 * H:]
+            tcr, cpr, dhr, dcr, dhsr = tanh_cs[t, b], c_prev[b], dh[b], dc[b], dhs[t, b]
             for j in range(H):
-                i = gt[b, j]
-                f = gt[b, H + j]
-                g = gt[b, 2 * H + j]
-                o = gt[b, 3 * H + j]
-                tc = tanh_cs[t, b, j]
-                dh_t = dh[b, j] + dhs[t, b, j]
-                dc_t = dc[b, j] + dh_t * o * (1.0 - tc * tc)
-                dp[b, j] = dc_t * g * i * (1.0 - i)
-                dp[b, H + j] = dc_t * c_prev[b, j] * f * (1.0 - f)
-                dp[b, 2 * H + j] = dc_t * i * (1.0 - g * g)
-                dp[b, 3 * H + j] = dh_t * tc * o * (1.0 - o)
-                dc[b, j] = dc_t * f
+                i = i_[j]
+                f = f_[j]
+                g = g_[j]
+                o = o_[j]
+                tc = tcr[j]
+                dh_t = dhr[j] + dhsr[j]
+                dc_t = dcr[j] + dh_t * o * (one - tc * tc)
+                dpi[j] = dc_t * g * i * (one - i)
+                dpf[j] = dc_t * cpr[j] * f * (one - f)
+                dpg[j] = dc_t * i * (one - g * g)
+                dpo[j] = dh_t * tc * o * (one - o)
+                dcr[j] = dc_t * f
         # dh_{t-1} = dpre_t @ weight_hh (the recurrent part; dhs[t-1] joins next step).
         np.dot(dp, weight_hh, dh)

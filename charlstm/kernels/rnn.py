@@ -7,7 +7,7 @@ steps; the kernels run the recurrence.
 from .jit import kernel
 import numpy as np
 
-from .activations import tanh
+from .activations import one_like, tanh
 
 
 @kernel
@@ -15,8 +15,9 @@ def rnn_step(pre, xproj, h):
     """h = tanh(pre + xproj) for one step; ``pre`` holds ``h_prev @ weight_hh.T``."""
     B, H = h.shape
     for b in range(B):
+        pr, xr, hr = pre[b], xproj[b], h[b]
         for j in range(H):
-            h[b, j] = tanh(pre[b, j] + xproj[b, j])
+            hr[j] = tanh(pr[j] + xr[j])
 
 
 @kernel
@@ -54,10 +55,12 @@ def rnn_backward(weight_hh, hs, dhs, dh, dpre):
     dpre : [T, B, H] output: gradient with respect to the pre-activations.
     """
     T, B, H = hs.shape
+    one = one_like(hs)
     for t in range(T - 1, -1, -1):
         dp = dpre[t]
         for b in range(B):
+            hr, dpr, dhr, dhsr = hs[t, b], dp[b], dh[b], dhs[t, b]
             for j in range(H):
-                h = hs[t, b, j]
-                dp[b, j] = (dh[b, j] + dhs[t, b, j]) * (1.0 - h * h)
+                h = hr[j]
+                dpr[j] = (dhr[j] + dhsr[j]) * (one - h * h)
         np.dot(dp, weight_hh, dh)

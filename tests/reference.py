@@ -1,0 +1,278 @@
+"""Plain NumPy reference twins of charlstm's kernels and network, for the tests.
+
+Everything here is float64, loops over time in Python and is written straight from the
+math (PyTorch's ``nn.LSTM`` / ``nn.RNN(nonlinearity='tanh')`` plus an ``nn.Linear``
+decoder), with no tricks: layer 0's input is an explicit one-hot matrix multiplied by
+``weight_ih`` (no row gather), biases are added separately, the softmax is an explicit
+log-sum-exp. The backward passes are derived by hand from the chain rule, one step at a
+time. Nothing is imported from ``charlstm.kernels`` or ``charlstm.network``.
+
+Shapes: time-major inside a layer (``x`` is [T, B, D], ``hs`` is [T, B, H]); the model
+level takes ``inputs``/``targets`` as [B, T] integer arrays like ``Network`` does.
+
+LSTM (gate order i, f, g, o, rows [kH:(k+1)H) of the [4H, .] weights):
+    pre_t = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
+    i, f, o = sigmoid(pre_i), sigmoid(pre_f), sigmoid(pre_o);  g = tanh(pre_g)
+    c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)
+RNN:
+    h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
+Decoder and loss:
+    logits = h_top W_dec^T + b_dec;  loss = mean over the B*T positions of
+    -log softmax(logits)[target]  (natural log)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+F64 = np.float64
+
+
+# --------------------------------------------------------------------------------------
+# scalar helpers
+# --------------------------------------------------------------------------------------
+def sigmoid(x):
+    """Logistic function; the tanh form never overflows."""
+    x = np.asarray(x, F64)
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def onehot(ids, V):
+    """[...] integer ids -> [..., V] float64 one-hot rows."""
+    ids = np.asarray(ids)
+    out = np.zeros(ids.shape + (V,), F64)
+    np.put_along_axis(out, ids[..., None].astype(np.intp), 1.0, axis=-1)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# one-hot projection (the twin of kernels/onehot.py)
+# --------------------------------------------------------------------------------------
+def onehot_forward_ref(table, ids):
+    """out[n] = onehot(ids[n]) @ table, as a real matrix product."""
+    table = np.asarray(table, F64)
+    return onehot(ids, table.shape[0]) @ table
+
+
+def onehot_backward_ref(dout, ids, V):
+    """d table = onehot(ids)^T @ dout: the transpose of the forward's linear map."""
+    return onehot(ids, V).T @ np.asarray(dout, F64)
+
+
+# --------------------------------------------------------------------------------------
+# softmax cross-entropy (the twin of kernels/softmax.py)
+# --------------------------------------------------------------------------------------
+def log_softmax(logits):
+    logits = np.asarray(logits, F64)
+    m = logits.max(axis=-1, keepdims=True)
+    z = logits - m
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def softmax_xent_ref(logits, targets):
+    """(summed loss, d summed loss / d logits) for logits [N, V], targets [N]."""
+    logits = np.asarray(logits, F64)
+    N, V = logits.shape
+    logp = log_softmax(logits)
+    loss = -logp[np.arange(N), np.asarray(targets)].sum()
+    grad = np.exp(logp) - onehot(targets, V)
+    return float(loss), grad
+
+
+# --------------------------------------------------------------------------------------
+# LSTM layer
+# --------------------------------------------------------------------------------------
+def lstm_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0, c0):
+    """x [T, B, D] -> dict with hs, cs, tanh_cs [T, B, H], gates [T, B, 4H] (activated,
+    order i, f, g, o) and everything the backward pass needs."""
+    x = np.asarray(x, F64)
+    T = x.shape[0]
+    H = W_hh.shape[1]
+    h = np.asarray(h0, F64).copy()
+    c = np.asarray(c0, F64).copy()
+    hs, cs, tanh_cs, gates, h_prevs, c_prevs = [], [], [], [], [], []
+    for t in range(T):
+        pre = x[t] @ W_ih.T + b_ih + h @ W_hh.T + b_hh
+        i = sigmoid(pre[:, 0 * H:1 * H])
+        f = sigmoid(pre[:, 1 * H:2 * H])
+        g = np.tanh(pre[:, 2 * H:3 * H])
+        o = sigmoid(pre[:, 3 * H:4 * H])
+        h_prevs.append(h)
+        c_prevs.append(c)
+        c = f * c + i * g
+        tc = np.tanh(c)
+        h = o * tc
+        hs.append(h)
+        cs.append(c)
+        tanh_cs.append(tc)
+        gates.append(np.concatenate([i, f, g, o], axis=1))
+    return {
+        "x": x, "W_ih": np.asarray(W_ih, F64), "W_hh": np.asarray(W_hh, F64),
+        "hs": np.array(hs), "cs": np.array(cs), "tanh_cs": np.array(tanh_cs),
+        "gates": np.array(gates), "h_prev": np.array(h_prevs), "c_prev": np.array(c_prevs),
+    }
+
+
+def lstm_layer_backward(fwd, dhs, dhT=None, dcT=None):
+    """Backward through ``lstm_layer_forward``.
+
+    dhs [T, B, H] is dLoss/dh_t from above (not counting the recurrence); dhT, dcT are the
+    gradients arriving at the final state (zero if None). Returns a dict with dpre
+    [T, B, 4H] (w.r.t. the gate pre-activations), dx, dW_ih, dW_hh, db_ih, db_hh, dh0, dc0.
+    """
+    x, W_ih, W_hh = fwd["x"], fwd["W_ih"], fwd["W_hh"]
+    T, B, H = fwd["hs"].shape
+    dh_next = np.zeros((B, H)) if dhT is None else np.asarray(dhT, F64).copy()
+    dc_next = np.zeros((B, H)) if dcT is None else np.asarray(dcT, F64).copy()
+    dpre = np.zeros((T, B, 4 * H))
+    dx = np.zeros_like(x)
+    dW_ih = np.zeros_like(W_ih)
+    dW_hh = np.zeros_like(W_hh)
+    db = np.zeros(4 * H)
+    for t in range(T - 1, -1, -1):
+        gt = fwd["gates"][t]
+        i, f, g, o = (gt[:, k * H:(k + 1) * H] for k in range(4))
+        tc = fwd["tanh_cs"][t]
+        c_prev = fwd["c_prev"][t]
+        h_prev = fwd["h_prev"][t]
+        dh = dhs[t] + dh_next                       # h_t feeds the layer above and step t+1
+        # h_t = o * tanh(c_t)
+        do = dh * tc
+        dc = dc_next + dh * o * (1.0 - tc ** 2)     # c_t feeds h_t and c_{t+1}
+        # c_t = f * c_{t-1} + i * g
+        di = dc * g
+        df = dc * c_prev
+        dg = dc * i
+        dc_next = dc * f
+        # through the activations: sigmoid' = s(1-s), tanh' = 1 - tanh^2
+        dp = np.concatenate([di * i * (1.0 - i), df * f * (1.0 - f),
+                             dg * (1.0 - g ** 2), do * o * (1.0 - o)], axis=1)
+        dpre[t] = dp
+        # pre = x W_ih^T + b_ih + h_prev W_hh^T + b_hh
+        dW_ih += dp.T @ x[t]
+        dW_hh += dp.T @ h_prev
+        db += dp.sum(axis=0)
+        dx[t] = dp @ W_ih
+        dh_next = dp @ W_hh
+    return {"dpre": dpre, "dx": dx, "dW_ih": dW_ih, "dW_hh": dW_hh,
+            "db_ih": db, "db_hh": db.copy(), "dh0": dh_next, "dc0": dc_next}
+
+
+# --------------------------------------------------------------------------------------
+# RNN (tanh) layer
+# --------------------------------------------------------------------------------------
+def rnn_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0):
+    """x [T, B, D] -> dict with hs [T, B, H] and what the backward pass needs."""
+    x = np.asarray(x, F64)
+    T = x.shape[0]
+    h = np.asarray(h0, F64).copy()
+    hs, h_prevs = [], []
+    for t in range(T):
+        h_prevs.append(h)
+        h = np.tanh(x[t] @ W_ih.T + b_ih + h @ W_hh.T + b_hh)
+        hs.append(h)
+    return {"x": x, "W_ih": np.asarray(W_ih, F64), "W_hh": np.asarray(W_hh, F64),
+            "hs": np.array(hs), "h_prev": np.array(h_prevs)}
+
+
+def rnn_layer_backward(fwd, dhs, dhT=None):
+    """Backward through ``rnn_layer_forward``; returns dpre [T, B, H], dx, dW_ih, dW_hh,
+    db_ih, db_hh, dh0."""
+    x, W_ih, W_hh = fwd["x"], fwd["W_ih"], fwd["W_hh"]
+    T, B, H = fwd["hs"].shape
+    dh_next = np.zeros((B, H)) if dhT is None else np.asarray(dhT, F64).copy()
+    dpre = np.zeros((T, B, H))
+    dx = np.zeros_like(x)
+    dW_ih = np.zeros_like(W_ih)
+    dW_hh = np.zeros_like(W_hh)
+    db = np.zeros(H)
+    for t in range(T - 1, -1, -1):
+        h = fwd["hs"][t]
+        dh = dhs[t] + dh_next
+        dp = dh * (1.0 - h ** 2)                    # h = tanh(pre)
+        dpre[t] = dp
+        dW_ih += dp.T @ x[t]
+        dW_hh += dp.T @ fwd["h_prev"][t]
+        db += dp.sum(axis=0)
+        dx[t] = dp @ W_ih
+        dh_next = dp @ W_hh
+    return {"dpre": dpre, "dx": dx, "dW_ih": dW_ih, "dW_hh": dW_hh,
+            "db_ih": db, "db_hh": db.copy(), "dh0": dh_next}
+
+
+# --------------------------------------------------------------------------------------
+# whole model
+# --------------------------------------------------------------------------------------
+def _num_layers(params):
+    return sum(1 for name in params if name.startswith("rnn.weight_ih_l"))
+
+
+def reference_forward(cell, params, inputs, h0, c0=None):
+    """Run the model; returns (layer forward dicts, logits [T, B, V], hT, cT)."""
+    assert cell in ("lstm", "rnn")
+    p = {k: np.asarray(v, F64) for k, v in params.items()}
+    L = _num_layers(p)
+    V = p["decoder.weight"].shape[0]
+    inputs = np.asarray(inputs)
+    x = onehot(inputs.T, V)                         # [T, B, V]
+    layers, hT, cT = [], [], []
+    for k in range(L):
+        args = (x, p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"],
+                p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"], h0[k])
+        if cell == "lstm":
+            fwd = lstm_layer_forward(*args, c0[k])
+            cT.append(fwd["cs"][-1])
+        else:
+            fwd = rnn_layer_forward(*args)
+        layers.append(fwd)
+        hT.append(fwd["hs"][-1])
+        x = fwd["hs"]
+    logits = x @ p["decoder.weight"].T + p["decoder.bias"]
+    return layers, logits, np.array(hT), (np.array(cT) if cell == "lstm" else None)
+
+
+def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None):
+    """Mean cross-entropy over the B*T positions and its gradients.
+
+    Returns (loss, grads {name: array}, dh0 [L, B, H], dc0 [L, B, H] or None,
+    final h [L, B, H], final c [L, B, H] or None).
+    """
+    p = {k: np.asarray(v, F64) for k, v in params.items()}
+    L = _num_layers(p)
+    V = p["decoder.weight"].shape[0]
+    layers, logits, hT, cT = reference_forward(cell, p, inputs, h0, c0)
+    T, B, _ = logits.shape
+    N = T * B
+    tgt = np.asarray(targets).T                     # [T, B]
+    loss_sum, dlogits = softmax_xent_ref(logits.reshape(N, V), tgt.reshape(N))
+    loss = loss_sum / N
+    dlogits = (dlogits / N).reshape(T, B, V)
+
+    grads = {}
+    top = layers[-1]["hs"]
+    grads["decoder.weight"] = np.einsum("tbv,tbh->vh", dlogits, top)
+    grads["decoder.bias"] = dlogits.sum(axis=(0, 1))
+    dhs = dlogits @ p["decoder.weight"]             # [T, B, H]
+    H = top.shape[2]
+    dh0 = np.zeros((L, B, H))
+    dc0 = np.zeros((L, B, H)) if cell == "lstm" else None
+    for k in range(L - 1, -1, -1):
+        if cell == "lstm":
+            bwd = lstm_layer_backward(layers[k], dhs)
+            dc0[k] = bwd["dc0"]
+        else:
+            bwd = rnn_layer_backward(layers[k], dhs)
+        dh0[k] = bwd["dh0"]
+        grads[f"rnn.weight_ih_l{k}"] = bwd["dW_ih"]
+        grads[f"rnn.weight_hh_l{k}"] = bwd["dW_hh"]
+        grads[f"rnn.bias_ih_l{k}"] = bwd["db_ih"]
+        grads[f"rnn.bias_hh_l{k}"] = bwd["db_hh"]
+        dhs = bwd["dx"]                             # layer k's input is layer k-1's h
+    return loss, grads, dh0, dc0, hT, cT
+
+
+def reference_loss_sum(cell, params, inputs, targets, h0, c0=None):
+    """Summed (not mean) cross-entropy, as ``Network.loss`` returns it."""
+    _, logits, _, _ = reference_forward(cell, params, inputs, h0, c0)
+    T, B, V = logits.shape
+    loss_sum, _ = softmax_xent_ref(logits.reshape(T * B, V), np.asarray(targets).T.reshape(-1))
+    return loss_sum
