@@ -59,14 +59,31 @@ def _cadence_options(f):
     return f
 
 
-def _fail(e: Exception):
-    raise click.ClickException(str(e))
+class _Group(click.Group):
+    """Turns charlstm's user errors into one "Error: ..." line and exit status 1, unless
+    --debug asks for the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            raise click.ClickException(str(e)) from None
+        except MemoryError:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            raise click.ClickException(
+                "out of memory; use a smaller model, --batch-size or --seq-len") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="charlstm")
-def main():
+@click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
+@click.pass_context
+def main(ctx, debug):
     """Train character-level LSTM and RNN language models, sample from them, resume them."""
+    ctx.obj = {"debug": debug}
 
 
 @main.command()
@@ -113,20 +130,28 @@ def train(paths, out, force, quiet, **options):
         options["epochs"] = DEFAULT_EPOCHS
     config = TrainConfig(corpus=tuple(paths), **options, **cadence)
     out_dir = Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    try:
-        if (out_dir / "last.npz").exists() and not force:
-            raise UserError(
-                f"{out_dir} already holds a run; continue it with `charlstm resume {out_dir}` "
-                f"or pass --force to start over")
-        data = prepare_data(config)
-        config = _resolve_horizon(config, data.batches.steps_per_epoch)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(config, data)
-        _announce(trainer, out_dir, quiet)
-        status = run_training(trainer, out_dir, quiet=quiet)
-    except UserError as e:
-        _fail(e)
+    if (out_dir / "last.npz").exists() and not force:
+        raise UserError(
+            f"{out_dir} already holds a run; continue it with `charlstm resume {out_dir}` "
+            f"or pass --force to start over")
+    data = prepare_data(config)
+    config = _resolve_horizon(config, data.batches.steps_per_epoch)
+    _prepare_out_dir(out_dir)
+    trainer = Trainer(config, data)
+    _announce(trainer, out_dir, quiet)
+    status = run_training(trainer, out_dir, quiet=quiet)
     _finish(trainer, out_dir, status, quiet)
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create the run directory and prove it is writable before any training time is spent."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".charlstm-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to {out_dir} ({e.strerror or e}); choose another --out") from None
 
 
 def _resolve_horizon(config: TrainConfig, steps_per_epoch: int) -> TrainConfig:
@@ -179,38 +204,35 @@ def resume(run_dir, steps, epochs, time_limit, corpus, quiet, **cadence):
     from charlstm.train import Trainer, prepare_data, run_training
 
     run_dir = Path(run_dir)
-    try:
-        ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(run_dir))
-        config = ckpt.config
-        changes = {k: v for k, v in cadence.items() if v is not None}
-        if steps is not None or epochs is not None or time_limit is not None:
-            changes.update(steps=steps, epochs=epochs, time_limit=time_limit)
-        if corpus:
-            changes["corpus"] = tuple(corpus)
-        config = config.replace(**changes)
-        if not corpus:
-            current = read_corpus(config.corpus, config.encoding).files
-            if [(f.path, f.sha256) for f in current] != [(f.path, f.sha256) for f in ckpt.corpus_files]:
-                raise UserError(
-                    "the corpus changed since the checkpoint was written (its SHA-256 differs); "
-                    "restore it, or pass --corpus PATH to continue on new text")
-        data = prepare_data(config, vocab=ckpt.vocab)
-        trainer = Trainer(config, data, resume_from=ckpt)
-        limit = trainer.step_limit()
-        if limit is not None and trainer.step >= limit and time_limit is None:
-            raise click.UsageError(
-                f"the run already reached its budget (step {trainer.step}); "
-                f"give a larger --steps or --epochs, or --time, to train further")
-        _announce(trainer, run_dir, quiet)
-        status = run_training(trainer, run_dir, quiet=quiet)
-    except UserError as e:
-        _fail(e)
+    ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(run_dir))
+    changes = {k: v for k, v in cadence.items() if v is not None}
+    if steps is not None or epochs is not None or time_limit is not None:
+        changes.update(steps=steps, epochs=epochs, time_limit=time_limit)
+    if corpus:
+        changes["corpus"] = tuple(corpus)
+    config = ckpt.config.replace(**changes)
+    if not corpus:
+        current = read_corpus(config.corpus, config.encoding).files
+        if [(f.path, f.sha256) for f in current] != [(f.path, f.sha256) for f in ckpt.corpus_files]:
+            raise UserError(
+                "the corpus changed since the checkpoint was written (its SHA-256 differs); "
+                "restore it, or pass --corpus PATH to continue on new text")
+    data = prepare_data(config, vocab=ckpt.vocab)
+    trainer = Trainer(config, data, resume_from=ckpt)
+    limit = trainer.step_limit()
+    if limit is not None and trainer.step >= limit and time_limit is None:
+        raise click.UsageError(
+            f"the run already reached its budget (step {trainer.step}); "
+            f"give a larger --steps or --epochs, or --time, to train further")
+    _prepare_out_dir(run_dir)
+    _announce(trainer, run_dir, quiet)
+    status = run_training(trainer, run_dir, quiet=quiet)
     _finish(trainer, run_dir, status, quiet)
 
 
 @main.command()
 @click.argument("checkpoint", type=click.Path())
-@click.option("--length", type=NON_NEGATIVE, default=500, help="Characters to generate after the prime.")
+@click.option("--length", type=POSITIVE, default=500, help="Characters to generate after the prime.")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.8,
               help="Softmax temperature; 0 picks the most likely character.")
 @click.option("--top-k", type=NON_NEGATIVE, default=0, help="Draw only from the K most likely characters; 0: all.")
@@ -224,49 +246,61 @@ def sample(checkpoint, length, temperature, top_k, prime, seed):
     from charlstm import checkpoint as ckpt_io
     from charlstm.sample import Sampler
 
-    try:
-        ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))
-        sampler = Sampler(ckpt)
-        rng = np.random.default_rng(seed)
-        sampler.prime(prime, rng)
-    except UserError as e:
-        _fail(e)
+    ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))
+    sampler = Sampler(ckpt)
+    rng = np.random.default_rng(seed)
+    sampler.prime(prime, rng)
     out = click.get_text_stream("stdout")
-    out.write(prime)
-    out.flush()
-    for piece in sampler.stream(length, temperature, top_k, rng):
-        out.write(piece)
+    try:
+        out.write(prime)
         out.flush()
-    out.write("\n")
+        for piece in sampler.stream(length, temperature, top_k, rng):
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        out.flush()
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): that is the user's way to stop, not an error.
+        sys.stdout = None
+        sys.exit(0)
 
 
 @main.command("eval")
 @click.argument("checkpoint", type=click.Path())
 @click.argument("file", type=click.Path())
 @click.option("--encoding", default="utf-8", help="Text encoding of FILE.")
+@click.option("--skip-unknown", is_flag=True, help="Drop characters outside the model's vocabulary instead of refusing.")
 @click.option("--json", "as_json", is_flag=True, help="Print {\"bpc\": ..., \"chars\": ...}.")
-def eval_(checkpoint, file, encoding, as_json):
+def eval_(checkpoint, file, encoding, skip_unknown, as_json):
     """Bits per character of FILE under CHECKPOINT, read as one stream from zero state."""
     from charlstm import checkpoint as ckpt_io
-    from charlstm.corpus import _describe_chars, decode_file
+    from charlstm.corpus import describe_chars, decode_file
     from charlstm.evaluate import stream_bits_per_char
     from charlstm.network import Network
 
+    ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))
+    path = Path(file)
+    if not path.is_file():
+        raise UserError(f"{file}: no such file")
     try:
-        ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))
-        path = Path(file)
-        if not path.is_file():
-            raise UserError(f"{file}: no such file")
-        text = decode_file(path, path.read_bytes(), encoding)
-        unknown = ckpt.vocab.unknown_chars(text)
-        if unknown:
-            raise UserError(f"{file} has characters outside the model's vocabulary: {_describe_chars(unknown)}")
-        if len(text) < 2:
-            raise UserError(f"{file} needs at least two characters to evaluate")
-        net = Network(ckpt.config, len(ckpt.vocab), ckpt.params)
-        bpc = stream_bits_per_char(net, ckpt.vocab.encode(text))
-    except UserError as e:
-        _fail(e)
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{file}: cannot read it ({e.strerror})") from None
+    text = decode_file(path, data, encoding)
+    unknown = ckpt.vocab.unknown_chars(text)
+    if unknown and skip_unknown:
+        drop = set(unknown)
+        kept = "".join(c for c in text if c not in drop)
+        click.echo(f"skipped {len(text) - len(kept)} characters outside the vocabulary: "
+                   f"{describe_chars(unknown)}", err=True)
+        text = kept
+    elif unknown:
+        raise UserError(f"{file} has characters outside the model's vocabulary: "
+                        f"{describe_chars(unknown)}; pass --skip-unknown to drop them")
+    if len(text) < 2:
+        raise UserError(f"{file} needs at least two characters (of the vocabulary) to evaluate")
+    net = Network(ckpt.config, len(ckpt.vocab), ckpt.params)
+    bpc = stream_bits_per_char(net, ckpt.vocab.encode(text))
     if as_json:
         click.echo(json.dumps({"bpc": bpc, "chars": len(text)}))
     else:
@@ -281,11 +315,8 @@ def info(checkpoint, as_json):
     from charlstm import checkpoint as ckpt_io
     from charlstm.model import count_params
 
-    try:
-        path = ckpt_io.resolve_checkpoint(checkpoint)
-        ckpt = ckpt_io.load(path)
-    except UserError as e:
-        _fail(e)
+    path = ckpt_io.resolve_checkpoint(checkpoint)
+    ckpt = ckpt_io.load(path)
     best = ckpt.best_val_bpc
     summary = {
         "checkpoint": str(path),

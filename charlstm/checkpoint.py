@@ -100,6 +100,16 @@ def save(ckpt: Checkpoint, path) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete temporary files that a save killed midway (SIGKILL, power loss) left behind."""
+    for name in ("last.npz", "best.npz"):
+        for tmp in Path(directory).glob(f".{name}.*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass  # another process may own it; it never replaces a checkpoint by itself
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -113,6 +123,15 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# Limits that keep a hostile file from making charlstm commit memory: the JSON header,
+# the metrics history, and how far the arrays may expand beyond the file's own size.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_METRIC_ROWS = 10_000_000
+MAX_EXPANSION = 100
+MIN_EXPANSION_ALLOWANCE = 64 << 20
+_HEADER_SLACK = 4096  # an .npy header is at most a few hundred bytes
+
+
 def _scalar(arrays, key, kind):
     a = arrays[key]
     if a.shape != () or a.dtype.kind not in kind:
@@ -120,20 +139,171 @@ def _scalar(arrays, key, kind):
     return a.item()
 
 
+class _NpzReader:
+    """Reads the members of an .npz one by one, checking each .npy header (dtype and
+    shape) against what the configuration implies before any data is read."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.zip = zipfile.ZipFile(path)
+            infos = self.zip.infolist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise CheckpointError(f"not a zip archive, so not a charlstm checkpoint ({e})") from None
+        self.members = {}
+        for info in infos:
+            if not info.filename.endswith(".npy") or info.filename[:-4] in self.members:
+                raise CheckpointError(f"unexpected member {info.filename!r}: not a charlstm checkpoint")
+            self.members[info.filename[:-4]] = info
+        declared = sum(i.file_size for i in infos)
+        allowed = max(MIN_EXPANSION_ALLOWANCE, MAX_EXPANSION * path.stat().st_size)
+        if declared > allowed:
+            raise CheckpointError(
+                f"declares {declared:,} bytes of arrays in a {path.stat().st_size:,}-byte file; refused")
+
+    def close(self):
+        self.zip.close()
+
+    def __contains__(self, key):
+        return key in self.members
+
+    def read(self, key: str, check) -> np.ndarray:
+        """Read member ``key``; ``check(dtype, shape)`` returns an error string or None."""
+        info = self.members.get(key)
+        if info is None:
+            raise CheckpointError(f"checkpoint lacks the key {key!r}")
+        try:
+            with self.zip.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy version {version}")
+                if dtype.hasobject:
+                    raise CheckpointError(
+                        f"checkpoint key {key!r} holds Python objects; refused without unpickling")
+                problem = check(dtype, shape)
+                if problem:
+                    raise CheckpointError(f"checkpoint key {key!r} is {dtype}{list(shape)}: {problem}")
+                nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+                if info.file_size > nbytes + _HEADER_SLACK:
+                    raise CheckpointError(f"checkpoint key {key!r} declares more data than its shape holds")
+            with self.zip.open(info) as f:
+                return np.lib.format.read_array(f, allow_pickle=False)
+        except CheckpointError:
+            raise
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile,
+                RuntimeError, NotImplementedError) as e:
+            raise CheckpointError(f"checkpoint key {key!r} is damaged ({e})") from None
+
+
+def _expect(dtype_kind: str, shape=None, max_itemsize: int = 8, max_shape=None):
+    """A header check: dtype kind in ``dtype_kind`` and, if given, an exact shape."""
+    def check(dtype, actual):
+        if dtype.kind not in dtype_kind or dtype.itemsize > max_itemsize:
+            return "wrong dtype"
+        if shape is not None and tuple(actual) != tuple(shape):
+            return f"expected shape {list(shape)} for its configuration"
+        if max_shape is not None and not max_shape(actual):
+            return "wrong or implausible shape"
+        return None
+    return check
+
+
+def _exact(dtype, shape):
+    dtype = np.dtype(dtype)
+
+    def check(actual_dtype, actual):
+        if actual_dtype != dtype or tuple(actual) != tuple(shape):
+            return f"expected {dtype}{list(shape)} for its configuration"
+        return None
+    return check
+
+
+def _validate_config(config: TrainConfig, vocab_size: int) -> None:
+    """Refuse configurations no CLI run could have written, before sizing arrays by them."""
+    from .config import CELLS, GATES, OPTIMIZERS
+    ints = ("hidden_size", "num_layers", "seq_len", "batch_size")
+    for name in ints:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CheckpointError(f"checkpoint configuration has an invalid {name}: {value!r}")
+    if config.cell not in CELLS or config.cell not in GATES:
+        raise CheckpointError(f"checkpoint is for cell {config.cell!r}, which this charlstm does not know")
+    if config.optimizer not in OPTIMIZERS:
+        raise CheckpointError(f"checkpoint uses optimizer {config.optimizer!r}, which this charlstm does not know")
+    G, H, L = GATES[config.cell], config.hidden_size, config.num_layers
+    n_params = L * (G * H * (vocab_size + 2 * H + 2)) + vocab_size * (H + 1)
+    if n_params > 2_000_000_000 or L * config.batch_size * H > 2_000_000_000:
+        raise CheckpointError("checkpoint configuration declares an implausibly large model; refused")
+
+
 def load(path) -> Checkpoint:
-    """Read and validate a checkpoint; never unpickles anything."""
+    """Read and validate a checkpoint. Never unpickles anything; every array's dtype and
+    shape is checked against the configuration before its data is read."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-        raise CheckpointError(f"{path}: not a readable charlstm checkpoint ({e})") from None
-    try:
+        reader = _NpzReader(path)
+        try:
+            arrays = _read_checkpoint_arrays(reader)
+        finally:
+            reader.close()
         return from_arrays(arrays)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+
+
+def _read_checkpoint_arrays(reader: _NpzReader) -> dict[str, np.ndarray]:
+    arrays = {}
+    arrays["config"] = reader.read("config", _expect("U", (), max_itemsize=MAX_CONFIG_BYTES))
+    config, _ = _parse_meta(arrays["config"])
+    arrays["vocab"] = reader.read("vocab", _expect("U", None, max_itemsize=4,
+                                                   max_shape=lambda s: len(s) == 1 and 0 < s[0] <= 0x110000))
+    V = len(arrays["vocab"])
+    _validate_config(config, V)
+    shapes = param_shapes(config, V)
+    for name, shape in shapes.items():
+        arrays[name] = reader.read(name, _exact(np.float32, shape))
+    for stat in STATISTICS[config.optimizer]:
+        for name, shape in shapes.items():
+            key = f"optim.{stat}.{name}"
+            if key in reader or stat != "momentum_buffer":
+                arrays[key] = reader.read(key, _exact(np.float32, shape))
+    state_shape = (config.num_layers, config.batch_size, config.hidden_size)
+    for key in (("h", "c") if config.cell == "lstm" else ("h",)):
+        arrays[f"state.{key}"] = reader.read(f"state.{key}", _exact(np.float32, state_shape))
+    for key in ("optim.step", "step", "epoch", "epoch_step"):
+        arrays[key] = reader.read(key, _expect("iu", ()))
+    for key in ("best_val_bpc", "elapsed"):
+        arrays[key] = reader.read(key, _expect("f", ()))
+    arrays["rng"] = reader.read("rng", _expect("U", (), max_itemsize=MAX_CONFIG_BYTES))
+    arrays["metrics"] = reader.read("metrics", _expect(
+        "f", None, max_shape=lambda s: len(s) == 2 and s[1] == len(METRIC_COLUMNS) and s[0] <= MAX_METRIC_ROWS))
+    return arrays
+
+
+def _parse_meta(meta_raw: np.ndarray):
+    if meta_raw.shape != () or meta_raw.dtype.kind != "U":
+        raise CheckpointError("checkpoint key 'config' is not a JSON string")
+    try:
+        meta = json.loads(meta_raw.item())
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        if meta.get("format_version") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"checkpoint format {meta.get('format_version')!r} is not supported "
+                f"(this charlstm reads format {CHECKPOINT_FORMAT})")
+        config = TrainConfig.from_json_dict(meta["hyperparameters"])
+        corpus_files = [CorpusFile(str(f["path"]), str(f["sha256"])) for f in meta["corpus"]]
+    except CheckpointError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise CheckpointError(f"checkpoint configuration is unreadable ({e})") from None
+    return config, corpus_files
 
 
 def from_arrays(arrays: dict[str, np.ndarray]) -> Checkpoint:
@@ -142,28 +312,15 @@ def from_arrays(arrays: dict[str, np.ndarray]) -> Checkpoint:
             raise CheckpointError(f"checkpoint lacks the key {key!r}")
         return arrays[key]
 
-    meta_raw = need("config")
-    if meta_raw.shape != () or meta_raw.dtype.kind != "U":
-        raise CheckpointError("checkpoint key 'config' is not a JSON string")
-    try:
-        meta = json.loads(meta_raw.item())
-        if meta.get("format_version") != CHECKPOINT_FORMAT:
-            raise CheckpointError(
-                f"checkpoint format {meta.get('format_version')!r} is not supported "
-                f"(this charlstm reads format {CHECKPOINT_FORMAT})")
-        config = TrainConfig.from_json_dict(meta["hyperparameters"])
-        corpus_files = [CorpusFile(f["path"], f["sha256"]) for f in meta["corpus"]]
-    except CheckpointError:
-        raise
-    except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"checkpoint configuration is unreadable ({e})") from None
+    config, corpus_files = _parse_meta(need("config"))
 
     vocab_arr = need("vocab")
     if vocab_arr.ndim != 1 or vocab_arr.dtype != np.dtype("<U1") or len(vocab_arr) == 0:
         raise CheckpointError("checkpoint key 'vocab' must be a 1-D array of characters")
     vocab = Vocab(str(c) for c in vocab_arr)
-    if len(set(vocab.chars)) != len(vocab.chars):
-        raise CheckpointError("checkpoint vocabulary has repeated characters")
+    if len(set(vocab.chars)) != len(vocab.chars) or any(len(c) != 1 for c in vocab.chars):
+        raise CheckpointError("checkpoint vocabulary has repeated or empty characters")
+    _validate_config(config, len(vocab))
 
     shapes = param_shapes(config, len(vocab))
     params = FlatParams(shapes, dtype=np.float32)
@@ -177,7 +334,7 @@ def from_arrays(arrays: dict[str, np.ndarray]) -> Checkpoint:
             key = f"optim.{stat}.{name}"
             if key in arrays:
                 _fill(values[name], arrays[key], key)
-            elif not (stat == "momentum_buffer"):
+            elif stat != "momentum_buffer":  # PyTorch too omits it when momentum is 0
                 need(key)
         optim_state[stat] = values
 
@@ -190,15 +347,17 @@ def from_arrays(arrays: dict[str, np.ndarray]) -> Checkpoint:
     need("rng")
     try:
         rng_state = json.loads(_scalar(arrays, "rng", "U"))
-    except ValueError:
-        raise CheckpointError("checkpoint key 'rng' is not valid JSON") from None
+        probe = np.random.default_rng()
+        probe.bit_generator.state = rng_state
+    except (ValueError, TypeError, KeyError, RecursionError):
+        raise CheckpointError("checkpoint key 'rng' is not a valid generator state") from None
 
     metrics = need("metrics")
     if metrics.ndim != 2 or metrics.shape[1] != len(METRIC_COLUMNS) or metrics.dtype != np.float64:
         raise CheckpointError("checkpoint key 'metrics' has the wrong shape or dtype")
 
-    need("optim.step"), need("step"), need("epoch"), need("epoch_step")
-    need("best_val_bpc"), need("elapsed")
+    for key in ("optim.step", "step", "epoch", "epoch_step", "best_val_bpc", "elapsed"):
+        need(key)
     ckpt = Checkpoint(
         config=config, corpus_files=corpus_files, vocab=vocab, params=params,
         optim_step=int(_scalar(arrays, "optim.step", "iu")),
@@ -212,6 +371,8 @@ def from_arrays(arrays: dict[str, np.ndarray]) -> Checkpoint:
     )
     if min(ckpt.optim_step, ckpt.step, ckpt.epoch, ckpt.epoch_step) < 0:
         raise CheckpointError("checkpoint counters are negative")
+    if not np.all(np.isfinite(params.flat)):
+        raise CheckpointError("checkpoint parameters hold NaN or infinite values")
     return ckpt
 
 

@@ -86,13 +86,30 @@ def _walk_text_files(root: Path):
                 yield p
 
 
-def decode_file(path: Path, data: bytes, encoding: str) -> str:
+_BOMS = (
+    (b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+    (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"),
+)
+
+
+def decode_file(path: Path, data: bytes, encoding: str, several: bool = False) -> str:
+    """Decode one file's bytes, with an error that names the file, the byte and the fix."""
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        for bom, name in _BOMS:
+            if data.startswith(bom):
+                raise UserError(f"{path} is {name.upper()} (it starts with a byte-order mark); "
+                                f"pass --encoding {name}")
+    nul = data.find(b"\x00", 0, _SNIFF_BYTES)
+    if nul >= 0 and "16" not in encoding and "32" not in encoding:
+        raise UserError(f"{path} looks binary (a NUL byte at offset {nul}), not text; "
+                        f"give charlstm text files")
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as e:
+        hint = "; all files must share one encoding" if several else ""
         raise UserError(
-            f"{path}: not valid {encoding} at byte {e.start}; "
-            f"pass --encoding with the file's encoding (e.g. --encoding latin-1)") from None
+            f"{path}: not valid {encoding} at byte {e.start}; pass --encoding with the "
+            f"file's encoding (e.g. --encoding latin-1){hint}") from None
     except LookupError:
         raise UserError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8") from None
     if text.startswith("\ufeff"):
@@ -107,13 +124,19 @@ def read_corpus(specs, encoding: str = "utf-8") -> Corpus:
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
         return Corpus(text, [CorpusFile(BUILTIN, digest)])
     parts, files = [], []
-    for path in resolve_paths(specs):
-        data = path.read_bytes()
-        parts.append(decode_file(path, data, encoding))
+    paths = resolve_paths(specs)
+    for path in paths:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read it ({e.strerror})") from None
+        if not data and len(paths) == 1:
+            raise UserError(f"{path} is empty; give a file that contains text")
+        parts.append(decode_file(path, data, encoding, several=len(paths) > 1))
         files.append(CorpusFile(str(path), hashlib.sha256(data).hexdigest()))
     text = "".join(parts)
     if not text:
-        raise UserError("the corpus is empty; give files that contain text")
+        raise UserError("the corpus is empty: every file given is empty; give files that contain text")
     return Corpus(text, files)
 
 
@@ -159,7 +182,7 @@ class Vocab:
         ids = lut[codes]
         if ids.size and ids.min() < 0:
             missing = self.unknown_chars(text)
-            raise UserError(f"characters outside the vocabulary: {_describe_chars(missing)}")
+            raise UserError(f"characters outside the vocabulary: {describe_chars(missing)}")
         return ids.astype(self.dtype)
 
     def decode(self, ids) -> str:
@@ -169,10 +192,14 @@ class Vocab:
         return np.array(self.chars, dtype="<U1") if self.chars else np.zeros(0, "<U1")
 
 
-def _describe_chars(chars, limit: int = 10) -> str:
+def describe_chars(chars, limit: int = 10) -> str:
+    """The first few characters, quoted, for an error message."""
     shown = ", ".join(repr(c) for c in chars[:limit])
     more = f" and {len(chars) - limit} more" if len(chars) > limit else ""
     return shown + more
+
+
+_describe_chars = describe_chars  # old name, still imported by charlstm.sample
 
 
 def split(ids: np.ndarray, val_frac: float):

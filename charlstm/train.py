@@ -15,7 +15,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt_io
 from .checkpoint import METRIC_COLUMNS, Checkpoint
 from .config import TrainConfig
-from .corpus import Batches, Vocab, read_corpus, split
+from .corpus import Batches, Vocab, describe_chars, read_corpus, split
 from .errors import UserError
 from .evaluate import stream_bits_per_char
 from .model import init_params
@@ -43,10 +43,9 @@ def prepare_data(config: TrainConfig, vocab: Vocab | None = None) -> Data:
     else:
         unknown = vocab.unknown_chars(corpus.text)
         if unknown:
-            from .corpus import _describe_chars
             raise UserError(
                 f"the corpus has characters outside the checkpoint's vocabulary: "
-                f"{_describe_chars(unknown)}")
+                f"{describe_chars(unknown)}")
     ids = vocab.encode(corpus.text)
     train_ids, val_ids = split(ids, config.val_frac)
     need = Batches.min_chars(config.batch_size, config.seq_len)
@@ -190,10 +189,13 @@ class MetricsLog:
 
     def __init__(self, path: Path, rows: list):
         self.path = path
-        with open(path, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(self._line(row))
-        self.file = open(path, "a", encoding="utf-8")
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(self._line(row))
+            self.file = open(path, "a", encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"could not write {path} ({e.strerror or e})") from None
 
     @staticmethod
     def _line(row) -> str:
@@ -208,11 +210,18 @@ class MetricsLog:
         return json.dumps(d) + "\n"
 
     def write(self, row) -> None:
-        self.file.write(self._line(row))
-        self.file.flush()
+        try:
+            self.file.write(self._line(row))
+            self.file.flush()
+        except OSError as e:
+            raise UserError(f"could not write {self.path} ({e.strerror or e}); "
+                            f"the last checkpoint is intact") from None
 
     def close(self) -> None:
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:
+            pass  # a failed flush was already reported by write()
 
 
 def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False) -> int:
@@ -221,6 +230,7 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False) -> int:
     cfg = trainer.config
     out_dir = Path(out_dir)
     last_path, best_path = out_dir / "last.npz", out_dir / "best.npz"
+    ckpt_io.remove_stale_temporaries(out_dir)
     started = time.perf_counter()
 
     def elapsed() -> float:
