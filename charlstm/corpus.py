@@ -92,17 +92,22 @@ _BOMS = (
 )
 
 
-def decode_file(path: Path, data: bytes, encoding: str, several: bool = False) -> str:
-    """Decode one file's bytes, with an error that names the file, the byte and the fix."""
+def check_bytes_head(path: Path, head: bytes, encoding: str) -> None:
+    """Refuse, by their first bytes, files that are UTF-16/32 read as UTF-8, or binary."""
     if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
         for bom, name in _BOMS:
-            if data.startswith(bom):
+            if head.startswith(bom):
                 raise UserError(f"{path} is {name.upper()} (it starts with a byte-order mark); "
                                 f"pass --encoding {name}")
-    nul = data.find(b"\x00", 0, _SNIFF_BYTES)
+    nul = head.find(b"\x00", 0, _SNIFF_BYTES)
     if nul >= 0 and "16" not in encoding and "32" not in encoding:
         raise UserError(f"{path} looks binary (a NUL byte at offset {nul}), not text; "
                         f"give charlstm text files")
+
+
+def decode_file(path: Path, data: bytes, encoding: str, several: bool = False) -> str:
+    """Decode one file's bytes, with an error that names the file, the byte and the fix."""
+    check_bytes_head(path, data[:_SNIFF_BYTES], encoding)
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as e:

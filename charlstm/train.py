@@ -15,7 +15,8 @@ from tqdm import tqdm
 from . import checkpoint as ckpt_io
 from .checkpoint import METRIC_COLUMNS, Checkpoint
 from .config import TrainConfig
-from .corpus import Batches, Vocab, describe_chars, read_corpus, split
+from .corpus import Batches, Vocab, split
+from .tokens import load_corpus
 from .errors import UserError
 from .evaluate import stream_bits_per_char
 from .model import init_params
@@ -34,19 +35,12 @@ class Data:
     batches: Batches
 
 
-def prepare_data(config: TrainConfig, vocab: Vocab | None = None) -> Data:
-    """Read the corpus, encode it (with ``vocab`` if given, else the corpus's own), split it
-    and cut the training part into streams."""
-    corpus = read_corpus(config.corpus, config.encoding)
-    if vocab is None:
-        vocab = Vocab.from_text(corpus.text)
-    else:
-        unknown = vocab.unknown_chars(corpus.text)
-        if unknown:
-            raise UserError(
-                f"the corpus has characters outside the checkpoint's vocabulary: "
-                f"{describe_chars(unknown)}")
-    ids = vocab.encode(corpus.text)
+def prepare_data(config: TrainConfig, vocab: Vocab | None = None, cache_dir: Path | None = None) -> Data:
+    """Read and encode the corpus (with ``vocab`` if given, else the corpus's own; through
+    the token cache in ``cache_dir`` if given), split it and cut the training part into
+    streams."""
+    corpus = load_corpus(config.corpus, config.encoding, vocab=vocab, cache_dir=cache_dir)
+    vocab, ids = corpus.vocab, corpus.ids
     train_ids, val_ids = split(ids, config.val_frac)
     need = Batches.min_chars(config.batch_size, config.seq_len)
     if len(train_ids) < need:
