@@ -6,12 +6,12 @@ import json
 import re
 from dataclasses import dataclass, field
 
-CELLS = ("lstm", "rnn")
+CELLS = ("lstm", "rnn", "gru")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
 LR_SCHEDULES = ("constant", "cosine", "step")
 
 # Gates per cell: the G in PyTorch's [G*H, in] weight layout.
-GATES = {"lstm": 4, "rnn": 1}
+GATES = {"lstm": 4, "rnn": 1, "gru": 3}
 
 
 @dataclass(frozen=True)

@@ -204,9 +204,6 @@ def describe_chars(chars, limit: int = 10) -> str:
     return shown + more
 
 
-_describe_chars = describe_chars  # old name, still imported by charlstm.sample
-
-
 def split(ids: np.ndarray, val_frac: float):
     """Training ids and validation ids: validation is the last floor(N*val_frac)."""
     n_val = int(math.floor(len(ids) * val_frac))

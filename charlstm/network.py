@@ -4,6 +4,10 @@ This module only orchestrates: the time loops are the Numba kernels in ``kernels
 projections that do not depend on the recurrence (inputs of all T steps, decoder,
 weight gradients) are single GEMMs over all T*B rows, done here by NumPy's BLAS.
 Arrays are time-major ([T, B, ...]) so each step's slice is contiguous.
+
+The GRU is the one cell whose two biases cannot be summed into the input projection:
+bias_hh's candidate (n) rows sit inside ``r * (h W_hn^T + b_hn)``, so the projection
+carries only bias_hh's r and z rows and the kernel adds the n rows (see kernels/gru.py).
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .kernels.blas import matmul, matmul_add
+from .kernels.gru import gru_backward, gru_forward
 from .kernels.lstm import lstm_backward, lstm_forward
 from .kernels.onehot import onehot_backward, onehot_forward
 from .kernels.rnn import rnn_backward, rnn_forward
@@ -21,16 +26,24 @@ from .model import FlatParams
 class Workspace:
     """Preallocated activations and gradient scratch for one (T, B) chunk shape."""
 
-    def __init__(self, T: int, B: int, num_layers: int, H: int, G: int, V: int, dtype, lstm: bool):
+    def __init__(self, T: int, B: int, num_layers: int, H: int, G: int, V: int, dtype,
+                 cell: str):
         N = T * B
         # xproj holds each layer's input projection in the forward pass and is reused for
         # the gradient of the gate pre-activations in the backward pass.
         self.xproj = [np.empty((T, B, G * H), dtype) for _ in range(num_layers)]
         self.hs = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
-        if lstm:
+        if cell == "lstm":
             self.cs = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
             self.tanh_cs = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
             self.gates = [np.empty((T, B, G * H), dtype) for _ in range(num_layers)]
+        elif cell == "gru":
+            self.gates = [np.empty((T, B, G * H), dtype) for _ in range(num_layers)]
+            # h_{t-1} W_hn^T + b_hn per step: what r scales, needed by the backward.
+            self.ghns = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
+            # Gradient of the recurrent product h W_hh^T + b_hh; one layer at a time.
+            self.drec = np.empty((T, B, G * H), dtype)
+            self.scratch = np.empty((B, H), dtype)
         else:
             self.scratch = np.empty((B, H), dtype)
         self.h0 = np.empty((num_layers, B, H), dtype)
@@ -55,6 +68,7 @@ class Network:
     def __init__(self, config: TrainConfig, vocab_size: int, params: FlatParams):
         self.cell = config.cell
         self.lstm = config.cell == "lstm"
+        self.gru = config.cell == "gru"
         self.num_layers = config.num_layers
         self.H = config.hidden_size
         self.G = config.gates
@@ -75,7 +89,7 @@ class Network:
         key = (T, B)
         ws = self._workspaces.get(key)
         if ws is None:
-            ws = Workspace(T, B, self.num_layers, self.H, self.G, self.V, self.dtype, self.lstm)
+            ws = Workspace(T, B, self.num_layers, self.H, self.G, self.V, self.dtype, self.cell)
             self._workspaces[key] = ws
         return ws
 
@@ -95,7 +109,13 @@ class Network:
         for k in range(self.num_layers):
             xproj = ws.xproj[k]
             xproj2d = xproj.reshape(N, -1)
-            bias = p[f"rnn.bias_ih_l{k}"] + p[f"rnn.bias_hh_l{k}"]
+            b_hh = p[f"rnn.bias_hh_l{k}"]
+            if self.gru:
+                # bias_hh's n rows are added by the kernel, inside r * (...).
+                bias = p[f"rnn.bias_ih_l{k}"].copy()
+                bias[:2 * self.H] += b_hh[:2 * self.H]
+            else:
+                bias = p[f"rnn.bias_ih_l{k}"] + b_hh
             if k == 0:
                 np.add(p["rnn.weight_ih_l0"].T, bias, out=ws.table)
                 onehot_forward(ws.table, ws.ids, xproj2d)
@@ -107,6 +127,9 @@ class Network:
                 lstm_forward(xproj, w_hh, ws.h0[k], ws.c0[k], ws.hs[k], ws.cs[k],
                              ws.gates[k], ws.tanh_cs[k])
                 state["c"][k] = ws.cs[k][T - 1]
+            elif self.gru:
+                gru_forward(xproj, w_hh, b_hh[2 * self.H:], ws.h0[k], ws.hs[k], ws.gates[k],
+                            ws.ghns[k])
             else:
                 rnn_forward(xproj, w_hh, ws.h0[k], ws.hs[k], ws.scratch)
             state["h"][k] = ws.hs[k][T - 1]
@@ -154,17 +177,26 @@ class Network:
             if self.lstm:
                 lstm_backward(w_hh, ws.c0[k], ws.cs[k], ws.gates[k], ws.tanh_cs[k],
                               ws.dhs, dh, dc, dpre)
+            elif self.gru:
+                gru_backward(w_hh, ws.h0[k], ws.hs[k], ws.gates[k], ws.ghns[k], ws.dhs, dh,
+                             dpre, ws.drec, ws.scratch)
             else:
                 rnn_backward(w_hh, ws.hs[k], ws.dhs, dh, dpre)
+            # The gradient of the recurrent product h W_hh^T + b_hh: the same as dpre's
+            # but for the GRU, whose candidate rows are scaled by r on the recurrent side.
+            drec = ws.drec if self.gru else dpre
             GH = dpre.shape[2]
             dpre2d = dpre.reshape(N, GH)
             hs = ws.hs[k]
             g_hh = g[f"rnn.weight_hh_l{k}"]
-            # sum_t dpre_t^T h_{t-1}: steps 1..T-1 in one GEMM, step 0 against h0.
-            matmul(dpre[1:].reshape(-1, GH).T, hs[:-1].reshape(-1, H), g_hh)
-            matmul_add(dpre[0].T, ws.h0[k], g_hh)
+            # sum_t drec_t^T h_{t-1}: steps 1..T-1 in one GEMM, step 0 against h0.
+            matmul(drec[1:].reshape(-1, GH).T, hs[:-1].reshape(-1, H), g_hh)
+            matmul_add(drec[0].T, ws.h0[k], g_hh)
             np.sum(dpre2d, axis=0, out=g[f"rnn.bias_ih_l{k}"])
-            g[f"rnn.bias_hh_l{k}"][...] = g[f"rnn.bias_ih_l{k}"]
+            if self.gru:
+                np.sum(drec.reshape(N, GH), axis=0, out=g[f"rnn.bias_hh_l{k}"])
+            else:
+                g[f"rnn.bias_hh_l{k}"][...] = g[f"rnn.bias_ih_l{k}"]
             if k == 0:
                 onehot_backward(dpre2d, ws.ids, ws.table)
                 g["rnn.weight_ih_l0"][...] = ws.table.T

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 
 from .checkpoint import Checkpoint
-from .corpus import _describe_chars
+from .corpus import describe_chars
 from .errors import UserError
-from .kernels.sampling import generate
+from .kernels.sampling import CELL_CODES, generate
 
 STREAM_CHUNK = 32  # characters per kernel call: small enough to stream, large enough to be cheap
 
@@ -20,15 +20,35 @@ class Sampler:
         p = ckpt.params
         L, H, G = cfg.num_layers, cfg.hidden_size, cfg.gates
         self.vocab = ckpt.vocab
-        self.is_lstm = cfg.cell == "lstm"
+        self.cell = CELL_CODES[cfg.cell]
+        # The GRU's bias_hh n rows sit inside r * (h W_hn^T + b_hn): they cannot be folded
+        # into the input side with the other biases, so they are kept apart in bias_hn
+        # (zeros and unused for the other cells).
+        gru = cfg.cell == "gru"
+        self.bias_hn = np.zeros((L, H), np.float32)
+        if gru:
+            for k in range(L):
+                self.bias_hn[k] = p[f"rnn.bias_hh_l{k}"][2 * H:]
+
+        def bias_hh_input_side(k):
+            """bias_hh as the input side adds it: all of it, for the GRU without n rows."""
+            b_hh = p[f"rnn.bias_hh_l{k}"]
+            if gru:
+                b_hh = b_hh.copy()
+                b_hh[2 * H:] = 0.0
+            return b_hh
+
         self.table0 = np.ascontiguousarray(
-            p["rnn.weight_ih_l0"].T + p["rnn.bias_ih_l0"] + p["rnn.bias_hh_l0"])
+            p["rnn.weight_ih_l0"].T + p["rnn.bias_ih_l0"] + bias_hh_input_side(0))
         self.w_ih_t = np.zeros((max(L - 1, 1), H, G * H), np.float32)
         self.bias = np.zeros((max(L - 1, 1), G * H), np.float32)
         for k in range(1, L):
             self.w_ih_t[k - 1] = p[f"rnn.weight_ih_l{k}"].T
-            self.bias[k - 1] = p[f"rnn.bias_ih_l{k}"] + p[f"rnn.bias_hh_l{k}"]
-        self.w_hh_t = np.stack([p[f"rnn.weight_hh_l{k}"].T for k in range(L)]).astype(np.float32)
+            self.bias[k - 1] = p[f"rnn.bias_ih_l{k}"] + bias_hh_input_side(k)
+        # C order: np.stack of transposes (and astype, which keeps strides) is neither C-
+        # nor F-contiguous, and the kernel's np.dot would copy each layer's matrix per step.
+        self.w_hh_t = np.ascontiguousarray(
+            np.stack([p[f"rnn.weight_hh_l{k}"].T for k in range(L)]), dtype=np.float32)
         self.dec_w_t = np.ascontiguousarray(p["decoder.weight"].T)
         self.dec_b = p["decoder.bias"].copy()
         self.h = np.zeros((L, 1, H), np.float32)
@@ -40,7 +60,7 @@ class Sampler:
         if unknown:
             raise UserError(
                 f"the prime text has characters outside the model's vocabulary: "
-                f"{_describe_chars(unknown)}; remove them or choose another prime")
+                f"{describe_chars(unknown)}; remove them or choose another prime")
         return self.vocab.encode(text).astype(np.int64)
 
     def prime(self, text: str, rng: np.random.Generator) -> None:
@@ -56,8 +76,8 @@ class Sampler:
         self.next_input = int(ids[-1])
 
     def _run(self, feed, first, uniforms, temperature, top_k, out):
-        return generate(self.is_lstm, self.table0, self.w_ih_t, self.bias, self.w_hh_t,
-                        self.dec_w_t, self.dec_b, self.h, self.c, feed, first,
+        return generate(self.cell, self.table0, self.w_ih_t, self.bias, self.w_hh_t,
+                        self.bias_hn, self.dec_w_t, self.dec_b, self.h, self.c, feed, first,
                         uniforms, float(temperature), int(top_k), out)
 
     def stream(self, length: int, temperature: float, top_k: int, rng: np.random.Generator):

@@ -1,8 +1,8 @@
 """Plain NumPy reference twins of charlstm's kernels and network, for the tests.
 
 Everything here is float64, loops over time in Python and is written straight from the
-math (PyTorch's ``nn.LSTM`` / ``nn.RNN(nonlinearity='tanh')`` plus an ``nn.Linear``
-decoder), with no tricks: layer 0's input is an explicit one-hot matrix multiplied by
+math (PyTorch's ``nn.LSTM`` / ``nn.RNN(nonlinearity='tanh')`` / ``nn.GRU`` plus an
+``nn.Linear`` decoder), with no tricks: layer 0's input is an explicit one-hot matrix multiplied by
 ``weight_ih`` (no row gather), biases are added separately, the softmax is an explicit
 log-sum-exp. The backward passes are derived by hand from the chain rule, one step at a
 time. Nothing is imported from ``charlstm.kernels`` or ``charlstm.network``.
@@ -16,6 +16,10 @@ LSTM (gate order i, f, g, o, rows [kH:(k+1)H) of the [4H, .] weights):
     c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)
 RNN:
     h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
+GRU (gate order r, z, n, rows [kH:(k+1)H) of the [3H, .] weights):
+    gi_t = x_t W_ih^T + b_ih;   gh_t = h_{t-1} W_hh^T + b_hh
+    r, z = sigmoid(gi_r + gh_r), sigmoid(gi_z + gh_z)
+    n = tanh(gi_n + r * gh_n);   h_t = (1 - z) * n + z * h_{t-1}
 Decoder and loss:
     logits = h_top W_dec^T + b_dec;  loss = mean over the B*T positions of
     -log softmax(logits)[target]  (natural log)
@@ -200,6 +204,83 @@ def rnn_layer_backward(fwd, dhs, dhT=None):
 
 
 # --------------------------------------------------------------------------------------
+# GRU layer
+# --------------------------------------------------------------------------------------
+def gru_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0):
+    """x [T, B, D] -> dict with hs [T, B, H], gates [T, B, 3H] (activated, order r, z, n),
+    ghn [T, B, H] (h_{t-1} W_hn^T + b_hn) and what the backward pass needs."""
+    x = np.asarray(x, F64)
+    T = x.shape[0]
+    H = W_hh.shape[1]
+    W_ih, W_hh = np.asarray(W_ih, F64), np.asarray(W_hh, F64)
+    b_ih, b_hh = np.asarray(b_ih, F64), np.asarray(b_hh, F64)
+    h = np.asarray(h0, F64).copy()
+    hs, gates, ghns, h_prevs = [], [], [], []
+    for t in range(T):
+        gi = x[t] @ W_ih.T + b_ih                   # input side, both biases kept apart
+        gh = h @ W_hh.T + b_hh                      # recurrent side
+        r = sigmoid(gi[:, 0 * H:1 * H] + gh[:, 0 * H:1 * H])
+        z = sigmoid(gi[:, 1 * H:2 * H] + gh[:, 1 * H:2 * H])
+        ghn = gh[:, 2 * H:3 * H]
+        n = np.tanh(gi[:, 2 * H:3 * H] + r * ghn)
+        h_prevs.append(h)
+        h = (1.0 - z) * n + z * h
+        hs.append(h)
+        gates.append(np.concatenate([r, z, n], axis=1))
+        ghns.append(ghn)
+    return {"x": x, "W_ih": W_ih, "W_hh": W_hh, "hs": np.array(hs),
+            "gates": np.array(gates), "ghn": np.array(ghns), "h_prev": np.array(h_prevs)}
+
+
+def gru_layer_backward(fwd, dhs, dhT=None):
+    """Backward through ``gru_layer_forward``.
+
+    Returns a dict with dpre [T, B, 3H] (w.r.t. the input side gi = x W_ih^T + b_ih),
+    drec [T, B, 3H] (w.r.t. the recurrent side gh = h W_hh^T + b_hh; equal to dpre on
+    the r, z rows and r * dpre on the n rows), dx, dW_ih, dW_hh, db_ih, db_hh, dh0.
+    """
+    x, W_ih, W_hh = fwd["x"], fwd["W_ih"], fwd["W_hh"]
+    T, B, H = fwd["hs"].shape
+    dh_next = np.zeros((B, H)) if dhT is None else np.asarray(dhT, F64).copy()
+    dpre = np.zeros((T, B, 3 * H))
+    drec = np.zeros((T, B, 3 * H))
+    dx = np.zeros_like(x)
+    dW_ih = np.zeros_like(W_ih)
+    dW_hh = np.zeros_like(W_hh)
+    db_ih = np.zeros(3 * H)
+    db_hh = np.zeros(3 * H)
+    for t in range(T - 1, -1, -1):
+        gt = fwd["gates"][t]
+        r, z, n = (gt[:, k * H:(k + 1) * H] for k in range(3))
+        ghn = fwd["ghn"][t]
+        h_prev = fwd["h_prev"][t]
+        dh = dhs[t] + dh_next                       # h_t feeds the layer above and step t+1
+        # h_t = (1 - z) * n + z * h_prev
+        dn = dh * (1.0 - z)
+        dz = dh * (h_prev - n)
+        dh_prev_direct = dh * z
+        # n = tanh(a_n), a_n = gi_n + r * gh_n
+        da_n = dn * (1.0 - n ** 2)
+        dr = da_n * ghn
+        dghn = da_n * r
+        # r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z)
+        da_r = dr * r * (1.0 - r)
+        da_z = dz * z * (1.0 - z)
+        dgi = np.concatenate([da_r, da_z, da_n], axis=1)
+        dgh = np.concatenate([da_r, da_z, dghn], axis=1)
+        dpre[t] = dgi
+        drec[t] = dgh
+        dW_ih += dgi.T @ x[t]
+        db_ih += dgi.sum(axis=0)
+        dW_hh += dgh.T @ h_prev
+        db_hh += dgh.sum(axis=0)
+        dx[t] = dgi @ W_ih
+        dh_next = dgh @ W_hh + dh_prev_direct
+    return {"dpre": dpre, "drec": drec, "dx": dx, "dW_ih": dW_ih, "dW_hh": dW_hh,
+            "db_ih": db_ih, "db_hh": db_hh, "dh0": dh_next}
+
+
+# --------------------------------------------------------------------------------------
 # whole model
 # --------------------------------------------------------------------------------------
 def _num_layers(params):
@@ -208,7 +289,7 @@ def _num_layers(params):
 
 def reference_forward(cell, params, inputs, h0, c0=None):
     """Run the model; returns (layer forward dicts, logits [T, B, V], hT, cT)."""
-    assert cell in ("lstm", "rnn")
+    assert cell in ("lstm", "rnn", "gru")
     p = {k: np.asarray(v, F64) for k, v in params.items()}
     L = _num_layers(p)
     V = p["decoder.weight"].shape[0]
@@ -221,6 +302,8 @@ def reference_forward(cell, params, inputs, h0, c0=None):
         if cell == "lstm":
             fwd = lstm_layer_forward(*args, c0[k])
             cT.append(fwd["cs"][-1])
+        elif cell == "gru":
+            fwd = gru_layer_forward(*args)
         else:
             fwd = rnn_layer_forward(*args)
         layers.append(fwd)
@@ -259,6 +342,8 @@ def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None):
         if cell == "lstm":
             bwd = lstm_layer_backward(layers[k], dhs)
             dc0[k] = bwd["dc0"]
+        elif cell == "gru":
+            bwd = gru_layer_backward(layers[k], dhs)
         else:
             bwd = rnn_layer_backward(layers[k], dhs)
         dh0[k] = bwd["dh0"]

@@ -2,18 +2,24 @@
 
 The cell step functions are the same ones the training kernels use, so sampling cannot
 drift from training. The weights arrive stacked per layer (see ``charlstm.sample``).
+The cell is chosen by an integer code (``CELL_CODES``) so one compiled ``generate``
+serves every cell.
 """
 import math
 
 from .jit import kernel
 import numpy as np
 
+from .gru import gru_step
 from .lstm import lstm_step
 from .rnn import rnn_step
 
+CELL_LSTM, CELL_RNN, CELL_GRU = 0, 1, 2
+CELL_CODES = {"lstm": CELL_LSTM, "rnn": CELL_RNN, "gru": CELL_GRU}
+
 
 @kernel
-def _advance(is_lstm, table0, w_ih_t, bias, w_hh_t, char_id, h, c, pre, gates, tanh_c):
+def _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, char_id, h, c, pre, gates, tanh_c):
     """Feed one character; update h, c [L, 1, H] in place."""
     L = h.shape[0]
     for k in range(L):
@@ -23,10 +29,14 @@ def _advance(is_lstm, table0, w_ih_t, bias, w_hh_t, char_id, h, c, pre, gates, t
             np.dot(h[k - 1], w_ih_t[k - 1], pre)
             pre[0, :] += bias[k - 1]
         np.dot(h[k], w_hh_t[k], gates)
-        if is_lstm:
+        if cell == CELL_LSTM:
             # In place is safe: each element of c is read before it is written, and h
             # was consumed by the GEMM above.
             lstm_step(gates, pre, c[k], c[k], h[k], tanh_c)
+        elif cell == CELL_GRU:
+            # In place is safe: gru_step reads each element of h before writing it.
+            # tanh_c serves as the [1, H] scratch for h W_hn^T + b_hn.
+            gru_step(gates, pre, bias_hn[k], h[k], h[k], tanh_c)
         else:
             rnn_step(gates, pre, h[k])
 
@@ -63,16 +73,21 @@ def _draw(logits, temperature, top_k, u, probs):
 
 
 @kernel
-def generate(is_lstm, table0, w_ih_t, bias, w_hh_t, dec_w_t, dec_b, h, c,
+def generate(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, dec_w_t, dec_b, h, c,
              feed_ids, first_input, uniforms, temperature, top_k, out_ids):
     """Feed ``feed_ids`` (state warm-up, outputs discarded), then starting from
     ``first_input`` draw len(out_ids) characters, each fed back as the next input.
 
     Parameters
     ----------
-    table0 : [V, G*H] layer 0's weight_ih.T plus both biases (one-hot input as a lookup).
+    cell : one of ``CELL_CODES``' values.
+    table0 : [V, G*H] layer 0's weight_ih.T plus both biases (one-hot input as a lookup);
+        for the GRU without bias_hh's n rows.
     w_ih_t : [max(L-1, 1), H, G*H] upper layers' weight_ih.T; bias : [max(L-1,1), G*H]
-        their summed biases. w_hh_t : [L, H, G*H]. dec_w_t : [H, V]; dec_b : [V].
+        their summed biases (for the GRU, again without bias_hh's n rows).
+    w_hh_t : [L, H, G*H]. bias_hn : [L, H] the GRU's bias_hh n rows, which the cell adds
+        inside r * (...); unused (any contents) for the other cells.
+    dec_w_t : [H, V]; dec_b : [V].
     h, c : [L, 1, H] state, updated in place. uniforms : [len(out_ids)] in [0, 1).
     Returns the last character drawn (the next call's ``first_input``).
     """
@@ -85,10 +100,11 @@ def generate(is_lstm, table0, w_ih_t, bias, w_hh_t, dec_w_t, dec_b, h, c,
     logits = np.empty((1, V), h.dtype)
     probs = np.empty(V, np.float64)
     for i in range(feed_ids.shape[0]):
-        _advance(is_lstm, table0, w_ih_t, bias, w_hh_t, feed_ids[i], h, c, pre, gates, tanh_c)
+        _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, feed_ids[i], h, c, pre, gates,
+                 tanh_c)
     x = first_input
     for n in range(out_ids.shape[0]):
-        _advance(is_lstm, table0, w_ih_t, bias, w_hh_t, x, h, c, pre, gates, tanh_c)
+        _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, x, h, c, pre, gates, tanh_c)
         np.dot(h[h.shape[0] - 1], dec_w_t, logits)
         logits[0, :] += dec_b
         x = _draw(logits[0], temperature, top_k, uniforms[n], probs)
