@@ -134,13 +134,19 @@ def train(paths, out, force, quiet, **options):
         raise UserError(
             f"{out_dir} already holds a run; continue it with `charlstm resume {out_dir}` "
             f"or pass --force to start over")
-    data = prepare_data(config)
+    data = prepare_data(config, cache_dir=token_cache_dir(out_dir))
     config = _resolve_horizon(config, data.batches.steps_per_epoch)
     _prepare_out_dir(out_dir)
     trainer = Trainer(config, data)
     _announce(trainer, out_dir, quiet)
     status = run_training(trainer, out_dir, quiet=quiet)
     _finish(trainer, out_dir, status, quiet)
+
+
+def token_cache_dir(run_dir: Path) -> Path:
+    """Encoded corpora are cached beside the run, shared by the runs of one parent."""
+    from charlstm.tokens import CACHE_DIR_NAME
+    return run_dir.resolve().parent / CACHE_DIR_NAME
 
 
 def _prepare_out_dir(out_dir: Path) -> None:
@@ -200,7 +206,7 @@ def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
 def resume(run_dir, steps, epochs, time_limit, corpus, quiet, **cadence):
     """Continue the run in RUN_DIR from its last.npz, exactly where it stopped."""
     from charlstm import checkpoint as ckpt_io
-    from charlstm.corpus import read_corpus
+    from charlstm.tokens import fingerprint
     from charlstm.train import Trainer, prepare_data, run_training
 
     run_dir = Path(run_dir)
@@ -212,12 +218,12 @@ def resume(run_dir, steps, epochs, time_limit, corpus, quiet, **cadence):
         changes["corpus"] = tuple(corpus)
     config = ckpt.config.replace(**changes)
     if not corpus:
-        current = read_corpus(config.corpus, config.encoding).files
+        current = fingerprint(config.corpus, config.encoding)
         if [(f.path, f.sha256) for f in current] != [(f.path, f.sha256) for f in ckpt.corpus_files]:
             raise UserError(
                 "the corpus changed since the checkpoint was written (its SHA-256 differs); "
                 "restore it, or pass --corpus PATH to continue on new text")
-    data = prepare_data(config, vocab=ckpt.vocab)
+    data = prepare_data(config, vocab=ckpt.vocab, cache_dir=token_cache_dir(run_dir))
     trainer = Trainer(config, data, resume_from=ckpt)
     limit = trainer.step_limit()
     if limit is not None and trainer.step >= limit and time_limit is None:
@@ -344,6 +350,29 @@ def info(checkpoint, as_json):
     click.echo("configuration")
     for key, value in summary["config"].items():
         click.echo(f"  {key:<15}{value}")
+
+
+@main.command()
+@click.option("--config", "configs", multiple=True, type=click.Choice(["S", "M", "L", "R"]),
+              help="Configurations to run (repeatable).  [default: S M L R]")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Text to train on.  [default: the built-in corpus]")
+@click.option("--steps", type=POSITIVE, default=20, help="Timed training steps per configuration.")
+@click.option("--warmup", type=NON_NEGATIVE, default=3, help="Untimed steps first.")
+@click.option("--compare-torch", is_flag=True, help="Also run the same models in PyTorch, if it is installed.")
+@click.option("--torch-threads", type=POSITIVE, default=None, help="PyTorch's threads.  [default: all cores]")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench(configs, corpus, steps, warmup, compare_torch, torch_threads, as_json):
+    """Measure training and sampling speed for S, M, L and R (see docs/BENCHMARKS.md)."""
+    import os
+
+    from charlstm.bench import run_bench
+
+    echo = (lambda text: click.echo(text, err=True)) if as_json else click.echo
+    results = run_bench(configs or ("S", "M", "L", "R"), corpus, steps, warmup, compare_torch,
+                        torch_threads or os.cpu_count(), echo=echo)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

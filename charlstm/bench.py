@@ -1,0 +1,241 @@
+"""`charlstm bench`: training and sampling speed, measured, beside NumPy's GEMM and
+(optionally) PyTorch on the same machine in the same run.
+
+Each configuration runs in its own subprocess, so its peak RSS is its own and one
+configuration's thread pools or caches do not disturb the next.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONFIGS = {
+    "S": dict(cell="lstm", hidden_size=128, num_layers=1, seq_len=64, batch_size=32),
+    "M": dict(cell="lstm", hidden_size=256, num_layers=2, seq_len=64, batch_size=32),
+    "L": dict(cell="lstm", hidden_size=512, num_layers=2, seq_len=100, batch_size=64),
+    "R": dict(cell="rnn", hidden_size=256, num_layers=1, seq_len=64, batch_size=32),
+}
+GATES = {"lstm": 4, "rnn": 1, "gru": 3}
+SAMPLE_CHARS = 2000
+
+
+def flops_per_char(cell: str, H: int, L: int, V: int) -> float:
+    """Matmul FLOPs of one training character: forward 2*G*H^2*(2L-1) + 2*H*V (layer 0's
+    input projection is a row gather), backward twice the forward."""
+    G = GATES[cell]
+    return 3 * (2 * G * H * H * (2 * L - 1) + 2 * H * V)
+
+
+def step_gemm_shapes(cell: str, H: int, L: int, V: int, T: int, B: int) -> list[tuple]:
+    """(m, k, n, count) of every matrix product of one training step, as charlstm runs it."""
+    G = GATES[cell]
+    N = T * B
+    shapes = [
+        (B, H, G * H, 2 * T * L),          # recurrent product per step, forward and backward
+        (N, H, V, 2),                      # decoder forward; decoder input gradient
+        (V, N, H, 1),                      # decoder weight gradient
+        (G * H, N, H, L),                  # weight_hh gradients
+    ]
+    if L > 1:
+        shapes += [(N, H, G * H, L - 1),   # upper layers' input projection
+                   (G * H, N, H, L - 1),   # their weight_ih gradient
+                   (N, G * H, H, L - 1)]   # their input gradient
+    return shapes
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def numpy_gemm_seconds(shapes) -> float:
+    """Time NumPy's float32 GEMM needs for these products (medians per shape)."""
+    total = 0.0
+    rng = np.random.default_rng(0)
+    for m, k, n, count in shapes:
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        out = np.empty((m, n), np.float32)
+        reps = max(3, min(50, int(2e8 / (2 * m * k * n))))
+        np.dot(a, b, out=out)
+        per = _median_time(lambda: np.dot(a, b, out=out), reps)
+        total += per * count
+    return total
+
+
+def numpy_square_gemm_gflops(n: int = 2048) -> float:
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    out = np.empty_like(a)
+    np.dot(a, a, out=out)
+    return 2 * n ** 3 / _median_time(lambda: np.dot(a, a, out=out), 5) / 1e9
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- workers (run in subprocesses) ---------------------------------------------------------
+
+def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int) -> dict:
+    from .config import TrainConfig
+    from .sample import Sampler
+    from .train import Trainer, prepare_data
+
+    spec = CONFIGS[name]
+    config = TrainConfig(corpus=(corpus,) if corpus else (), **spec)
+    data = prepare_data(config)
+    trainer = Trainer(config, data)
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        trainer.train_step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times))
+    V = len(data.vocab)
+    T, B, H, L = spec["seq_len"], spec["batch_size"], spec["hidden_size"], spec["num_layers"]
+    cps = T * B / step_s
+    gemm_s = numpy_gemm_seconds(step_gemm_shapes(spec["cell"], H, L, V, T, B))
+    sampler = Sampler(trainer.to_checkpoint(0.0))
+    rng = np.random.default_rng(0)
+    sampler.prime("", rng)
+    for _ in sampler.stream(100, 0.8, 0, rng):
+        pass
+    t0 = time.perf_counter()
+    for _ in sampler.stream(SAMPLE_CHARS, 0.8, 0, rng):
+        pass
+    sample_cps = SAMPLE_CHARS / (time.perf_counter() - t0)
+    return {
+        "config": name, **spec, "vocab": V,
+        "train_chars_per_s": cps,
+        "step_ms": step_s * 1e3,
+        "gflops": flops_per_char(spec["cell"], H, L, V) * cps / 1e9,
+        "numpy_gemm_ms": gemm_s * 1e3,
+        "gemm_fraction": gemm_s / step_s,
+        "sample_chars_per_s": sample_cps,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def worker_jit(cache_dir: str) -> dict:
+    """Start-to-ready time of a training step and a sample, with the given cache."""
+    t0 = time.perf_counter()
+    from .config import TrainConfig
+    from .sample import Sampler
+    from .train import Trainer, prepare_data
+
+    for cell in ("lstm", "rnn"):
+        config = TrainConfig(cell=cell, hidden_size=16, num_layers=2, seq_len=8, batch_size=4)
+        trainer = Trainer(config, prepare_data(config))
+        trainer.train_step()
+        sampler = Sampler(trainer.to_checkpoint(0.0))
+        rng = np.random.default_rng(0)
+        sampler.prime("", rng)
+        for _ in sampler.stream(5, 0.8, 0, rng):
+            pass
+    return {"seconds": time.perf_counter() - t0}
+
+
+def _run_worker(args: list[str], env=None) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "charlstm.bench", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark worker {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torch: bool,
+              torch_threads: int, echo=print) -> dict:
+    results = {"machine": machine_summary(), "configs": [], "corpus": corpus or "builtin:pydoc"}
+    results["numpy_square_gemm_gflops"] = numpy_square_gemm_gflops()
+    torch_ok = False
+    if compare_torch:
+        try:
+            import torch  # noqa: F401  (optional: only to measure against)
+            torch_ok = True
+        except ImportError:
+            echo("torch is not importable: skipping the PyTorch comparison")
+    for name in configs:
+        row = _run_worker(["--worker", "charlstm", "--config", name, "--steps", str(steps),
+                           "--warmup", str(warmup)] + (["--corpus", corpus] if corpus else []))
+        if torch_ok:
+            t = _run_worker(["--worker", "torch", "--config", name, "--steps", str(steps),
+                             "--warmup", str(warmup), "--threads", str(torch_threads)]
+                            + (["--corpus", corpus] if corpus else []))
+            row["torch"] = t
+            row["train_ratio"] = row["train_chars_per_s"] / t["train_chars_per_s"]
+            row["sample_ratio"] = row["sample_chars_per_s"] / t["sample_chars_per_s"]
+        results["configs"].append(row)
+        echo(_format_row(row))
+    with tempfile.TemporaryDirectory() as cache:
+        cold = _run_worker(["--worker", "jit"], env={"NUMBA_CACHE_DIR": cache})
+        warm = _run_worker(["--worker", "jit"], env={"NUMBA_CACHE_DIR": cache})
+    results["jit_cold_s"], results["jit_cached_s"] = cold["seconds"], warm["seconds"]
+    echo(f"JIT: first start {cold['seconds']:.1f} s (compiling), cached start {warm['seconds']:.1f} s")
+    return results
+
+
+def _format_row(row: dict) -> str:
+    text = (f"{row['config']}: {row['cell']} H={row['hidden_size']} L={row['num_layers']} "
+            f"T={row['seq_len']} B={row['batch_size']}: {row['train_chars_per_s']:,.0f} chars/s, "
+            f"{row['gflops']:.1f} GFLOP/s, {row['gemm_fraction']:.2f} of NumPy GEMM time, "
+            f"sampling {row['sample_chars_per_s']:,.0f} chars/s, peak RSS {row['peak_rss_mb']:.0f} MB")
+    if "torch" in row:
+        text += (f"; PyTorch {row['torch']['train_chars_per_s']:,.0f} chars/s "
+                 f"(x{row['train_ratio']:.2f}), sampling {row['torch']['sample_chars_per_s']:,.0f} "
+                 f"(x{row['sample_ratio']:.1f})")
+    return text
+
+
+def machine_summary() -> dict:
+    cpu = "unknown"
+    flags = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu == "unknown":
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+    return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd,
+            "python": sys.version.split()[0], "numpy": np.__version__}
+
+
+def _main(argv=None):
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m charlstm.bench")
+    ap.add_argument("--worker", choices=["charlstm", "torch", "jit"], required=True)
+    ap.add_argument("--config", default="M")
+    ap.add_argument("--corpus", default=None)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    a = ap.parse_args(argv)
+    if a.worker == "charlstm":
+        out = worker_charlstm(a.config, a.corpus, a.steps, a.warmup)
+    elif a.worker == "torch":
+        from .bench_torch import worker_torch
+        out = worker_torch(CONFIGS[a.config], a.corpus, a.steps, a.warmup, a.threads, SAMPLE_CHARS)
+        out["peak_rss_mb"] = _peak_rss_mb()
+    else:
+        out = worker_jit(os.environ.get("NUMBA_CACHE_DIR", ""))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    _main()

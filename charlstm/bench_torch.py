@@ -1,0 +1,59 @@
+"""The PyTorch side of `charlstm bench --compare-torch`: the same model (one-hot input,
+nn.LSTM/nn.RNN, Linear, softmax cross-entropy, Adam, clip 5, truncated BPTT over the same
+streams), timed the same way. Imported only when torch is installed; charlstm never
+depends on it."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def worker_torch(spec: dict, corpus: str | None, steps: int, warmup: int, threads: int,
+                 sample_chars: int) -> dict:
+    import torch
+
+    from .config import TrainConfig
+    from .train import prepare_data
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = TrainConfig(corpus=(corpus,) if corpus else (), **spec)
+    data = prepare_data(config)
+    V = len(data.vocab)
+    T, B, H, L = spec["seq_len"], spec["batch_size"], spec["hidden_size"], spec["num_layers"]
+    streams = torch.from_numpy(data.batches.streams.astype(np.int64))
+    module = {"lstm": torch.nn.LSTM, "rnn": torch.nn.RNN, "gru": torch.nn.GRU}[spec["cell"]](V, H, L)
+    decoder = torch.nn.Linear(H, V)
+    eye = torch.eye(V)
+    params = list(module.parameters()) + list(decoder.parameters())
+    opt = torch.optim.Adam(params, lr=config.lr)
+    zero = torch.zeros(L, B, H)
+    state = (zero, zero.clone()) if spec["cell"] == "lstm" else zero
+    times = []
+    for k in range(warmup + steps):
+        t0 = time.perf_counter()
+        x = streams[:, k * T:(k + 1) * T]
+        y = streams[:, k * T + 1:(k + 1) * T + 1]
+        out, state = module(eye[x.T], state)
+        loss = torch.nn.functional.cross_entropy(decoder(out).reshape(-1, V), y.T.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.clip)
+        opt.step()
+        state = tuple(s.detach() for s in state) if spec["cell"] == "lstm" else state.detach()
+        if k >= warmup:
+            times.append(time.perf_counter() - t0)
+    step_s = float(np.median(times))
+    with torch.no_grad():
+        one = torch.zeros(L, 1, H)
+        s1 = (one, one.clone()) if spec["cell"] == "lstm" else one
+        c = torch.tensor([0])
+        t0 = time.perf_counter()
+        for _ in range(sample_chars):
+            o, s1 = module(eye[c].view(1, 1, V), s1)
+            p = torch.softmax(decoder(o[0, 0]) / 0.8, -1)
+            c = torch.multinomial(p, 1)
+        sample_cps = sample_chars / (time.perf_counter() - t0)
+    return {"train_chars_per_s": T * B / step_s, "step_ms": step_s * 1e3,
+            "sample_chars_per_s": sample_cps, "threads": threads, "torch": torch.__version__}
