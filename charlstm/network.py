@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import TrainConfig
-from .kernels.blas import matmul, matmul_add
+from .kernels.blas import matmul_nn, matmul_nt, matmul_tn
 from .kernels.gru import gru_backward, gru_forward
 from .kernels.lstm import lstm_backward, lstm_forward
 from .kernels.onehot import onehot_backward, onehot_forward
@@ -120,7 +120,7 @@ class Network:
                 np.add(p["rnn.weight_ih_l0"].T, bias, out=ws.table)
                 onehot_forward(ws.table, ws.ids, xproj2d)
             else:
-                matmul(x, p[f"rnn.weight_ih_l{k}"].T, xproj2d)
+                matmul_nt(x, p[f"rnn.weight_ih_l{k}"], xproj2d)
                 xproj2d += bias
             w_hh = p[f"rnn.weight_hh_l{k}"]
             if self.lstm:
@@ -134,7 +134,7 @@ class Network:
                 rnn_forward(xproj, w_hh, ws.h0[k], ws.hs[k], ws.scratch)
             state["h"][k] = ws.hs[k][T - 1]
             x = ws.hs[k].reshape(N, self.H)
-        matmul(x, p["decoder.weight"].T, ws.logits)
+        matmul_nt(x, p["decoder.weight"], ws.logits)
         ws.logits += p["decoder.bias"]
         return ws
 
@@ -164,10 +164,10 @@ class Network:
         N, H = T * B, self.H
         dlogits = ws.logits
         top = ws.hs[-1].reshape(N, H)
-        matmul(dlogits.T, top, g["decoder.weight"])
+        matmul_tn(dlogits, top, g["decoder.weight"])
         np.sum(dlogits, axis=0, out=g["decoder.bias"])
         dhs2d = ws.dhs.reshape(N, H)
-        matmul(dlogits, p["decoder.weight"], dhs2d)
+        matmul_nn(dlogits, p["decoder.weight"], dhs2d)
         for k in range(self.num_layers - 1, -1, -1):
             dpre = ws.xproj[k]  # the forward's projection is dead: reuse its memory
             dh, dc = ws.dh0[k], ws.dc0[k]
@@ -190,8 +190,8 @@ class Network:
             hs = ws.hs[k]
             g_hh = g[f"rnn.weight_hh_l{k}"]
             # sum_t drec_t^T h_{t-1}: steps 1..T-1 in one GEMM, step 0 against h0.
-            matmul(drec[1:].reshape(-1, GH).T, hs[:-1].reshape(-1, H), g_hh)
-            matmul_add(drec[0].T, ws.h0[k], g_hh)
+            matmul_tn(drec[1:].reshape(-1, GH), hs[:-1].reshape(-1, H), g_hh)
+            matmul_tn(drec[0], ws.h0[k], g_hh, 1.0)
             np.sum(dpre2d, axis=0, out=g[f"rnn.bias_ih_l{k}"])
             if self.gru:
                 np.sum(drec.reshape(N, GH), axis=0, out=g[f"rnn.bias_hh_l{k}"])
@@ -203,5 +203,5 @@ class Network:
             else:
                 below = ws.hs[k - 1].reshape(N, H)
                 w_ih = p[f"rnn.weight_ih_l{k}"]
-                matmul(dpre2d.T, below, g[f"rnn.weight_ih_l{k}"])
-                matmul(dpre2d, w_ih, dhs2d)
+                matmul_tn(dpre2d, below, g[f"rnn.weight_ih_l{k}"])
+                matmul_nn(dpre2d, w_ih, dhs2d)

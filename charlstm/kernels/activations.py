@@ -95,7 +95,10 @@ def _tanh(x):
             # polynomial keeps relative accuracy there (truncation error < 1e-8 * |x|).
             x2 = a * a
             small = a * (_ONE + x2 * (_TAYLOR3 + x2 * _TAYLOR5))
-            t = small if a < _SMALL else t
+            # A blend, not a branch: a conditional expression inside this inlined
+            # overload trips a Numba IR check, and arithmetic vectorises anyway.
+            use_small = np.float32(a < _SMALL)
+            t = use_small * small + (_ONE - use_small) * t
             return np.float32(math.copysign(t, x))
     else:
         def impl(x):

@@ -21,6 +21,7 @@ from .jit import kernel
 import numpy as np
 
 from .activations import one_like, sigmoid, tanh
+from .blas import gemm_nn, gemm_nt
 
 
 @kernel
@@ -76,13 +77,12 @@ def gru_forward(xproj, weight_hh, bias_hn, h0, hs, gates, ghns):
     ghns : [T, B, H] output: ``h_{t-1} @ W_hn.T + b_hn`` per step, ditto.
     """
     T = xproj.shape[0]
-    w_t = weight_hh.T
     for t in range(T):
         if t == 0:
-            np.dot(h0, w_t, gates[0])
+            gemm_nt(h0, weight_hh, gates[0])
             gru_step(gates[0], xproj[0], bias_hn, h0, hs[0], ghns[0])
         else:
-            np.dot(hs[t - 1], w_t, gates[t])
+            gemm_nt(hs[t - 1], weight_hh, gates[t])
             gru_step(gates[t], xproj[t], bias_hn, hs[t - 1], hs[t], ghns[t])
 
 
@@ -142,5 +142,5 @@ def gru_backward(weight_hh, h0, hs, gates, ghns, dhs, dh, dpre, drec, dhz):
                 dqn[j] = da_n * r
                 dzr[j] = dh_t * z
         # dh_{t-1} = drec_t @ weight_hh (+ dhz, added in the next step's pass).
-        np.dot(dq, weight_hh, dh)
+        gemm_nn(dq, weight_hh, dh)
     dh += dhz

@@ -11,6 +11,7 @@ from .jit import kernel
 import numpy as np
 
 from .activations import one_like, sigmoid, tanh
+from .blas import gemm_nn, gemm_nt
 
 
 @kernel
@@ -60,13 +61,12 @@ def lstm_forward(xproj, weight_hh, h0, c0, hs, cs, gates, tanh_cs):
     gates : [T, B, 4H] output: activated gates (i, f, g, o), kept for the backward pass.
     """
     T = xproj.shape[0]
-    w_t = weight_hh.T
     for t in range(T):
         if t == 0:
-            np.dot(h0, w_t, gates[0])
+            gemm_nt(h0, weight_hh, gates[0])
             lstm_step(gates[0], xproj[0], c0, cs[0], hs[0], tanh_cs[0])
         else:
-            np.dot(hs[t - 1], w_t, gates[t])
+            gemm_nt(hs[t - 1], weight_hh, gates[t])
             lstm_step(gates[t], xproj[t], cs[t - 1], cs[t], hs[t], tanh_cs[t])
 
 
@@ -110,4 +110,4 @@ def lstm_backward(weight_hh, c0, cs, gates, tanh_cs, dhs, dh, dc, dpre):
                 dpo[j] = dh_t * tc * o * (one - o)
                 dcr[j] = dc_t * f
         # dh_{t-1} = dpre_t @ weight_hh (the recurrent part; dhs[t-1] joins next step).
-        np.dot(dp, weight_hh, dh)
+        gemm_nn(dp, weight_hh, dh)

@@ -8,6 +8,7 @@ from .jit import kernel
 import numpy as np
 
 from .activations import one_like, tanh
+from .blas import gemm_nn, gemm_nt
 
 
 @kernel
@@ -33,12 +34,11 @@ def rnn_forward(xproj, weight_hh, h0, hs, scratch):
     scratch : [B, H] workspace for the recurrent product.
     """
     T = xproj.shape[0]
-    w_t = weight_hh.T
     for t in range(T):
         if t == 0:
-            np.dot(h0, w_t, scratch)
+            gemm_nt(h0, weight_hh, scratch)
         else:
-            np.dot(hs[t - 1], w_t, scratch)
+            gemm_nt(hs[t - 1], weight_hh, scratch)
         rnn_step(scratch, xproj[t], hs[t])
 
 
@@ -63,4 +63,4 @@ def rnn_backward(weight_hh, hs, dhs, dh, dpre):
             for j in range(H):
                 h = hr[j]
                 dpr[j] = (dhr[j] + dhsr[j]) * (one - h * h)
-        np.dot(dp, weight_hh, dh)
+        gemm_nn(dp, weight_hh, dh)

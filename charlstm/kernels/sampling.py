@@ -11,6 +11,7 @@ from .jit import kernel
 import numpy as np
 
 from .gru import gru_step
+from .blas import gemm_nn
 from .lstm import lstm_step
 from .rnn import rnn_step
 
@@ -26,9 +27,9 @@ def _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, char_id, h, c, pre, ga
         if k == 0:
             pre[0, :] = table0[char_id]
         else:
-            np.dot(h[k - 1], w_ih_t[k - 1], pre)
+            gemm_nn(h[k - 1], w_ih_t[k - 1], pre)
             pre[0, :] += bias[k - 1]
-        np.dot(h[k], w_hh_t[k], gates)
+        gemm_nn(h[k], w_hh_t[k], gates)
         if cell == CELL_LSTM:
             # In place is safe: each element of c is read before it is written, and h
             # was consumed by the GEMM above.
@@ -105,7 +106,7 @@ def generate(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, dec_w_t, dec_b, h, c,
     x = first_input
     for n in range(out_ids.shape[0]):
         _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, x, h, c, pre, gates, tanh_c)
-        np.dot(h[h.shape[0] - 1], dec_w_t, logits)
+        gemm_nn(h[h.shape[0] - 1], dec_w_t, logits)
         logits[0, :] += dec_b
         x = _draw(logits[0], temperature, top_k, uniforms[n], probs)
         out_ids[n] = x
