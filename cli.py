@@ -361,16 +361,30 @@ def info(checkpoint, as_json):
 @click.option("--warmup", type=NON_NEGATIVE, default=3, help="Untimed steps first.")
 @click.option("--compare-torch", is_flag=True, help="Also run the same models in PyTorch, if it is installed.")
 @click.option("--torch-threads", type=POSITIVE, default=None, help="PyTorch's threads.  [default: all cores]")
+@click.option("--repeat", type=POSITIVE, default=1, help="Runs per configuration; medians are reported.")
+@click.option("--quality", type=Duration(), default=None,
+              help="Instead: train config M (or --config) this long in charlstm and in PyTorch "
+                   "and compare validation bpc against time (needs torch).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(configs, corpus, steps, warmup, compare_torch, torch_threads, as_json):
+def bench(configs, corpus, steps, warmup, compare_torch, torch_threads, repeat, quality, as_json):
     """Measure training and sampling speed for S, M, L and R (see docs/BENCHMARKS.md)."""
     import os
 
-    from charlstm.bench import run_bench
+    from charlstm.bench import run_bench, run_quality
 
     echo = (lambda text: click.echo(text, err=True)) if as_json else click.echo
-    results = run_bench(configs or ("S", "M", "L", "R"), corpus, steps, warmup, compare_torch,
-                        torch_threads or os.cpu_count(), echo=echo)
+    threads = torch_threads or os.cpu_count()
+    if quality is not None:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise UserError("--quality compares against PyTorch, which is not installed "
+                            "(pip install torch==2.13.0 for a CPU build)") from None
+        results = run_quality((configs or ("M",))[0], corpus, quality, max(quality / 10, 5.0),
+                              threads, echo=echo)
+    else:
+        results = run_bench(configs or ("S", "M", "L", "R"), corpus, steps, warmup, compare_torch,
+                            threads, echo=echo, repeat=repeat)
     if as_json:
         click.echo(json.dumps(results, indent=2))
 

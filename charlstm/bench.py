@@ -148,6 +148,25 @@ def worker_jit(cache_dir: str) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
+def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_every_s: float) -> list:
+    """charlstm's side of the equal-budget comparison: the real Trainer, validated every
+    ``eval_every_s`` seconds of training time. Returns [(seconds, val_bpc), ...]."""
+    from .config import TrainConfig
+    from .train import Trainer, prepare_data
+
+    config = TrainConfig(corpus=(corpus,) if corpus else (), **spec)
+    trainer = Trainer(config, prepare_data(config))
+    curve, trained, next_eval = [], 0.0, eval_every_s
+    while trained < seconds:
+        t0 = time.perf_counter()
+        trainer.train_step()
+        trained += time.perf_counter() - t0
+        if trained >= next_eval or trained >= seconds:
+            curve.append((trained, trainer.validate()))
+            next_eval += eval_every_s
+    return curve
+
+
 def _run_worker(args: list[str], env=None) -> dict:
     proc = subprocess.run([sys.executable, "-m", "charlstm.bench", *args], capture_output=True,
                           text=True, env={**os.environ, **(env or {})})
@@ -156,8 +175,42 @@ def _run_worker(args: list[str], env=None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _median_row(rows: list[dict]) -> dict:
+    """Per-key medians of repeated measurements (numbers only; the rest from the first)."""
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        if isinstance(value, float):
+            out[key] = float(np.median([r[key] for r in rows]))
+    out["repeats"] = len(rows)
+    return out
+
+
+def time_first_sample_char(config: str = "M") -> float:
+    """Seconds from starting `charlstm sample` (cached kernels) to its first character."""
+    from .checkpoint import save
+    from .config import TrainConfig
+    from .train import Trainer, prepare_data
+
+    cfg = TrainConfig(**CONFIGS[config])
+    trainer = Trainer(cfg, prepare_data(cfg))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.npz"
+        save(trainer.to_checkpoint(0.0), path)
+        cli = Path(__file__).resolve().parent.parent / "cli.py"
+        cmd = [sys.executable, str(cli), "sample", str(path), "--length", "50", "--seed", "1"]
+        times = []
+        for _ in range(4):  # the first run may still compile the sampling kernel
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            proc.stdout.read(1)
+            times.append(time.perf_counter() - t0)
+            proc.stdout.read()
+            proc.wait()
+        return float(np.median(times[1:]))
+
+
 def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torch: bool,
-              torch_threads: int, echo=print) -> dict:
+              torch_threads: int, echo=print, repeat: int = 1) -> dict:
     results = {"machine": machine_summary(), "configs": [], "corpus": corpus or "builtin:pydoc"}
     results["numpy_square_gemm_gflops"] = numpy_square_gemm_gflops()
     torch_ok = False
@@ -167,13 +220,19 @@ def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torc
             torch_ok = True
         except ImportError:
             echo("torch is not importable: skipping the PyTorch comparison")
+    corpus_args = ["--corpus", corpus] if corpus else []
     for name in configs:
-        row = _run_worker(["--worker", "charlstm", "--config", name, "--steps", str(steps),
-                           "--warmup", str(warmup)] + (["--corpus", corpus] if corpus else []))
+        rows, torch_rows = [], []
+        for _ in range(repeat):  # interleaved, so drifts in machine load hit both alike
+            rows.append(_run_worker(["--worker", "charlstm", "--config", name, "--steps", str(steps),
+                                     "--warmup", str(warmup)] + corpus_args))
+            if torch_ok:
+                torch_rows.append(_run_worker(
+                    ["--worker", "torch", "--config", name, "--steps", str(steps), "--warmup",
+                     str(warmup), "--threads", str(torch_threads)] + corpus_args))
+        row = _median_row(rows)
         if torch_ok:
-            t = _run_worker(["--worker", "torch", "--config", name, "--steps", str(steps),
-                             "--warmup", str(warmup), "--threads", str(torch_threads)]
-                            + (["--corpus", corpus] if corpus else []))
+            t = _median_row(torch_rows)
             row["torch"] = t
             row["train_ratio"] = row["train_chars_per_s"] / t["train_chars_per_s"]
             row["sample_ratio"] = row["sample_chars_per_s"] / t["sample_chars_per_s"]
@@ -184,7 +243,23 @@ def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torc
         warm = _run_worker(["--worker", "jit"], env={"NUMBA_CACHE_DIR": cache})
     results["jit_cold_s"], results["jit_cached_s"] = cold["seconds"], warm["seconds"]
     echo(f"JIT: first start {cold['seconds']:.1f} s (compiling), cached start {warm['seconds']:.1f} s")
+    results["sample_first_char_s"] = time_first_sample_char()
+    echo(f"`charlstm sample` (config M, cached kernels): first character after "
+         f"{results['sample_first_char_s']:.2f} s")
     return results
+
+
+def run_quality(config: str, corpus: str | None, seconds: float, eval_every_s: float,
+                torch_threads: int, echo=print) -> dict:
+    """Validation bpc against training seconds, charlstm and PyTorch, equal budgets."""
+    args = ["--config", config, "--seconds", str(seconds), "--eval-every", str(eval_every_s)]
+    args += ["--corpus", corpus] if corpus else []
+    ours = _run_worker(["--worker", "quality-charlstm"] + args)["curve"]
+    echo(f"charlstm: validation {ours[-1][1]:.4f} bpc after {ours[-1][0]:.0f} s")
+    theirs = _run_worker(["--worker", "quality-torch", "--threads", str(torch_threads)] + args)["curve"]
+    echo(f"PyTorch:  validation {theirs[-1][1]:.4f} bpc after {theirs[-1][0]:.0f} s")
+    return {"config": config, **CONFIGS[config], "seconds": seconds, "charlstm": ours, "torch": theirs,
+            "machine": machine_summary(), "corpus": corpus or "builtin:pydoc"}
 
 
 def _format_row(row: dict) -> str:
@@ -219,7 +294,10 @@ def _main(argv=None):
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m charlstm.bench")
-    ap.add_argument("--worker", choices=["charlstm", "torch", "jit"], required=True)
+    ap.add_argument("--worker", choices=["charlstm", "torch", "jit", "quality-charlstm", "quality-torch"],
+                    required=True)
+    ap.add_argument("--seconds", type=float, default=300.0)
+    ap.add_argument("--eval-every", type=float, default=30.0)
     ap.add_argument("--config", default="M")
     ap.add_argument("--corpus", default=None)
     ap.add_argument("--steps", type=int, default=20)
@@ -232,6 +310,11 @@ def _main(argv=None):
         from .bench_torch import worker_torch
         out = worker_torch(CONFIGS[a.config], a.corpus, a.steps, a.warmup, a.threads, SAMPLE_CHARS)
         out["peak_rss_mb"] = _peak_rss_mb()
+    elif a.worker == "quality-charlstm":
+        out = {"curve": train_charlstm_for(CONFIGS[a.config], a.corpus, a.seconds, a.eval_every)}
+    elif a.worker == "quality-torch":
+        from .bench_torch import train_torch_for
+        out = {"curve": train_torch_for(CONFIGS[a.config], a.corpus, a.seconds, a.eval_every, a.threads)}
     else:
         out = worker_jit(os.environ.get("NUMBA_CACHE_DIR", ""))
     print(json.dumps(out))
