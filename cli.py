@@ -82,7 +82,7 @@ class _Group(click.Group):
 @click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
 @click.pass_context
 def main(ctx, debug):
-    """Train character-level LSTM and RNN language models, sample from them, resume them."""
+    """Train character-level LSTM, GRU and RNN language models, sample from them, resume them."""
     ctx.obj = {"debug": debug}
 
 

@@ -1,4 +1,4 @@
-"""charlstm: character-level LSTM/RNN language models trained from the command line."""
+"""charlstm: character-level LSTM, GRU and RNN language models trained from the command line."""
 
 __version__ = "0.1.0"
 
