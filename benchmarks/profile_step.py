@@ -1,0 +1,119 @@
+"""Where the time of one training step goes, for a benchmark configuration.
+
+    python benchmarks/profile_step.py --config M --corpus ../shared/data/tinyshakespeare.txt
+
+Times every compiled call the step makes (median over steps), splits the recurrent
+kernels into their per-step GEMMs (timed alone at the same shapes) and the fused
+elementwise work, and reports the rest of the step as Python overhead.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from charlstm import network  # noqa: E402
+from charlstm.bench import CONFIGS, GATES  # noqa: E402
+from charlstm.config import TrainConfig  # noqa: E402
+from charlstm.kernels import blas  # noqa: E402
+from charlstm.kernels.jit import kernel  # noqa: E402
+from charlstm.train import Trainer, prepare_data  # noqa: E402
+
+CALLS = {
+    "recurrence forward": ("lstm_forward", "rnn_forward", "gru_forward"),
+    "recurrence backward": ("lstm_backward", "rnn_backward", "gru_backward"),
+    "chunk GEMMs (projections, decoder, weight gradients)": ("matmul_nn", "matmul_nt", "matmul_tn"),
+    "softmax cross-entropy": ("softmax_xent_grad",),
+    "one-hot gather/scatter": ("onehot_forward", "onehot_backward"),
+}
+
+
+@kernel
+def _repeat_nt(a, b, out, n):
+    for _ in range(n):
+        blas.gemm_nt(a, b, out)
+
+
+@kernel
+def _repeat_nn(a, b, out, n):
+    for _ in range(n):
+        blas.gemm_nn(a, b, out)
+
+
+def per_step_gemm_seconds(B, H, G, T):
+    """Seconds the recurrent GEMMs of one layer's forward and backward take alone."""
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((B, H)).astype(np.float32)
+    w = rng.standard_normal((G * H, H)).astype(np.float32)
+    g = np.empty((B, G * H), np.float32)
+    d = rng.standard_normal((B, G * H)).astype(np.float32)
+    out = np.empty((B, H), np.float32)
+    _repeat_nt(h, w, g, 2)
+    _repeat_nn(d, w, out, 2)
+    fwd, bwd = [], []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        _repeat_nt(h, w, g, T)
+        fwd.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        _repeat_nn(d, w, out, T)
+        bwd.append(time.perf_counter() - t0)
+    return float(np.median(fwd)), float(np.median(bwd))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="M", choices=sorted(CONFIGS))
+    ap.add_argument("--corpus", default=None)
+    ap.add_argument("--steps", type=int, default=12)
+    a = ap.parse_args()
+    spec = CONFIGS[a.config]
+    config = TrainConfig(corpus=(a.corpus,) if a.corpus else (), **spec)
+    trainer = Trainer(config, prepare_data(config))
+    spent = {}
+
+    def timed(name, fn):
+        def wrapper(*args, **kw):
+            t0 = time.perf_counter()
+            result = fn(*args, **kw)
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+            return result
+        return wrapper
+
+    for names in CALLS.values():
+        for name in names:
+            if hasattr(network, name):
+                setattr(network, name, timed(name, getattr(network, name)))
+    for _ in range(3):
+        trainer.train_step()
+    rows, steps = [], []
+    for _ in range(a.steps):
+        spent.clear()
+        t0 = time.perf_counter()
+        trainer.train_step()
+        steps.append(time.perf_counter() - t0)
+        rows.append(dict(spent))
+    step = float(np.median(steps))
+    parts = {label: float(np.median([sum(r.get(n, 0.0) for n in names) for r in rows]))
+             for label, names in CALLS.items()}
+    T, B, H, L = spec["seq_len"], spec["batch_size"], spec["hidden_size"], spec["num_layers"]
+    fwd_gemm, bwd_gemm = per_step_gemm_seconds(B, H, GATES[spec["cell"]], T)
+    out = {
+        "config": a.config, **spec, "step_ms": step * 1e3,
+        "recurrent GEMMs forward (timed alone)": min(L * fwd_gemm, parts["recurrence forward"]) * 1e3,
+        "recurrent elementwise forward": max(parts["recurrence forward"] - L * fwd_gemm, 0) * 1e3,
+        "recurrent GEMMs backward (timed alone)": min(L * bwd_gemm, parts["recurrence backward"]) * 1e3,
+        "recurrent elementwise backward": max(parts["recurrence backward"] - L * bwd_gemm, 0) * 1e3,
+    }
+    for label in list(CALLS)[2:]:
+        out[label] = parts[label] * 1e3
+    out["optimizer, clipping, Python glue (the rest)"] = (step - sum(parts.values())) * 1e3
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
