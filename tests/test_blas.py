@@ -55,7 +55,8 @@ for cell in ("lstm", "rnn", "gru"):
     rng = np.random.default_rng(2)
     x, y = rng.integers(9, size=(3, 5)), rng.integers(9, size=(3, 5))
     loss = net.loss_and_grad(x, y, net.zero_state(3))
-    out[cell] = [loss] + net.grads.flat.tolist()
+    stream = net.loss(x[:1], y[:1], net.zero_state(1))  # batch 1 takes the gemv path
+    out[cell] = [loss, stream] + net.grads.flat.tolist()
 print(json.dumps(out))
 """.format(root=str(ROOT))
     results = []
@@ -67,3 +68,19 @@ print(json.dumps(out))
     assert results[1]["backend"] == "numpy.dot callback"
     for cell in ("lstm", "rnn", "gru"):
         np.testing.assert_allclose(results[0][cell], results[1][cell], rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-5), (np.float64, 1e-13)])
+def test_one_row_products_take_the_gemv_path(dtype, rtol):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 6)).astype(dtype)
+    w = rng.standard_normal((9, 6)).astype(dtype)
+    out = np.empty((1, 9), dtype)
+    matmul_nt(x, w, out)
+    np.testing.assert_allclose(out, x @ w.T, rtol=rtol)
+    wt = np.ascontiguousarray(w.T)
+    matmul_nn(x, wt, out)
+    np.testing.assert_allclose(out, x @ wt, rtol=rtol)
+    prev = out.copy()
+    matmul_nn(x, wt, out, 1.0)
+    np.testing.assert_allclose(out, prev + x @ wt, rtol=rtol)

@@ -40,11 +40,19 @@ def _cblas_prototype(real):
                             _PTR, _I64, real, _PTR, _I64)
 
 
+def _cblas_gemv_prototype(real):
+    return ctypes.CFUNCTYPE(None, _INT, _INT, _I64, _I64, real, _PTR, _I64, _PTR, _I64, real,
+                            _PTR, _I64)
+
+
 _PROTOTYPES = {"s": _cblas_prototype(ctypes.c_float), "d": _cblas_prototype(ctypes.c_double)}
+_GEMV_PROTOTYPES = {"s": _cblas_gemv_prototype(ctypes.c_float),
+                    "d": _cblas_gemv_prototype(ctypes.c_double)}
 
 
 def _numpy_openblas():
-    """NumPy's bundled OpenBLAS (PyPI wheels ship it in numpy.libs/), or None."""
+    """Addresses of sgemm, dgemm, sgemv and dgemv in NumPy's bundled OpenBLAS (PyPI
+    wheels ship it in numpy.libs/), or None if it is not there."""
     libs_dir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
     for path in sorted(glob.glob(os.path.join(libs_dir, "lib*openblas64*.so*"))):
         try:
@@ -53,8 +61,8 @@ def _numpy_openblas():
             continue
         for prefix in ("scipy_cblas_", "cblas_"):
             try:
-                return {k: ctypes.cast(getattr(lib, f"{prefix}{k}gemm64_"), ctypes.c_void_p).value
-                        for k in "sd"}
+                return {f"{k}{op}": ctypes.cast(getattr(lib, f"{prefix}{k}{op}64_"), ctypes.c_void_p).value
+                        for k in "sd" for op in ("gemm", "gemv")}
             except AttributeError:
                 continue
     return None
@@ -84,19 +92,41 @@ def _fallback(kind):
     return _PROTOTYPES[kind](gemm)
 
 
+def _fallback_gemv(kind):
+    dtype = np.float32 if kind == "s" else np.float64
+
+    def vector(ptr, n):
+        buf = (ctypes.c_byte * (n * dtype().itemsize)).from_address(ptr)
+        return np.frombuffer(buf, dtype=dtype)
+
+    def gemv(order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy):
+        buf = (ctypes.c_byte * (m * lda * dtype().itemsize)).from_address(a)
+        A = np.frombuffer(buf, dtype=dtype).reshape(m, lda)[:, :n]
+        if trans == _TRANS:
+            X, Y = vector(x, m), vector(y, n)
+            product = alpha * (X @ A)
+        else:
+            X, Y = vector(x, n), vector(y, m)
+            product = alpha * (A @ X)
+        Y[...] = product if beta == 0 else beta * Y + product
+
+    return _GEMV_PROTOTYPES[kind](gemv)
+
+
 _KEEP_ALIVE = []
 
 
 def _register() -> str:
     found = None if os.environ.get("CHARLSTM_BLAS") == "numpy" else _numpy_openblas()
     if found is not None:
-        for kind, address in found.items():
-            llvm.add_symbol(f"charlstm_{kind}gemm", address)
+        for name, address in found.items():
+            llvm.add_symbol(f"charlstm_{name}", address)
         return "numpy-openblas"
     for kind in "sd":
-        callback = _fallback(kind)
-        _KEEP_ALIVE.append(callback)
-        llvm.add_symbol(f"charlstm_{kind}gemm", ctypes.cast(callback, ctypes.c_void_p).value)
+        for op, make in (("gemm", _fallback), ("gemv", _fallback_gemv)):
+            callback = make(kind)
+            _KEEP_ALIVE.append(callback)
+            llvm.add_symbol(f"charlstm_{kind}{op}", ctypes.cast(callback, ctypes.c_void_p).value)
     return "numpy.dot callback"
 
 
@@ -111,6 +141,34 @@ def _signature(real):
 
 _sgemm = types.ExternalFunction("charlstm_sgemm", _signature(types.float32))
 _dgemm = types.ExternalFunction("charlstm_dgemm", _signature(types.float64))
+
+
+def _gemv_signature(real):
+    return types.void(types.int32, types.int32, types.int64, types.int64, real, types.voidptr,
+                      types.int64, types.voidptr, types.int64, real, types.voidptr, types.int64)
+
+
+_sgemv = types.ExternalFunction("charlstm_sgemv", _gemv_signature(types.float32))
+_dgemv = types.ExternalFunction("charlstm_dgemv", _gemv_signature(types.float64))
+
+
+def _gemv(trans, m, n, a, lda, x, beta, y):
+    """CBLAS row-major gemv: y = op(a) @ x + beta * y; compiled only."""
+    raise NotImplementedError
+
+
+@overload(_gemv, inline="always")
+def _gemv_overload(trans, m, n, a, lda, x, beta, y):
+    if a.dtype == types.float32:
+        def impl(trans, m, n, a, lda, x, beta, y):
+            _sgemv(_ROW_MAJOR, trans, m, n, np.float32(1.0), a.ctypes.data, lda, x.ctypes.data, 1,
+                   np.float32(beta), y.ctypes.data, 1)
+        return impl
+
+    def impl(trans, m, n, a, lda, x, beta, y):
+        _dgemv(_ROW_MAJOR, trans, m, n, 1.0, a.ctypes.data, lda, x.ctypes.data, 1, float(beta),
+               y.ctypes.data, 1)
+    return impl
 
 
 def _gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
@@ -141,7 +199,10 @@ def gemm_nn(a, b, out, beta=0.0):
     """out = a @ b + beta * out; a [m, k], b [k, n], out [m, n]."""
     m, k = a.shape
     n = b.shape[1]
-    _gemm(_NO_TRANS, _NO_TRANS, m, n, k, a, k, b, n, beta, out, n)
+    if m == 1:  # one row: gemv streams b once; OpenBLAS's gemm runs this 2-3x slower
+        _gemv(_TRANS, k, n, b, n, a, beta, out)
+    else:
+        _gemm(_NO_TRANS, _NO_TRANS, m, n, k, a, k, b, n, beta, out, n)
 
 
 @kernel(inline="always")
@@ -149,7 +210,10 @@ def gemm_nt(a, b, out, beta=0.0):
     """out = a @ b.T + beta * out; a [m, k], b [n, k], out [m, n]."""
     m, k = a.shape
     n = b.shape[0]
-    _gemm(_NO_TRANS, _TRANS, m, n, k, a, k, b, k, beta, out, n)
+    if m == 1:
+        _gemv(_NO_TRANS, n, k, b, k, a, beta, out)
+    else:
+        _gemm(_NO_TRANS, _TRANS, m, n, k, a, k, b, k, beta, out, n)
 
 
 @kernel(inline="always")
