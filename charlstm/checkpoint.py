@@ -148,7 +148,8 @@ class _NpzReader:
         try:
             self.zip = zipfile.ZipFile(path)
             infos = self.zip.infolist()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+            # NotImplementedError: a damaged header can claim an unsupported compression.
             raise CheckpointError(f"not a zip archive, so not a charlstm checkpoint ({e})") from None
         self.members = {}
         for info in infos:

@@ -18,6 +18,7 @@ import numpy as np
 from .errors import UserError
 
 BUILTIN = "builtin:pydoc"
+BUILTIN_PREFIX = "builtin:"  # specs so prefixed name built-in corpora, never files
 _GLOB_CHARS = set("*?[")
 _SNIFF_BYTES = 8192
 
@@ -28,6 +29,33 @@ def builtin_text() -> str:
     from pydoc_data.topics import topics
 
     return "\n".join(topics[name].strip("\n") + "\n" for name in sorted(topics))
+
+
+def builtin_corpus(specs):
+    """``(path, text)`` of the built-in corpus that ``specs`` name, or None if they name
+    files.
+
+    No specs: the Python reference (``builtin:pydoc``). A spec that starts with
+    ``builtin:`` is never a file path: ``builtin:pydoc`` is the Python reference again,
+    ``builtin:recall:N`` the synthetic recall corpus of ``charlstm.recall``; anything else
+    so prefixed is a UserError naming the forms. A built-in spec must be the only spec.
+    """
+    specs = [str(s) for s in specs]
+    if not specs:
+        return BUILTIN, builtin_text()
+    named = [s for s in specs if s.startswith(BUILTIN_PREFIX)]
+    if not named:
+        return None
+    if len(specs) > 1:
+        raise UserError(f"{named[0]} is a built-in corpus and cannot be combined with other "
+                        f"paths; give it alone")
+    spec = specs[0]
+    if spec == BUILTIN:
+        return BUILTIN, builtin_text()
+    from .recall import parse_recall_spec, recall_name, recall_text
+
+    n = parse_recall_spec(spec)
+    return recall_name(n), recall_text(n)
 
 
 @dataclass(frozen=True)
@@ -123,11 +151,13 @@ def decode_file(path: Path, data: bytes, encoding: str, several: bool = False) -
 
 
 def read_corpus(specs, encoding: str = "utf-8") -> Corpus:
-    """Read and join the files named by ``specs``; no specs means the built-in corpus."""
-    if not specs:
-        text = builtin_text()
+    """Read and join the files named by ``specs``; no specs means the built-in corpus, and
+    a single ``builtin:...`` spec a named built-in one (see ``builtin_corpus``)."""
+    builtin = builtin_corpus(specs)
+    if builtin is not None:
+        name, text = builtin
         digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        return Corpus(text, [CorpusFile(BUILTIN, digest)])
+        return Corpus(text, [CorpusFile(name, digest)])
     parts, files = [], []
     paths = resolve_paths(specs)
     for path in paths:

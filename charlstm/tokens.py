@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpus import (BUILTIN, CorpusFile, Vocab, _code_points, builtin_text, check_bytes_head,
+from .corpus import (CorpusFile, Vocab, _code_points, builtin_corpus, check_bytes_head,
                      describe_chars, resolve_paths)
 from .errors import UserError
 
@@ -90,8 +90,10 @@ def _file_sha256(path: Path) -> str:
 
 def fingerprint(specs, encoding: str) -> list:
     """The CorpusFile list (paths and SHA-256) of ``specs`` without decoding anything."""
-    if not specs:
-        return [CorpusFile(BUILTIN, hashlib.sha256(builtin_text().encode("utf-8")).hexdigest())]
+    builtin = builtin_corpus(specs)
+    if builtin is not None:
+        name, text = builtin
+        return [CorpusFile(name, hashlib.sha256(text.encode("utf-8")).hexdigest())]
     return [CorpusFile(str(p), _file_sha256(p)) for p in resolve_paths(specs)]
 
 
@@ -117,11 +119,13 @@ def _load_cached(cache_dir: Path, key: str):
 
 def load_corpus(specs, encoding: str = "utf-8", vocab: Vocab | None = None,
                 cache_dir: Path | None = None) -> EncodedCorpus:
-    """Encode the files named by ``specs`` (no specs: the built-in corpus) with ``vocab``
-    (default: the corpus's own sorted characters), through the cache if one is given."""
-    if not specs:
-        text = builtin_text()
-        files = [CorpusFile(BUILTIN, hashlib.sha256(text.encode("utf-8")).hexdigest())]
+    """Encode the files named by ``specs`` (no specs: the built-in corpus; one
+    ``builtin:...`` spec: that built-in corpus, never cached) with ``vocab`` (default: the
+    corpus's own sorted characters), through the cache if one is given."""
+    builtin = builtin_corpus(specs)
+    if builtin is not None:
+        name, text = builtin
+        files = [CorpusFile(name, hashlib.sha256(text.encode("utf-8")).hexdigest())]
         return _encode_in_memory(text, files, vocab)
     paths = resolve_paths(specs)
     several = len(paths) > 1

@@ -1,0 +1,150 @@
+"""``charlstm gradcheck``: the analytic gradients against central finite differences.
+
+The check of tests/test_gradcheck.py, as a command a user can run on any machine (a
+different CPU, BLAS or Numba build): a tiny float64 model (vocabulary 5, hidden size 3,
+2 layers, batch 2, 3 steps, PyTorch's initialisation) with a random non-zero initial
+state; for every entry of every parameter tensor, and of h0 (and c0 for the LSTM), the
+mean loss ``Network.loss(...) / (B*T)`` is evaluated at +-eps (eps = 1e-6) and
+
+    fd = (loss(+eps) - loss(-eps)) / (2 eps)
+
+is compared with ``Network.loss_and_grad``'s gradient. The error per tensor is the
+norm-based relative error
+
+    rel = ||fd - g||_2 / max(||fd||_2 + ||g||_2, 1e-300)
+
+(scale-free, not dominated by near-zero entries, at most 1); a tensor passes when rel is
+below 1e-6. A correct gradient gives 1e-10 to ~2e-7 here; one wrong by 0.1% gives ~5e-4.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+
+import click
+
+from .config import CELLS, TrainConfig
+
+# NumPy, the model and its kernels (Numba) are imported when a check runs, not when the
+# CLI starts.
+
+EPS = 1e-6
+REL_TOL = 1e-6
+VOCAB, HIDDEN, LAYERS, BATCH, STEPS = 5, 3, 2, 2, 3
+
+
+def rel_error(a, b) -> float:
+    import numpy as np
+
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300))
+
+
+@dataclass
+class TensorCheck:
+    cell: str
+    parameter: str
+    shape: tuple
+    rel_error: float
+    ok: bool
+
+
+def check_gradients(cell: str, seed: int = 0, eps: float = EPS, tol: float = REL_TOL,
+                    vocab_size: int = VOCAB, hidden_size: int = HIDDEN, num_layers: int = LAYERS,
+                    batch_size: int = BATCH, seq_len: int = STEPS) -> list[TensorCheck]:
+    """One TensorCheck per parameter tensor (state_dict order), then h0 (and c0)."""
+    import numpy as np
+
+    from .model import init_params
+    from .network import Network
+
+    V, H, L, B, T = vocab_size, hidden_size, num_layers, batch_size, seq_len
+    config = TrainConfig(cell=cell, hidden_size=H, num_layers=L, seq_len=T, batch_size=B)
+    params = init_params(config, V, np.random.default_rng(seed), dtype=np.float64)
+    net = Network(config, V, params)
+    rng = np.random.default_rng(seed + 1)
+    inputs = rng.integers(0, V, size=(B, T))
+    targets = rng.integers(0, V, size=(B, T))
+    state0 = {"h": rng.uniform(-0.9, 0.9, size=(L, B, H))}
+    if cell == "lstm":
+        state0["c"] = rng.uniform(-1.5, 1.5, size=(L, B, H))
+
+    def fresh_state():
+        return {k: v.copy() for k, v in state0.items()}
+
+    net.loss_and_grad(inputs, targets, fresh_state())
+    ws = net.workspace(T, B)
+    analytic = {name: g.copy() for name, g in net.grads.items()}
+    analytic["h0"] = ws.dh0.copy()
+    tensors = {name: params[name] for name in params}
+    tensors["h0"] = state0["h"]
+    if cell == "lstm":
+        analytic["c0"] = ws.dc0.copy()
+        tensors["c0"] = state0["c"]
+
+    def mean_loss():
+        return net.loss(inputs, targets, fresh_state()) / (B * T)
+
+    results = []
+    for name, arr in tensors.items():
+        fd = np.zeros(arr.shape)
+        for idx in np.ndindex(arr.shape):
+            orig = arr[idx]
+            arr[idx] = orig + eps
+            plus = mean_loss()
+            arr[idx] = orig - eps
+            minus = mean_loss()
+            arr[idx] = orig
+            fd[idx] = (plus - minus) / (2.0 * eps)
+        err = rel_error(fd, analytic[name])
+        results.append(TensorCheck(cell, name, tuple(arr.shape), err,
+                                   bool(math.isfinite(err) and err < tol)))
+    return results
+
+
+@click.command("gradcheck")
+@click.option("--cell", type=click.Choice(CELLS + ("all",)), default="all", show_default=True,
+              help="Cell to check; all: every cell.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the random model, chunk and initial state.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def gradcheck(cell, seed, as_json):
+    """Check every gradient against central finite differences.
+
+    Builds a tiny float64 model (vocabulary 5, hidden size 3, 2 layers, batch 2, 3 steps)
+    with a random non-zero initial state, and compares the gradient of the mean loss with
+    respect to every entry of every parameter, and of h0 (and c0 for the LSTM), with
+    central differences (eps 1e-6). Prints the norm-based relative error per tensor;
+    each must be below 1e-6. Exits with status 1 if any is not.
+    """
+    cells = CELLS if cell == "all" else (cell,)
+    results = [r for c in cells for r in check_gradients(c, seed=seed)]
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        click.echo(json.dumps({
+            "ok": not failed, "eps": EPS, "tolerance": REL_TOL, "seed": seed,
+            "model": {"vocab_size": VOCAB, "hidden_size": HIDDEN, "num_layers": LAYERS,
+                      "batch_size": BATCH, "seq_len": STEPS},
+            "checks": [dict(asdict(r), shape=list(r.shape),
+                            rel_error=r.rel_error if math.isfinite(r.rel_error) else None)
+                       for r in results],
+        }, indent=2))
+    else:
+        width = max(len(r.parameter) for r in results)
+        click.echo(f"{'cell':<5} {'parameter':<{width}} {'shape':<8} {'rel. error':>10}")
+        for r in results:
+            shape = "x".join(map(str, r.shape))
+            click.echo(f"{r.cell:<5} {r.parameter:<{width}} {shape:<8} {r.rel_error:>10.2e}  "
+                       f"{'ok' if r.ok else 'FAIL'}")
+        worst = max(results, key=lambda r: r.rel_error if math.isfinite(r.rel_error) else math.inf)
+        if failed:
+            click.echo(f"{len(failed)} of {len(results)} tensors FAIL (relative error not below "
+                       f"{REL_TOL:g}; eps {EPS:g})")
+        else:
+            click.echo(f"all {len(results)} tensors ok: worst relative error {worst.rel_error:.2e} "
+                       f"({worst.cell} {worst.parameter}), bound {REL_TOL:g}, eps {EPS:g}")
+    if failed:
+        sys.exit(1)
