@@ -238,33 +238,55 @@ def resume(run_dir, steps, epochs, time_limit, corpus, quiet, **cadence):
 
 @main.command()
 @click.argument("checkpoint", type=click.Path())
-@click.option("--length", type=POSITIVE, default=500, help="Characters to generate after the prime.")
+@click.option("--length", type=POSITIVE, default=500,
+              help="Characters to generate after the prime (the most, with --stop).")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.8,
               help="Softmax temperature; 0 picks the most likely character.")
 @click.option("--top-k", type=NON_NEGATIVE, default=0, help="Draw only from the K most likely characters; 0: all.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+              help="Nucleus sampling: draw only from the fewest most likely characters whose "
+                   "probability (after temperature and --top-k) adds up to P; 1: all.")
 @click.option("--prime", default="", help="Text that warms up the state; printed first.")
+@click.option("--num-samples", type=POSITIVE, default=1,
+              help="Samples to generate, each from the prime, the draws continuing; "
+                   "printed one after another with a line '---' between them.")
+@click.option("--stop", metavar="STRING", default=None,
+              help="End a sample as soon as its generated text (not the prime) contains STRING, "
+                   "which is printed.")
 @click.option("--seed", type=NON_NEGATIVE, default=None, help="Seed for the draws; the same seed gives the same text.")
-def sample(checkpoint, length, temperature, top_k, prime, seed):
+def sample(checkpoint, length, temperature, top_k, top_p, prime, num_samples, stop, seed):
     """Generate text from CHECKPOINT (a .npz file, or a run directory: its best.npz, else
     last.npz), streaming it to stdout."""
     import numpy as np
 
     from charlstm import checkpoint as ckpt_io
-    from charlstm.sample import Sampler
+    from charlstm.sample import Sampler, stop_at
 
+    ctx = click.get_current_context()
+    # NaN passes click's range checks (every comparison with it is false).
+    for name, value in (("--temperature", temperature), ("--top-p", top_p)):
+        if math.isnan(value):
+            raise click.BadParameter("must be a number, not nan", ctx, param_hint=f"'{name}'")
+    if stop == "":
+        raise click.BadParameter("must not be empty", ctx, param_hint="'--stop'")
     ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))
     sampler = Sampler(ckpt)
+    if stop is not None:
+        sampler.check_stop(stop)
     rng = np.random.default_rng(seed)
-    sampler.prime(prime, rng)
     out = click.get_text_stream("stdout")
     try:
-        out.write(prime)
-        out.flush()
-        for piece in sampler.stream(length, temperature, top_k, rng):
-            out.write(piece)
+        for i in range(num_samples):
+            sampler.prime(prime, rng)
+            if i:
+                out.write("---\n")
+            out.write(prime)
             out.flush()
-        out.write("\n")
-        out.flush()
+            for piece in stop_at(sampler.stream(length, temperature, top_k, rng, top_p=top_p), stop):
+                out.write(piece)
+                out.flush()
+            out.write("\n")
+            out.flush()
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): that is the user's way to stop, not an error.
         sys.stdout = None
@@ -387,6 +409,16 @@ def bench(configs, corpus, steps, warmup, compare_torch, torch_threads, repeat, 
                             threads, echo=echo, repeat=repeat)
     if as_json:
         click.echo(json.dumps(results, indent=2))
+
+
+# Commands that live beside the code they drive; each imports its heavy parts only when run.
+from charlstm.gradcheck import gradcheck  # noqa: E402
+from charlstm.gradflow import gradflow  # noqa: E402
+from charlstm.plot import plot  # noqa: E402
+
+main.add_command(gradcheck)
+main.add_command(gradflow)
+main.add_command(plot)
 
 
 if __name__ == "__main__":

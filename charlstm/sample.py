@@ -63,30 +63,70 @@ class Sampler:
                 f"{describe_chars(unknown)}; remove them or choose another prime")
         return self.vocab.encode(text).astype(np.int64)
 
+    def reset(self) -> None:
+        """Zero the state (and forget the next input), as before the first prime."""
+        self.h[...] = 0.0
+        self.c[...] = 0.0
+        self.next_input = None
+
     def prime(self, text: str, rng: np.random.Generator) -> None:
-        """Warm the state on ``text``. With no text, a newline (if the vocabulary has
-        one) or else a random character starts the sample."""
+        """Warm the state, from zero, on ``text``. With no text, a newline (if the
+        vocabulary has one) or else a random character starts the sample. Priming again
+        starts a new sample from the same point."""
+        self.reset()
         if text:
             ids = self.encode(text)
         elif "\n" in self.vocab.index:
             ids = np.array([self.vocab.index["\n"]], np.int64)
         else:
             ids = np.array([rng.integers(len(self.vocab))], np.int64)
-        self._run(ids[:-1], int(ids[-1]), np.zeros(0), 0.0, 0, np.zeros(0, np.int64))
+        self._run(ids[:-1], int(ids[-1]), np.zeros(0), 0.0, 0, 1.0, np.zeros(0, np.int64))
         self.next_input = int(ids[-1])
 
-    def _run(self, feed, first, uniforms, temperature, top_k, out):
+    def _run(self, feed, first, uniforms, temperature, top_k, top_p, out):
         return generate(self.cell, self.table0, self.w_ih_t, self.bias, self.w_hh_t,
                         self.bias_hn, self.dec_w_t, self.dec_b, self.h, self.c, feed, first,
-                        uniforms, float(temperature), int(top_k), out)
+                        uniforms, float(temperature), int(top_k), float(top_p), out)
 
-    def stream(self, length: int, temperature: float, top_k: int, rng: np.random.Generator):
-        """Yield the generated text in chunks of STREAM_CHUNK characters."""
+    def check_stop(self, stop: str) -> None:
+        """Refuse a stop string the model could never generate."""
+        unknown = self.vocab.unknown_chars(stop)
+        if unknown:
+            raise UserError(
+                f"the stop string has characters outside the model's vocabulary: "
+                f"{describe_chars(unknown)}; it could never be generated")
+
+    def stream(self, length: int, temperature: float, top_k: int, rng: np.random.Generator,
+               top_p: float = 1.0):
+        """Yield the generated text in chunks of STREAM_CHUNK characters. Each chunk
+        takes STREAM_CHUNK (or the remaining) uniforms from ``rng``."""
         remaining = length
         while remaining > 0:
             n = min(STREAM_CHUNK, remaining)
             out = np.empty(n, np.int64)
             self.next_input = self._run(np.zeros(0, np.int64), self.next_input,
-                                        rng.random(n), temperature, top_k, out)
+                                        rng.random(n), temperature, top_k, top_p, out)
             remaining -= n
             yield self.vocab.decode(out)
+
+
+def stop_at(pieces, stop: str):
+    """Pass the text ``pieces`` through until their concatenation contains ``stop``: the
+    piece in which its first occurrence ends is cut right after it and is the last one
+    yielded. Lazy: each piece is yielded before the next is taken, so streaming keeps
+    working, and a stop string split across pieces is still found. An empty ``stop``
+    stops nothing."""
+    if not stop:
+        yield from pieces
+        return
+    keep = len(stop) - 1  # characters of the text so far that a match could start in
+    tail = ""
+    for piece in pieces:
+        window = tail + piece
+        i = window.find(stop)
+        if i >= 0:
+            # The text before this piece held no match, so this one ends inside it.
+            yield piece[:i + len(stop) - len(tail)]
+            return
+        yield piece
+        tail = window[-keep:] if keep else ""

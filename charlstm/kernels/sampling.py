@@ -66,9 +66,11 @@ def _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, char_id, h, c, pre, ga
 
 
 @kernel
-def _draw(logits, temperature, top_k, u, probs):
+def _draw(logits, temperature, top_k, top_p, u, probs):
     """Index drawn from softmax(logits / temperature) restricted to the top_k largest
-    (0 = all); temperature 0 is argmax. ``u`` is a uniform draw in [0, 1)."""
+    (0 = all), then to the nucleus: the smallest set of most likely characters whose
+    probability mass (after the top-k cut) reaches top_p (1 = all; ties in probability
+    are taken in index order). Temperature 0 is argmax. ``u`` is a uniform draw in [0, 1)."""
     V = logits.shape[0]
     if temperature == 0.0:
         return int(np.argmax(logits))
@@ -84,6 +86,23 @@ def _draw(logits, temperature, top_k, u, probs):
             p = 0.0
         probs[v] = p
         total += p
+    if top_p < 1.0:
+        # V is small: a stable sort by decreasing probability, then keep the prefix
+        # whose mass first reaches top_p of the total; the rest is zeroed.
+        order = np.argsort(-probs, kind="mergesort")
+        limit = top_p * total
+        acc = 0.0
+        n_keep = V
+        for j in range(V):
+            acc += probs[order[j]]
+            if acc >= limit:
+                n_keep = j + 1
+                break
+        for j in range(n_keep, V):
+            probs[order[j]] = 0.0
+        total = 0.0
+        for v in range(V):
+            total += probs[v]
     target = u * total
     acc = 0.0
     last = 0
@@ -98,7 +117,7 @@ def _draw(logits, temperature, top_k, u, probs):
 
 @kernel
 def generate(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, dec_w_t, dec_b, h, c,
-             feed_ids, first_input, uniforms, temperature, top_k, out_ids):
+             feed_ids, first_input, uniforms, temperature, top_k, top_p, out_ids):
     """Feed ``feed_ids`` (state warm-up, outputs discarded), then starting from
     ``first_input`` draw len(out_ids) characters, each fed back as the next input.
 
@@ -113,6 +132,7 @@ def generate(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, dec_w_t, dec_b, h, c,
         inside r * (...); unused (any contents) for the other cells.
     dec_w_t : [H, V]; dec_b : [V].
     h, c : [L, 1, H] state, updated in place. uniforms : [len(out_ids)] in [0, 1).
+    temperature, top_k, top_p : as ``_draw`` takes them.
     Returns the last character drawn (the next call's ``first_input``).
     """
     GH = w_hh_t.shape[2]
@@ -131,6 +151,6 @@ def generate(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, dec_w_t, dec_b, h, c,
         _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, x, h, c, pre, gates, tanh_c)
         vecmat(h[h.shape[0] - 1, 0], dec_w_t, logits[0])
         logits[0, :] += dec_b
-        x = _draw(logits[0], temperature, top_k, uniforms[n], probs)
+        x = _draw(logits[0], temperature, top_k, top_p, uniforms[n], probs)
         out_ids[n] = x
     return x

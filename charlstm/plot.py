@@ -1,0 +1,116 @@
+"""`charlstm plot RUN_DIR`: the learning curves of a run, from its metrics.jsonl, as a PNG.
+
+matplotlib is an optional dependency (``pip install 'charlstm[plot]'``); it is imported
+only when the command runs, and drawn with the Agg backend through the object-oriented
+API, so no window opens and pyplot's global state is left alone.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from .errors import UserError
+
+MISSING_MATPLOTLIB = "plotting needs matplotlib: pip install 'charlstm[plot]'"
+
+
+@dataclass
+class Curves:
+    """The points of metrics.jsonl worth drawing, as (step, elapsed seconds, bpc)."""
+
+    train: list = field(default_factory=list)
+    val: list = field(default_factory=list)
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_metrics(run_dir: Path) -> Curves:
+    """Training and validation bpc of the run in ``run_dir``; UserError if there is none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run directory")
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{run_dir} holds no metrics.jsonl; is it a charlstm run directory?")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path} ({getattr(e, 'strerror', None) or e})") from None
+    curves = Curves()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or not _finite_number(row.get("step")) \
+                or not _finite_number(row.get("elapsed")):
+            raise UserError(f"{path}, line {number}: not a metrics line (a JSON object with "
+                            f"'step' and 'elapsed')")
+        for key, points in (("train_bpc", curves.train), ("val_bpc", curves.val)):
+            if _finite_number(row.get(key)):
+                points.append((row["step"], row["elapsed"], row[key]))
+    if not curves.train and not curves.val:
+        raise UserError(f"{path} holds no bits-per-character values yet; train the run first")
+    return curves
+
+
+def draw(curves: Curves, title: str, output: Path) -> None:
+    """Two panels, bpc against steps and against elapsed seconds, written as a PNG."""
+    try:
+        import matplotlib  # noqa: F401  (first: a cached submodule must not hide its absence)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UserError(MISSING_MATPLOTLIB) from None
+
+    fig = Figure(figsize=(11, 4.5), dpi=100, constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharey=True)
+    best = min(curves.val, key=lambda p: p[2]) if curves.val else None
+    for ax, x, xlabel in ((axes[0], 0, "step"), (axes[1], 1, "elapsed wall-clock time (s)")):
+        if curves.train:
+            ax.plot([p[x] for p in curves.train], [p[2] for p in curves.train],
+                    color="tab:blue", linewidth=1.2, marker="." if len(curves.train) < 40 else None,
+                    label="training")
+        if curves.val:
+            ax.plot([p[x] for p in curves.val], [p[2] for p in curves.val],
+                    color="tab:orange", linewidth=1.5, marker="o", markersize=4,
+                    label="validation")
+            ax.plot([best[x]], [best[2]], linestyle="none", marker="*", markersize=12,
+                    color="tab:red", zorder=3, label=f"best validation {best[2]:.3f} (step {best[0]})")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    axes[0].set_ylabel("bits per character")
+    axes[0].set_title("against training steps")
+    axes[1].set_title("against training time")
+    axes[1].tick_params(labelleft=True)
+    fig.suptitle(title)
+    try:
+        fig.savefig(output, format="png")
+    except OSError as e:
+        raise UserError(f"cannot write {output} ({e.strerror or e}); choose another -o") from None
+
+
+@click.command("plot")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="PNG file to write.  [default: RUN_DIR/curve.png]")
+def plot(run_dir, output):
+    """Plot the learning curves of the run in RUN_DIR: training and validation bits per
+    character from its metrics.jsonl, against steps and against elapsed training time,
+    as a PNG (needs matplotlib: pip install 'charlstm[plot]')."""
+    run_dir = Path(run_dir)
+    curves = read_metrics(run_dir)
+    output = Path(output) if output else run_dir / "curve.png"
+    name = run_dir.resolve().name or str(run_dir)
+    draw(curves, f"{name}: bits per character", output)
+    click.echo(str(output))
