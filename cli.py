@@ -302,19 +302,12 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, num_samples, st
 def eval_(checkpoint, file, encoding, skip_unknown, as_json):
     """Bits per character of FILE under CHECKPOINT, read as one stream from zero state."""
     from charlstm import checkpoint as ckpt_io
-    from charlstm.corpus import describe_chars, decode_file
+    from charlstm.corpus import describe_chars, read_text_file
     from charlstm.evaluate import stream_bits_per_char
     from charlstm.network import Network
 
     ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))
-    path = Path(file)
-    if not path.is_file():
-        raise UserError(f"{file}: no such file")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{file}: cannot read it ({e.strerror})") from None
-    text = decode_file(path, data, encoding)
+    text = read_text_file(file, encoding)
     unknown = ckpt.vocab.unknown_chars(text)
     if unknown and skip_unknown:
         drop = set(unknown)

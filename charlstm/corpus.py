@@ -150,6 +150,18 @@ def decode_file(path: Path, data: bytes, encoding: str, several: bool = False) -
     return text
 
 
+def read_text_file(file, encoding: str = "utf-8") -> str:
+    """One text file, decoded, with the errors of ``decode_file`` and one for a missing file."""
+    path = Path(file)
+    if not path.is_file():
+        raise UserError(f"{file}: no such file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{file}: cannot read it ({e.strerror})") from None
+    return decode_file(path, data, encoding)
+
+
 def read_corpus(specs, encoding: str = "utf-8") -> Corpus:
     """Read and join the files named by ``specs``; no specs means the built-in corpus, and
     a single ``builtin:...`` spec a named built-in one (see ``builtin_corpus``)."""

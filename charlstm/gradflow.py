@@ -174,19 +174,6 @@ def gradient_flow(net: Network, ids: np.ndarray, length: int = DEFAULT_LENGTH,
             "loss": float(res["loss"].mean()), "mean_norm": mean}
 
 
-def _read_text(file: str, encoding: str) -> str:
-    from .corpus import decode_file
-
-    path = Path(file)
-    if not path.is_file():
-        raise UserError(f"{file}: no such file")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{file}: cannot read it ({e.strerror})") from None
-    return decode_file(path, data, encoding)
-
-
 def _plot(result: dict, path: str) -> None:
     import numpy as np
 
@@ -251,7 +238,9 @@ def gradflow(checkpoint, text, length, chunks, encoding, output, as_json):
             raise UserError(PLOT_HINT) from None
     path = ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True)
     ckpt = ckpt_io.load(path)
-    content = _read_text(text, encoding)
+    from .corpus import read_text_file
+
+    content = read_text_file(text, encoding)
     unknown = ckpt.vocab.unknown_chars(content)
     if unknown:
         raise UserError(f"{text} has characters outside the model's vocabulary: "
