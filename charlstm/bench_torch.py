@@ -1,116 +1,103 @@
-"""The PyTorch side of `charlstm bench --compare-torch`: the same model (one-hot input,
-nn.LSTM/nn.RNN, Linear, softmax cross-entropy, Adam, clip 5, truncated BPTT over the same
-streams), timed the same way. Imported only when torch is installed; charlstm never
-depends on it."""
+"""The PyTorch side of `charlstm bench --compare-torch` and `--quality`: the same model
+(one-hot input, nn.LSTM/nn.RNN/nn.GRU, Linear, softmax cross-entropy, Adam, clip 5,
+truncated BPTT over the same streams), timed the same way. Imported only when torch is
+installed; charlstm never depends on it."""
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 
 
+class _TorchTwin:
+    """charlstm's model and training step, written in PyTorch, on charlstm's own data."""
+
+    def __init__(self, spec: dict, corpus: str | None, threads: int):
+        import torch
+
+        from .config import TrainConfig
+        from .train import prepare_data
+
+        self.torch = torch
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        self.config = TrainConfig(corpus=(corpus,) if corpus else (), **spec)
+        self.data = prepare_data(self.config)
+        self.V = V = len(self.data.vocab)
+        self.T, self.B, self.H, self.L = spec["seq_len"], spec["batch_size"], spec["hidden_size"], spec["num_layers"]
+        self.lstm = spec["cell"] == "lstm"
+        self.streams = torch.from_numpy(self.data.batches.streams.astype(np.int64))
+        cls = {"lstm": torch.nn.LSTM, "rnn": torch.nn.RNN, "gru": torch.nn.GRU}[spec["cell"]]
+        self.module = cls(V, self.H, self.L)
+        self.decoder = torch.nn.Linear(self.H, V)
+        self.eye = torch.eye(V)
+        self.params = list(self.module.parameters()) + list(self.decoder.parameters())
+        self.opt = torch.optim.Adam(self.params, lr=self.config.lr)
+
+    def zero(self, batch: int):
+        z = self.torch.zeros(self.L, batch, self.H)
+        return (z, z.clone()) if self.lstm else z
+
+    def step(self, k: int, state):
+        """One optimizer step on chunk k of an epoch; returns the carried state."""
+        T, V = self.T, self.V
+        x = self.streams[:, k * T:(k + 1) * T]
+        y = self.streams[:, k * T + 1:(k + 1) * T + 1]
+        out, state = self.module(self.eye[x.T], state)
+        loss = self.torch.nn.functional.cross_entropy(self.decoder(out).reshape(-1, V), y.T.reshape(-1))
+        self.opt.zero_grad()
+        loss.backward()
+        self.torch.nn.utils.clip_grad_norm_(self.params, self.config.clip)
+        self.opt.step()
+        return tuple(s.detach() for s in state) if self.lstm else state.detach()
+
+
 def worker_torch(spec: dict, corpus: str | None, steps: int, warmup: int, threads: int,
                  sample_chars: int) -> dict:
-    import torch
-
-    from .config import TrainConfig
-    from .train import prepare_data
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    config = TrainConfig(corpus=(corpus,) if corpus else (), **spec)
-    data = prepare_data(config)
-    V = len(data.vocab)
-    T, B, H, L = spec["seq_len"], spec["batch_size"], spec["hidden_size"], spec["num_layers"]
-    streams = torch.from_numpy(data.batches.streams.astype(np.int64))
-    module = {"lstm": torch.nn.LSTM, "rnn": torch.nn.RNN, "gru": torch.nn.GRU}[spec["cell"]](V, H, L)
-    decoder = torch.nn.Linear(H, V)
-    eye = torch.eye(V)
-    params = list(module.parameters()) + list(decoder.parameters())
-    opt = torch.optim.Adam(params, lr=config.lr)
-    zero = torch.zeros(L, B, H)
-    state = (zero, zero.clone()) if spec["cell"] == "lstm" else zero
-    times = []
+    twin = _TorchTwin(spec, corpus, threads)
+    torch = twin.torch
+    state, times = twin.zero(twin.B), []
     for k in range(warmup + steps):
         t0 = time.perf_counter()
-        x = streams[:, k * T:(k + 1) * T]
-        y = streams[:, k * T + 1:(k + 1) * T + 1]
-        out, state = module(eye[x.T], state)
-        loss = torch.nn.functional.cross_entropy(decoder(out).reshape(-1, V), y.T.reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.clip)
-        opt.step()
-        state = tuple(s.detach() for s in state) if spec["cell"] == "lstm" else state.detach()
+        state = twin.step(k, state)
         if k >= warmup:
             times.append(time.perf_counter() - t0)
     step_s = float(np.median(times))
     with torch.no_grad():
-        one = torch.zeros(L, 1, H)
-        s1 = (one, one.clone()) if spec["cell"] == "lstm" else one
-        c = torch.tensor([0])
+        s1, c = twin.zero(1), torch.tensor([0])
         t0 = time.perf_counter()
         for _ in range(sample_chars):
-            o, s1 = module(eye[c].view(1, 1, V), s1)
-            p = torch.softmax(decoder(o[0, 0]) / 0.8, -1)
+            o, s1 = twin.module(twin.eye[c].view(1, 1, twin.V), s1)
+            p = torch.softmax(twin.decoder(o[0, 0]) / 0.8, -1)
             c = torch.multinomial(p, 1)
         sample_cps = sample_chars / (time.perf_counter() - t0)
-    return {"train_chars_per_s": T * B / step_s, "step_ms": step_s * 1e3,
+    return {"train_chars_per_s": twin.T * twin.B / step_s, "step_ms": step_s * 1e3,
             "sample_chars_per_s": sample_cps, "threads": threads, "torch": torch.__version__}
 
 
 def train_torch_for(spec: dict, corpus: str | None, seconds: float, eval_every_s: float,
                     threads: int) -> list:
-    """Train the same model as charlstm for ``seconds`` of training time, validating every
-    ``eval_every_s`` seconds (validation time not counted) the way charlstm does: the whole
-    validation text as one stream from zero state. Returns [(seconds, val_bpc), ...]."""
-    import math
-
-    import torch
-
-    from .config import TrainConfig
-    from .train import prepare_data
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    config = TrainConfig(corpus=(corpus,) if corpus else (), **spec)
-    data = prepare_data(config)
-    V = len(data.vocab)
-    T, B, H, L = spec["seq_len"], spec["batch_size"], spec["hidden_size"], spec["num_layers"]
-    streams = torch.from_numpy(data.batches.streams.astype(np.int64))
-    val = torch.from_numpy(np.asarray(data.val_ids).astype(np.int64))
-    steps_per_epoch = data.batches.steps_per_epoch
-    lstm = spec["cell"] == "lstm"
-    module = {"lstm": torch.nn.LSTM, "rnn": torch.nn.RNN, "gru": torch.nn.GRU}[spec["cell"]](V, H, L)
-    decoder = torch.nn.Linear(H, V)
-    eye = torch.eye(V)
-    params = list(module.parameters()) + list(decoder.parameters())
-    opt = torch.optim.Adam(params, lr=config.lr)
-
-    def zero(batch):
-        z = torch.zeros(L, batch, H)
-        return (z, z.clone()) if lstm else z
+    """Train for ``seconds`` of training time, validating every ``eval_every_s`` seconds
+    (validation time not counted) the way charlstm does: the whole validation text as one
+    stream from zero state. Returns [(seconds, val_bpc), ...]."""
+    twin = _TorchTwin(spec, corpus, threads)
+    torch = twin.torch
+    val = torch.from_numpy(np.asarray(twin.data.val_ids).astype(np.int64))
+    steps_per_epoch = twin.data.batches.steps_per_epoch
 
     def validate():
         with torch.no_grad():
-            out, _ = module(eye[val[:-1]].view(-1, 1, V), zero(1))
-            loss = torch.nn.functional.cross_entropy(decoder(out[:, 0]), val[1:])
+            out, _ = twin.module(twin.eye[val[:-1]].view(-1, 1, twin.V), twin.zero(1))
+            loss = torch.nn.functional.cross_entropy(twin.decoder(out[:, 0]), val[1:])
         return loss.item() / math.log(2)
 
-    curve, trained, next_eval, k, state = [], 0.0, eval_every_s, 0, zero(B)
+    curve, trained, next_eval, k, state = [], 0.0, eval_every_s, 0, twin.zero(twin.B)
     while trained < seconds:
         t0 = time.perf_counter()
         if k == steps_per_epoch:
-            k, state = 0, zero(B)
-        x = streams[:, k * T:(k + 1) * T]
-        y = streams[:, k * T + 1:(k + 1) * T + 1]
-        out, state = module(eye[x.T], state)
-        loss = torch.nn.functional.cross_entropy(decoder(out).reshape(-1, V), y.T.reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, config.clip)
-        opt.step()
-        state = tuple(s.detach() for s in state) if lstm else state.detach()
+            k, state = 0, twin.zero(twin.B)
+        state = twin.step(k, state)
         k += 1
         trained += time.perf_counter() - t0
         if trained >= next_eval or trained >= seconds:
