@@ -274,7 +274,7 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, num_samples, st
     if stop is not None:
         sampler.check_stop(stop)
     rng = np.random.default_rng(seed)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     try:
         for i in range(num_samples):
             sampler.prime(prime, rng)
