@@ -36,3 +36,35 @@ def run_cli(*args, cwd=None, check=True, timeout=300, env=None) -> subprocess.Co
     if check and proc.returncode != 0:
         raise AssertionError(f"charlstm {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stderr}")
     return proc
+
+
+def tiny_config(corpus, **kw):
+    """A tiny training configuration over ``corpus`` (lstm unless ``cell`` is given)."""
+    from charlstm.config import TrainConfig
+
+    base = dict(corpus=(str(corpus),), hidden_size=16, num_layers=2, seq_len=8, batch_size=4,
+                save_every=1000, log_every=3, eval_every=0, val_frac=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def train(config, out_dir):
+    """Train in-process to the end of ``config``'s budget, writing ``out_dir``."""
+    from charlstm.train import Trainer, prepare_data, run_training
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(config, prepare_data(config))
+    assert run_training(trainer, out_dir, quiet=True) == 0
+    return trainer
+
+
+def resume(run_dir, **changes):
+    """Resume ``run_dir``'s last.npz in-process with the configuration ``changes``."""
+    from charlstm import checkpoint as ckpt_io
+    from charlstm.train import Trainer, prepare_data, run_training
+
+    ckpt = ckpt_io.load(run_dir / "last.npz")
+    config = ckpt.config.replace(**changes)
+    trainer = Trainer(config, prepare_data(config, vocab=ckpt.vocab), resume_from=ckpt)
+    assert run_training(trainer, run_dir, quiet=True) == 0
+    return trainer

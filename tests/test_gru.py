@@ -23,7 +23,7 @@ from charlstm.network import Network
 from charlstm.sample import Sampler
 from charlstm.train import Trainer, prepare_data, run_training
 
-from conftest import make_text
+from conftest import make_text, tiny_config, train
 
 import reference as ref
 
@@ -500,25 +500,11 @@ def test_sampling_at_temperature_draws_from_the_same_distribution():
 # --------------------------------------------------------------------------------------
 # (g) training end to end: resume is bit-identical, and sampling a trained checkpoint
 # --------------------------------------------------------------------------------------
-def tiny_config(corpus, **kw):
-    base = dict(corpus=(str(corpus),), cell="gru", hidden_size=16, num_layers=2, seq_len=8,
-                batch_size=4, save_every=1000, log_every=3, eval_every=0, val_frac=0.1)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def train(cfg, out_dir):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg, prepare_data(cfg))
-    assert run_training(trainer, out_dir, quiet=True) == 0
-    return trainer
-
-
 def test_training_resumes_bit_identically(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(800))
     n = 30  # crosses an epoch boundary (22 steps per epoch here)
-    cfg = tiny_config(corpus)
+    cfg = tiny_config(corpus, cell="gru")
     whole = train(cfg.replace(steps=2 * n), tmp_path / "whole")
     assert whole.steps_per_epoch < n
     train(cfg.replace(steps=n), tmp_path / "split")

@@ -11,29 +11,7 @@ from charlstm.config import TrainConfig
 from charlstm.model import param_shapes
 from charlstm.train import Trainer, prepare_data, run_training
 
-from conftest import make_text
-
-
-def tiny_config(corpus, **kw):
-    base = dict(corpus=(str(corpus),), hidden_size=16, num_layers=2, seq_len=8, batch_size=4,
-                save_every=1000, log_every=3, eval_every=0, val_frac=0.1)
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def train(config, out_dir):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, prepare_data(config))
-    assert run_training(trainer, out_dir, quiet=True) == 0
-    return trainer
-
-
-def resume(run_dir, **changes):
-    ckpt = ckpt_io.load(run_dir / "last.npz")
-    config = ckpt.config.replace(**changes)
-    trainer = Trainer(config, prepare_data(config, vocab=ckpt.vocab), resume_from=ckpt)
-    assert run_training(trainer, run_dir, quiet=True) == 0
-    return trainer
+from conftest import make_text, resume, tiny_config, train
 
 
 @pytest.mark.parametrize("cell,optimizer,extra", [
