@@ -34,6 +34,17 @@ class Duration(click.ParamType):
         return seconds
 
 
+class Real(click.FloatRange):
+    """A FloatRange that also refuses nan and infinities: nan passes every range check
+    (each comparison with it is false) and either would poison a run silently."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"must be a finite number, not {number}", param, ctx)
+        return number
+
+
 POSITIVE = click.IntRange(min=1)
 NON_NEGATIVE = click.IntRange(min=0)
 
@@ -41,7 +52,7 @@ NON_NEGATIVE = click.IntRange(min=0)
 def _budget_options(f):
     f = click.option("--time", "time_limit", type=Duration(), default=None,
                      help="Stop after this much wall-clock time in this invocation, e.g. 90s, 10m, 1h30m.")(f)
-    f = click.option("--epochs", type=click.FloatRange(min=0, min_open=True), default=None,
+    f = click.option("--epochs", type=Real(min=0, min_open=True), default=None,
                      help="Stop when this many epochs (in total) are done.")(f)
     f = click.option("--steps", type=NON_NEGATIVE, default=None,
                      help="Stop at this total number of optimizer steps (0: only write the initial checkpoint).")(f)
@@ -89,25 +100,31 @@ def main(ctx, debug):
 @main.command()
 @click.argument("paths", nargs=-1)
 @click.option("--encoding", default="utf-8", help="Text encoding of the corpus files.")
-@click.option("--val-frac", type=click.FloatRange(0, 1, max_open=True), default=0.1,
+@click.option("--val-frac", type=Real(0, 1, max_open=True), default=0.1,
               help="Fraction of the corpus, taken from its end, held out for validation.")
 @click.option("--cell", type=click.Choice(CELLS), default="lstm")
 @click.option("--hidden-size", type=POSITIVE, default=256)
 @click.option("--num-layers", type=POSITIVE, default=2)
+@click.option("--dropout", type=Real(0, 1, max_open=True), default=0.0,
+              help="Zero each layer's output, as the layer above and the decoder read it, "
+                   "with this probability while training (inverted dropout; off in eval and sampling).")
+@click.option("--weight-decay", type=Real(min=0), default=0.0,
+              help="Decoupled weight decay (AdamW style): every step shrinks all parameters "
+                   "by the factor 1 - lr * weight_decay before the optimizer's update.")
 @click.option("--seq-len", type=POSITIVE, default=64, help="Characters per stream per step (T).")
 @click.option("--batch-size", type=POSITIVE, default=32, help="Parallel streams (B).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, help="Learning rate.")
-@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.0, help="Momentum for sgd.")
-@click.option("--clip", type=click.FloatRange(min=0), default=5.0,
+@click.option("--lr", type=Real(min=0, min_open=True), default=2e-3, help="Learning rate.")
+@click.option("--momentum", type=Real(0, 1, max_open=True), default=0.0, help="Momentum for sgd.")
+@click.option("--clip", type=Real(min=0), default=5.0,
               help="Clip the global gradient norm to this; 0 disables clipping.")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="constant")
 @click.option("--warmup", type=NON_NEGATIVE, default=0, help="Steps of linear learning-rate warmup.")
-@click.option("--lr-decay", type=click.FloatRange(0, 1, min_open=True), default=0.5,
+@click.option("--lr-decay", type=Real(0, 1, min_open=True), default=0.5,
               help="Factor of the 'step' schedule.")
 @click.option("--lr-decay-every", type=NON_NEGATIVE, default=0,
               help="Steps between 'step' decays; 0: one epoch.")
-@click.option("--lr-min", type=click.FloatRange(min=0), default=0.0, help="Floor of the 'cosine' schedule.")
+@click.option("--lr-min", type=Real(min=0), default=0.0, help="Floor of the 'cosine' schedule.")
 @click.option("--lr-horizon", type=NON_NEGATIVE, default=0,
               help="Steps over which 'cosine' anneals; 0: the run's step budget.")
 @click.option("--seed", type=NON_NEGATIVE, default=0, help="Seed of the initialisation.")
@@ -240,10 +257,10 @@ def resume(run_dir, steps, epochs, time_limit, corpus, quiet, **cadence):
 @click.argument("checkpoint", type=click.Path())
 @click.option("--length", type=POSITIVE, default=500,
               help="Characters to generate after the prime (the most, with --stop).")
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.8,
+@click.option("--temperature", type=Real(min=0), default=0.8,
               help="Softmax temperature; 0 picks the most likely character.")
 @click.option("--top-k", type=NON_NEGATIVE, default=0, help="Draw only from the K most likely characters; 0: all.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+@click.option("--top-p", type=Real(0, 1, min_open=True), default=1.0,
               help="Nucleus sampling: draw only from the fewest most likely characters whose "
                    "probability (after temperature and --top-k) adds up to P; 1: all.")
 @click.option("--prime", default="", help="Text that warms up the state; printed first.")
@@ -263,10 +280,6 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, num_samples, st
     from charlstm.sample import Sampler, stop_at
 
     ctx = click.get_current_context()
-    # NaN passes click's range checks (every comparison with it is false).
-    for name, value in (("--temperature", temperature), ("--top-p", top_p)):
-        if math.isnan(value):
-            raise click.BadParameter("must be a number, not nan", ctx, param_hint=f"'{name}'")
     if stop == "":
         raise click.BadParameter("must not be empty", ctx, param_hint="'--stop'")
     ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))

@@ -235,6 +235,10 @@ def _validate_config(config: TrainConfig, vocab_size: int) -> None:
         raise CheckpointError(f"checkpoint is for cell {config.cell!r}, which this charlstm does not know")
     if config.optimizer not in OPTIMIZERS:
         raise CheckpointError(f"checkpoint uses optimizer {config.optimizer!r}, which this charlstm does not know")
+    for name, upper in (("dropout", 1.0), ("weight_decay", float("inf"))):
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < upper:
+            raise CheckpointError(f"checkpoint configuration has an invalid {name}: {value!r}")
     G, H, L = GATES[config.cell], config.hidden_size, config.num_layers
     n_params = L * (G * H * (vocab_size + 2 * H + 2)) + vocab_size * (H + 1)
     if n_params > 2_000_000_000 or L * config.batch_size * H > 2_000_000_000:

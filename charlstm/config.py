@@ -26,6 +26,9 @@ class TrainConfig:
     cell: str = "lstm"
     hidden_size: int = 256
     num_layers: int = 2
+    # regularisation
+    dropout: float = 0.0  # probability of zeroing each layer's output (inverted dropout)
+    weight_decay: float = 0.0  # decoupled (AdamW-style) shrink per step: p -= lr * wd * p
     # batching
     seq_len: int = 64
     batch_size: int = 32

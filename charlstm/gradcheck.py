@@ -15,6 +15,9 @@ norm-based relative error
 
 (scale-free, not dominated by near-zero entries, at most 1); a tensor passes when rel is
 below 1e-6. A correct gradient gives 1e-10 to ~2e-7 here; one wrong by 0.1% gives ~5e-4.
+
+With dropout, one mask is drawn and held fixed for the analytic gradient and every loss
+evaluation: the check is of the masked network's gradient, which is what training uses.
 """
 from __future__ import annotations
 
@@ -54,10 +57,12 @@ class TensorCheck:
 
 def check_gradients(cell: str, seed: int = 0, eps: float = EPS, tol: float = REL_TOL,
                     vocab_size: int = VOCAB, hidden_size: int = HIDDEN, num_layers: int = LAYERS,
-                    batch_size: int = BATCH, seq_len: int = STEPS) -> list[TensorCheck]:
+                    batch_size: int = BATCH, seq_len: int = STEPS,
+                    dropout: float = 0.0) -> list[TensorCheck]:
     """One TensorCheck per parameter tensor (state_dict order), then h0 (and c0)."""
     import numpy as np
 
+    from .dropout import DropoutMasks
     from .model import init_params
     from .network import Network
 
@@ -71,11 +76,14 @@ def check_gradients(cell: str, seed: int = 0, eps: float = EPS, tol: float = REL
     state0 = {"h": rng.uniform(-0.9, 0.9, size=(L, B, H))}
     if cell == "lstm":
         state0["c"] = rng.uniform(-1.5, 1.5, size=(L, B, H))
+    masks = None
+    if dropout > 0:
+        masks = DropoutMasks(dropout, L, T, B, H, np.float64).draw(np.random.default_rng(seed + 2))
 
     def fresh_state():
         return {k: v.copy() for k, v in state0.items()}
 
-    net.loss_and_grad(inputs, targets, fresh_state())
+    net.loss_and_grad(inputs, targets, fresh_state(), masks)
     ws = net.workspace(T, B)
     analytic = {name: g.copy() for name, g in net.grads.items()}
     analytic["h0"] = ws.dh0.copy()
@@ -86,7 +94,7 @@ def check_gradients(cell: str, seed: int = 0, eps: float = EPS, tol: float = REL
         tensors["c0"] = state0["c"]
 
     def mean_loss():
-        return net.loss(inputs, targets, fresh_state()) / (B * T)
+        return net.loss(inputs, targets, fresh_state(), masks) / (B * T)
 
     results = []
     for name, arr in tensors.items():
@@ -110,22 +118,28 @@ def check_gradients(cell: str, seed: int = 0, eps: float = EPS, tol: float = REL
               help="Cell to check; all: every cell.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the random model, chunk and initial state.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              show_default=True,
+              help="Check the gradient under one fixed dropout mask of this probability.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def gradcheck(cell, seed, as_json):
+def gradcheck(cell, seed, dropout, as_json):
     """Check every gradient against central finite differences.
 
     Builds a tiny float64 model (vocabulary 5, hidden size 3, 2 layers, batch 2, 3 steps)
     with a random non-zero initial state, and compares the gradient of the mean loss with
     respect to every entry of every parameter, and of h0 (and c0 for the LSTM), with
     central differences (eps 1e-6). Prints the norm-based relative error per tensor;
-    each must be below 1e-6. Exits with status 1 if any is not.
+    each must be below 1e-6. Exits with status 1 if any is not. With --dropout, the check
+    is of the network under one fixed random mask.
     """
+    if math.isnan(dropout):
+        raise click.BadParameter("must be a number, not nan", param_hint="'--dropout'")
     cells = CELLS if cell == "all" else (cell,)
-    results = [r for c in cells for r in check_gradients(c, seed=seed)]
+    results = [r for c in cells for r in check_gradients(c, seed=seed, dropout=dropout)]
     failed = [r for r in results if not r.ok]
     if as_json:
         click.echo(json.dumps({
-            "ok": not failed, "eps": EPS, "tolerance": REL_TOL, "seed": seed,
+            "ok": not failed, "eps": EPS, "tolerance": REL_TOL, "seed": seed, "dropout": dropout,
             "model": {"vocab_size": VOCAB, "hidden_size": HIDDEN, "num_layers": LAYERS,
                       "batch_size": BATCH, "seq_len": STEPS},
             "checks": [dict(asdict(r), shape=list(r.shape),

@@ -46,6 +46,9 @@ class Workspace:
             self.scratch = np.empty((B, H), dtype)
         else:
             self.scratch = np.empty((B, H), dtype)
+        # Layer outputs as the layer above (or the decoder) reads them under dropout:
+        # allocated on the first masked pass, so runs without dropout pay nothing.
+        self.dropped: list | None = None
         self.h0 = np.empty((num_layers, B, H), dtype)
         self.c0 = np.empty((num_layers, B, H), dtype)
         self.dh0 = np.zeros((num_layers, B, H), dtype)
@@ -94,11 +97,18 @@ class Network:
         return ws
 
     # -- passes --------------------------------------------------------------------
-    def forward(self, inputs: np.ndarray, state: dict) -> Workspace:
+    def forward(self, inputs: np.ndarray, state: dict, masks=None) -> Workspace:
         """Run all layers and the decoder over ``inputs`` [B, T]; leave logits in the
-        workspace and carry the final state into ``state`` (in place)."""
+        workspace and carry the final state into ``state`` (in place).
+
+        ``masks`` (training with dropout only): [num_layers, T, B, H] scaled dropout
+        masks (see dropout.py); ``masks[k]`` multiplies layer k's output where the layer
+        above or the decoder reads it. None: no dropout, as in evaluation and sampling.
+        """
         B, T = inputs.shape
         ws = self.workspace(T, B)
+        if masks is not None and ws.dropped is None:
+            ws.dropped = [np.empty_like(h) for h in ws.hs]
         p = self.params
         np.copyto(ws.ids, inputs.T.reshape(-1))
         ws.h0[...] = state["h"]
@@ -133,42 +143,52 @@ class Network:
             else:
                 rnn_forward(xproj, w_hh, ws.h0[k], ws.hs[k], ws.scratch)
             state["h"][k] = ws.hs[k][T - 1]
-            x = ws.hs[k].reshape(N, self.H)
+            if masks is None:
+                x = ws.hs[k].reshape(N, self.H)
+            else:
+                np.multiply(ws.hs[k], masks[k], out=ws.dropped[k])
+                x = ws.dropped[k].reshape(N, self.H)
         matmul_nt(x, p["decoder.weight"], ws.logits)
         ws.logits += p["decoder.bias"]
         return ws
 
-    def loss(self, inputs: np.ndarray, targets: np.ndarray, state: dict) -> float:
+    def loss(self, inputs: np.ndarray, targets: np.ndarray, state: dict, masks=None) -> float:
         """Summed natural-log cross-entropy of the chunk; carries ``state``; no gradients."""
-        ws = self.forward(inputs, state)
+        ws = self.forward(inputs, state, masks)
         np.copyto(ws.targets, targets.T.reshape(-1))
         return softmax_xent_loss(ws.logits, ws.targets)
 
-    def loss_and_grad(self, inputs: np.ndarray, targets: np.ndarray, state: dict) -> float:
+    def loss_and_grad(self, inputs: np.ndarray, targets: np.ndarray, state: dict,
+                      masks=None) -> float:
         """Mean natural-log cross-entropy over the B*T predictions of the chunk.
 
         Fills ``self.grads`` with its gradient, carries ``state`` to the chunk's end,
         and leaves the gradient with respect to the initial state in the workspace
         (``dh0``, ``dc0``). The gradient is cut at the chunk's start: truncated BPTT.
+        ``masks``: as in ``forward``; the gradient is that of the masked network.
         """
         B, T = inputs.shape
         N = T * B
-        ws = self.forward(inputs, state)
+        ws = self.forward(inputs, state, masks)
         np.copyto(ws.targets, targets.T.reshape(-1))
         loss_sum = softmax_xent_grad(ws.logits, ws.targets, 1.0 / N)
-        self._backward(ws, T, B)
+        self._backward(ws, T, B, masks)
         return loss_sum / N
 
-    def _backward(self, ws: Workspace, T: int, B: int) -> None:
+    def _backward(self, ws: Workspace, T: int, B: int, masks) -> None:
         p, g = self.params, self.grads
         N, H = T * B, self.H
+        # What each layer's output was as read above it: masked under dropout.
+        outputs = ws.hs if masks is None else ws.dropped
         dlogits = ws.logits
-        top = ws.hs[-1].reshape(N, H)
+        top = outputs[-1].reshape(N, H)
         matmul_tn(dlogits, top, g["decoder.weight"])
         np.sum(dlogits, axis=0, out=g["decoder.bias"])
         dhs2d = ws.dhs.reshape(N, H)
         matmul_nn(dlogits, p["decoder.weight"], dhs2d)
         for k in range(self.num_layers - 1, -1, -1):
+            if masks is not None:
+                ws.dhs *= masks[k]  # gradient of the masked output -> of the output itself
             dpre = ws.xproj[k]  # the forward's projection is dead: reuse its memory
             dh, dc = ws.dh0[k], ws.dc0[k]
             dh[...] = 0.0
@@ -201,7 +221,7 @@ class Network:
                 onehot_backward(dpre2d, ws.ids, ws.table)
                 g["rnn.weight_ih_l0"][...] = ws.table.T
             else:
-                below = ws.hs[k - 1].reshape(N, H)
+                below = outputs[k - 1].reshape(N, H)
                 w_ih = p[f"rnn.weight_ih_l{k}"]
                 matmul_tn(dpre2d, below, g[f"rnn.weight_ih_l{k}"])
                 matmul_nn(dpre2d, w_ih, dhs2d)

@@ -35,6 +35,7 @@ class Optimizer:
     def __init__(self, config: TrainConfig, params: FlatParams):
         self.name = config.optimizer
         self.momentum = config.momentum
+        self.weight_decay = config.weight_decay
         self.params = params
         self.step = 0
         self.state = {stat: params.zeros_like() for stat in STATISTICS[self.name]}
@@ -43,6 +44,10 @@ class Optimizer:
         self.step += 1
         p, g = self.params.flat, grads.flat
         s = {k: v.flat for k, v in self.state.items()}
+        if self.weight_decay > 0:
+            # Decoupled decay, before the update and independent of the gradient, as
+            # torch.optim.AdamW (and as SGDW for the other optimizers).
+            kernels.scale_inplace(p, 1.0 - lr * self.weight_decay)
         if self.name == "adam":
             kernels.adam_update(p, g, s["exp_avg"], s["exp_avg_sq"], lr, ADAM_BETAS[0],
                                 ADAM_BETAS[1], ADAM_EPS, self.step)

@@ -16,6 +16,7 @@ from . import checkpoint as ckpt_io
 from .checkpoint import METRIC_COLUMNS, Checkpoint
 from .config import TrainConfig
 from .corpus import Batches, Vocab, split
+from .dropout import DropoutMasks
 from .tokens import load_corpus
 from .errors import UserError
 from .evaluate import stream_bits_per_char
@@ -75,6 +76,13 @@ class Trainer:
             self.rng.bit_generator.state = resume_from.rng_state
         self.net = Network(config, V, params)
         self.optimizer = Optimizer(config, params)
+        # Masks are drawn from self.rng after the initialisation's draws, so a seed fixes
+        # both and a checkpoint's generator state continues both.
+        self.dropout = None
+        if config.dropout > 0:
+            self.dropout = DropoutMasks(config.dropout, config.num_layers, config.seq_len,
+                                        config.batch_size, config.hidden_size,
+                                        params.flat.dtype)
         self.state = self.net.zero_state(config.batch_size)
         self.step = self.epoch = self.epoch_step = 0
         self.metrics: list = []
@@ -108,7 +116,8 @@ class Trainer:
     def train_step(self) -> tuple[float, float, float]:
         """One optimizer step on the next chunk; returns (train bpc, grad norm, lr)."""
         inputs, targets = self.data.batches.chunk(self.epoch_step)
-        loss = self.net.loss_and_grad(inputs, targets, self.state)
+        masks = self.dropout.draw(self.rng) if self.dropout is not None else None
+        loss = self.net.loss_and_grad(inputs, targets, self.state, masks)
         norm = clip_grad_norm(self.net.grads, self.config.clip)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             what = "loss" if not math.isfinite(loss) else "gradient norm"

@@ -287,8 +287,11 @@ def _num_layers(params):
     return sum(1 for name in params if name.startswith("rnn.weight_ih_l"))
 
 
-def reference_forward(cell, params, inputs, h0, c0=None):
-    """Run the model; returns (layer forward dicts, logits [T, B, V], hT, cT)."""
+def reference_forward(cell, params, inputs, h0, c0=None, masks=None):
+    """Run the model; returns (layer forward dicts, logits [T, B, V], hT, cT).
+
+    ``masks``: None, or per layer a [T, B, H] inverted-dropout mask (0 or 1/(1-p)) that
+    multiplies the layer's output where the next layer or the decoder reads it."""
     assert cell in ("lstm", "rnn", "gru")
     p = {k: np.asarray(v, F64) for k, v in params.items()}
     L = _num_layers(p)
@@ -308,12 +311,12 @@ def reference_forward(cell, params, inputs, h0, c0=None):
             fwd = rnn_layer_forward(*args)
         layers.append(fwd)
         hT.append(fwd["hs"][-1])
-        x = fwd["hs"]
+        x = fwd["hs"] if masks is None else fwd["hs"] * masks[k]
     logits = x @ p["decoder.weight"].T + p["decoder.bias"]
     return layers, logits, np.array(hT), (np.array(cT) if cell == "lstm" else None)
 
 
-def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None):
+def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None, masks=None):
     """Mean cross-entropy over the B*T positions and its gradients.
 
     Returns (loss, grads {name: array}, dh0 [L, B, H], dc0 [L, B, H] or None,
@@ -322,7 +325,7 @@ def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None):
     p = {k: np.asarray(v, F64) for k, v in params.items()}
     L = _num_layers(p)
     V = p["decoder.weight"].shape[0]
-    layers, logits, hT, cT = reference_forward(cell, p, inputs, h0, c0)
+    layers, logits, hT, cT = reference_forward(cell, p, inputs, h0, c0, masks)
     T, B, _ = logits.shape
     N = T * B
     tgt = np.asarray(targets).T                     # [T, B]
@@ -331,7 +334,7 @@ def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None):
     dlogits = (dlogits / N).reshape(T, B, V)
 
     grads = {}
-    top = layers[-1]["hs"]
+    top = layers[-1]["hs"] if masks is None else layers[-1]["hs"] * masks[-1]
     grads["decoder.weight"] = np.einsum("tbv,tbh->vh", dlogits, top)
     grads["decoder.bias"] = dlogits.sum(axis=(0, 1))
     dhs = dlogits @ p["decoder.weight"]             # [T, B, H]
@@ -339,6 +342,8 @@ def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None):
     dh0 = np.zeros((L, B, H))
     dc0 = np.zeros((L, B, H)) if cell == "lstm" else None
     for k in range(L - 1, -1, -1):
+        if masks is not None:
+            dhs = dhs * masks[k]                    # d(masked output) -> d(output)
         if cell == "lstm":
             bwd = lstm_layer_backward(layers[k], dhs)
             dc0[k] = bwd["dc0"]
@@ -355,9 +360,9 @@ def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None):
     return loss, grads, dh0, dc0, hT, cT
 
 
-def reference_loss_sum(cell, params, inputs, targets, h0, c0=None):
+def reference_loss_sum(cell, params, inputs, targets, h0, c0=None, masks=None):
     """Summed (not mean) cross-entropy, as ``Network.loss`` returns it."""
-    _, logits, _, _ = reference_forward(cell, params, inputs, h0, c0)
+    _, logits, _, _ = reference_forward(cell, params, inputs, h0, c0, masks)
     T, B, V = logits.shape
     loss_sum, _ = softmax_xent_ref(logits.reshape(T * B, V), np.asarray(targets).T.reshape(-1))
     return loss_sum

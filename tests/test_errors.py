@@ -114,6 +114,13 @@ def test_utf16_file_is_recognised(tmp_path):
     (["--val-frac", "-0.1"], r"--val-frac"),
     (["--time", "soon"], r"--time"),
     (["--cell", "transformer"], r"--cell"),
+    (["--lr", "nan"], r"--lr.*not nan"),
+    (["--lr", "inf"], r"--lr.*not inf"),
+    (["--dropout", "1"], r"--dropout"),
+    (["--dropout", "-0.1"], r"--dropout"),
+    (["--dropout", "nan"], r"--dropout"),
+    (["--weight-decay", "-1e-2"], r"--weight-decay"),
+    (["--weight-decay", "nan"], r"--weight-decay"),
 ])
 def test_invalid_training_settings_are_usage_errors(tmp_path, args, pattern):
     proc = run_cli("train", corpus_file(tmp_path), *args, "--out", tmp_path / "r", check=False)
@@ -185,6 +192,26 @@ def test_checkpoint_of_unknown_format_version(trained, tmp_path):
     meta["format_version"] = 99
     p = rewrite(trained / "last.npz", tmp_path / "v.npz", change={"config": np.array(json.dumps(meta))})
     assert_user_error(run_cli("info", p, check=False), 1, r"format 99 is not supported")
+
+
+@pytest.mark.parametrize("key,value", [("dropout", 1.0), ("dropout", -0.5), ("dropout", "half"),
+                                       ("weight_decay", -1.0), ("weight_decay", None)])
+def test_checkpoint_with_invalid_regularisation(trained, tmp_path, key, value):
+    meta = json.loads(np.load(trained / "last.npz")["config"].item())
+    meta["hyperparameters"][key] = value
+    p = rewrite(trained / "last.npz", tmp_path / "r.npz", change={"config": np.array(json.dumps(meta))})
+    assert_user_error(run_cli("info", p, check=False), 1, rf"invalid {key}")
+
+
+def test_checkpoint_from_before_regularisation_options_loads(trained, tmp_path):
+    """Checkpoints written before --dropout and --weight-decay existed lack their keys:
+    they mean no dropout and no decay."""
+    meta = json.loads(np.load(trained / "last.npz")["config"].item())
+    for key in ("dropout", "weight_decay"):
+        del meta["hyperparameters"][key]
+    p = rewrite(trained / "last.npz", tmp_path / "old.npz", change={"config": np.array(json.dumps(meta))})
+    info = json.loads(run_cli("info", p, "--json").stdout)
+    assert info["config"]["dropout"] == 0.0 and info["config"]["weight_decay"] == 0.0
 
 
 def test_object_arrays_are_refused_without_unpickling(trained, tmp_path):

@@ -58,8 +58,8 @@ def _corrupt(monkeypatch, scale_param=None, scale_dh0=None):
     """Make Network.loss_and_grad report a slightly wrong gradient."""
     original = Network.loss_and_grad
 
-    def wrong(self, inputs, targets, state):
-        loss = original(self, inputs, targets, state)
+    def wrong(self, inputs, targets, state, masks=None):
+        loss = original(self, inputs, targets, state, masks)
         if scale_param:
             self.grads[scale_param][...] *= 1.001
         if scale_dh0:
@@ -93,8 +93,8 @@ def test_a_corrupted_gradient_fails(monkeypatch, which):
 def test_a_non_finite_gradient_fails(monkeypatch):
     original = Network.loss_and_grad
 
-    def nan(self, inputs, targets, state):
-        loss = original(self, inputs, targets, state)
+    def nan(self, inputs, targets, state, masks=None):
+        loss = original(self, inputs, targets, state, masks)
         self.grads["decoder.weight"][0, 0] = np.nan
         return loss
 
@@ -104,6 +104,24 @@ def test_a_non_finite_gradient_fails(monkeypatch):
     out = json.loads(result.output)
     bad = [c for c in out["checks"] if not c["ok"]]
     assert [c["parameter"] for c in bad] == ["decoder.weight"] and bad[0]["rel_error"] is None
+
+
+def test_dropout_checks_the_masked_gradient(monkeypatch):
+    """With --dropout the check passes for every cell, and a gradient computed without the
+    mask (what a backward that forgot dropout would report) fails it."""
+    result = CliRunner().invoke(gc.gradcheck, ["--dropout", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["ok"] and out["dropout"] == 0.5
+    assert {c["cell"] for c in out["checks"]} == {"lstm", "rnn", "gru"}
+
+    original = Network.loss_and_grad
+    monkeypatch.setattr(Network, "loss_and_grad",
+                        lambda self, inputs, targets, state, masks=None:
+                        original(self, inputs, targets, state))
+    result = CliRunner().invoke(gc.gradcheck, ["--cell", "lstm", "--dropout", "0.5", "--json"])
+    assert result.exit_code == 1
+    assert not json.loads(result.output)["ok"]
 
 
 def test_help_is_the_docstring():

@@ -12,12 +12,14 @@ from charlstm.optim import (ADAGRAD_EPS, ADAM_BETAS, ADAM_EPS, RMSPROP_ALPHA, RM
 SHAPES = {"a": (3, 4), "b": (5,)}
 
 
-def reference_updates(name, p, grads, lr, momentum=0.0):
-    """Plain float64 NumPy versions of torch.optim's update rules."""
+def reference_updates(name, p, grads, lr, momentum=0.0, weight_decay=0.0):
+    """Plain float64 NumPy versions of torch.optim's update rules, with decoupled weight
+    decay (torch.optim.AdamW's first line) before each."""
     p = p.astype(np.float64).copy()
     state = {"m": np.zeros_like(p), "v": np.zeros_like(p)}
     for step, g in enumerate(grads, start=1):
         g = g.astype(np.float64)
+        p *= 1 - lr * weight_decay
         if name == "sgd":
             if momentum:
                 state["m"] = momentum * state["m"] + g if step > 1 else g.copy()
@@ -55,6 +57,53 @@ def test_updates_match_the_reference(name, momentum):
     np.testing.assert_allclose(params.flat, reference_updates(name, start, grads_seq, 0.01, momentum),
                                rtol=1e-12, atol=1e-14)
     assert opt.step == 6
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd", "rmsprop", "adagrad"])
+def test_decoupled_weight_decay_matches_the_reference(name):
+    rng = np.random.default_rng(1)
+    params = FlatParams(SHAPES, dtype=np.float64)
+    params.flat[...] = rng.standard_normal(params.flat.size)
+    start = params.flat.copy()
+    grads_seq = [rng.standard_normal(params.flat.size) for _ in range(5)]
+    opt = Optimizer(TrainConfig(optimizer=name, momentum=0.5 if name == "sgd" else 0.0,
+                                weight_decay=0.3), params)
+    grads = params.zeros_like()
+    for g in grads_seq:
+        grads.flat[...] = g
+        opt.update(grads, 0.05)
+    want = reference_updates(name, start, grads_seq, 0.05, 0.5 if name == "sgd" else 0.0, 0.3)
+    np.testing.assert_allclose(params.flat, want, rtol=1e-12, atol=1e-14)
+    # The decay is not the L2 penalty folded into the gradient: that gives other numbers.
+    assert not np.allclose(want, reference_updates(name, start, grads_seq, 0.05))
+
+
+def test_weight_decay_alone_shrinks_geometrically():
+    params = FlatParams(SHAPES, dtype=np.float64)
+    params.flat[...] = 2.0
+    opt = Optimizer(TrainConfig(optimizer="sgd", weight_decay=0.5), params)
+    zero = params.zeros_like()
+    for _ in range(3):
+        opt.update(zero, 0.1)
+    np.testing.assert_allclose(params.flat, 2.0 * 0.95 ** 3, rtol=1e-15)
+
+
+def test_adamw_as_pytorch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    params = FlatParams(SHAPES, dtype=np.float64)
+    params.flat[...] = rng.standard_normal(params.flat.size)
+    tp = torch.nn.Parameter(torch.from_numpy(params.flat.copy()))
+    topt = torch.optim.AdamW([tp], lr=0.01, weight_decay=0.2)
+    opt = Optimizer(TrainConfig(optimizer="adam", weight_decay=0.2), params)
+    grads = params.zeros_like()
+    for _ in range(6):
+        g = rng.standard_normal(params.flat.size)
+        grads.flat[...] = g
+        opt.update(grads, 0.01)
+        tp.grad = torch.from_numpy(g.copy())
+        topt.step()
+    np.testing.assert_allclose(params.flat, tp.detach().numpy(), rtol=1e-12, atol=1e-14)
 
 
 def test_clipping_as_pytorch():

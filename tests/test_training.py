@@ -19,6 +19,8 @@ from conftest import make_text, resume, tiny_config, train
     ("rnn", "sgd", {"momentum": 0.9, "lr": 0.05}),
     ("lstm", "rmsprop", {"lr_schedule": "cosine", "lr_horizon": 40, "warmup": 5}),
     ("rnn", "adagrad", {"lr_schedule": "step", "lr_decay_every": 7}),
+    ("lstm", "adam", {"dropout": 0.3, "weight_decay": 0.01}),
+    ("gru", "sgd", {"dropout": 0.5, "weight_decay": 0.1, "lr": 0.05, "momentum": 0.5}),
 ])
 def test_resume_is_bit_identical(tmp_path, cell, optimizer, extra):
     corpus = tmp_path / "c.txt"
