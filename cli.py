@@ -313,7 +313,9 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, num_samples, st
 @click.option("--skip-unknown", is_flag=True, help="Drop characters outside the model's vocabulary instead of refusing.")
 @click.option("--json", "as_json", is_flag=True, help="Print {\"bpc\": ..., \"chars\": ...}.")
 def eval_(checkpoint, file, encoding, skip_unknown, as_json):
-    """Bits per character of FILE under CHECKPOINT, read as one stream from zero state."""
+    """Bits per character of FILE under CHECKPOINT, read as one stream from zero state.
+
+    FILE may also name a built-in corpus: builtin:pydoc or builtin:recall:N."""
     from charlstm import checkpoint as ckpt_io
     from charlstm.corpus import describe_chars, read_text_file
     from charlstm.evaluate import stream_bits_per_char
@@ -393,8 +395,14 @@ def info(checkpoint, as_json):
 @click.option("--quality", type=Duration(), default=None,
               help="Instead: train config M (or --config) this long in charlstm and in PyTorch "
                    "and compare validation bpc against time (needs torch).")
+@click.option("--seed", type=NON_NEGATIVE, default=0,
+              help="With --quality: the seed of both tools' initial weights.")
+@click.option("--same-init", is_flag=True,
+              help="With --quality: charlstm starts from PyTorch's initial weights (of --seed), "
+                   "so the runs differ only in the implementation, not in the draw of weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(configs, corpus, steps, warmup, compare_torch, torch_threads, repeat, quality, as_json):
+def bench(configs, corpus, steps, warmup, compare_torch, torch_threads, repeat, quality, seed,
+          same_init, as_json):
     """Measure training and sampling speed for S, M, L and R (see docs/BENCHMARKS.md)."""
     import os
 
@@ -409,7 +417,7 @@ def bench(configs, corpus, steps, warmup, compare_torch, torch_threads, repeat, 
             raise UserError("--quality compares against PyTorch, which is not installed "
                             "(pip install torch==2.13.0 for a CPU build)") from None
         results = run_quality((configs or ("M",))[0], corpus, quality, max(quality / 10, 5.0),
-                              threads, echo=echo)
+                              threads, echo=echo, seed=seed, same_init=same_init)
     else:
         results = run_bench(configs or ("S", "M", "L", "R"), corpus, steps, warmup, compare_torch,
                             threads, echo=echo, repeat=repeat)

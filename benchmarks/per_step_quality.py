@@ -1,12 +1,17 @@
 """Validation bpc after the same number of steps (not seconds), charlstm and PyTorch.
 
-    python benchmarks/per_step_quality.py --steps 600 --corpus ../shared/data/tinyshakespeare.txt
+    python benchmarks/per_step_quality.py --steps 600 --seeds 0 1 2 \\
+        --corpus ../shared/data/tinyshakespeare.txt
 
 Config M, Adam 2e-3, clip 5, the same streams; separates what a step learns from how
-fast steps run. Needs torch (only to compare).
+fast steps run. For each seed it trains three models: PyTorch from torch.manual_seed(seed);
+charlstm from its own initialisation with --seed seed; and charlstm started from exactly
+PyTorch's initial weights of that seed. If the last two agree and the first differs,
+the gap between the tools is the spread of initial weights, not the training step.
+Needs torch (only to compare).
 """
 import argparse
-import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -20,32 +25,56 @@ from charlstm.config import TrainConfig  # noqa: E402
 from charlstm.train import Trainer, prepare_data  # noqa: E402
 
 
+def train_charlstm(config, data, steps, init=None):
+    trainer = Trainer(config, data)
+    if init is not None:
+        for name, value in init.items():
+            trainer.net.params[name][...] = value
+    for _ in range(steps):
+        trainer.train_step()
+    return trainer.validate()
+
+
+def train_torch(spec, corpus, steps, seed):
+    twin = _TorchTwin(spec, corpus, threads=2, seed=seed)
+    spe = twin.data.batches.steps_per_epoch
+    state = twin.zero(twin.B)
+    for s in range(steps):
+        if s % spe == 0:
+            state = twin.zero(twin.B)
+        state = twin.step(s % spe, state)
+    return twin.validate()
+
+
+def summary(values):
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"mean {statistics.mean(values):.4f}  sd {sd:.4f}  ({', '.join(f'{v:.4f}' for v in values)})"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--corpus", default=None)
     ap.add_argument("--config", default="M", choices=sorted(CONFIGS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     a = ap.parse_args()
     spec = CONFIGS[a.config]
     config = TrainConfig(corpus=(a.corpus,) if a.corpus else (), **spec)
-    trainer = Trainer(config, prepare_data(config))
-    bits = [trainer.train_step()[0] for _ in range(a.steps)]
-    print(f"charlstm {a.steps} steps: train bpc (last 50) {np.mean(bits[-50:]):.4f}, "
-          f"validation {trainer.validate():.4f}")
-
-    twin = _TorchTwin(spec, a.corpus, threads=2)
-    torch = twin.torch
-    spe = twin.data.batches.steps_per_epoch
-    state = twin.zero(twin.B)
-    for s in range(a.steps):
-        if s % spe == 0:
-            state = twin.zero(twin.B)
-        state = twin.step(s % spe, state)
-    val = torch.from_numpy(np.asarray(twin.data.val_ids).astype(np.int64))
-    with torch.no_grad():
-        out, _ = twin.module(twin.eye[val[:-1]].view(-1, 1, twin.V), twin.zero(1))
-        vb = torch.nn.functional.cross_entropy(twin.decoder(out[:, 0]), val[1:]).item() / math.log(2)
-    print(f"PyTorch  {a.steps} steps: validation {vb:.4f}")
+    data = prepare_data(config)
+    results = {"PyTorch": [], "charlstm, own init": [], "charlstm, PyTorch's init": []}
+    for seed in a.seeds:
+        torch_init = _TorchTwin(spec, a.corpus, threads=2, seed=seed).state_dict()
+        row = {
+            "PyTorch": train_torch(spec, a.corpus, a.steps, seed),
+            "charlstm, own init": train_charlstm(config.replace(seed=seed), data, a.steps),
+            "charlstm, PyTorch's init": train_charlstm(config, data, a.steps, torch_init),
+        }
+        for key, value in row.items():
+            results[key].append(value)
+        print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
+    print(f"validation bpc after {a.steps} steps of config {a.config}:")
+    for key, values in results.items():
+        print(f"  {key:<26} {summary(values)}")
 
 
 if __name__ == "__main__":

@@ -148,14 +148,24 @@ def worker_jit(cache_dir: str) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
-def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_every_s: float) -> list:
+def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_every_s: float,
+                       seed: int = 0, torch_init: bool = False) -> list:
     """charlstm's side of the equal-budget comparison: the real Trainer, validated every
-    ``eval_every_s`` seconds of training time. Returns [(seconds, val_bpc), ...]."""
+    ``eval_every_s`` seconds of training time. Returns [(seconds, val_bpc), ...].
+
+    ``torch_init``: start from the initial weights PyTorch draws with ``seed`` (the same
+    distribution as charlstm's, other numbers), so that only the implementations differ.
+    """
     from .config import TrainConfig
     from .train import Trainer, prepare_data
 
-    config = TrainConfig(corpus=(corpus,) if corpus else (), **spec)
+    config = TrainConfig(corpus=(corpus,) if corpus else (), seed=seed, **spec)
     trainer = Trainer(config, prepare_data(config))
+    if torch_init:
+        from .bench_torch import _TorchTwin
+
+        for name, value in _TorchTwin(spec, corpus, threads=1, seed=seed).state_dict().items():
+            trainer.net.params[name][...] = value
     curve, trained, next_eval = [], 0.0, eval_every_s
     while trained < seconds:
         t0 = time.perf_counter()
@@ -250,15 +260,19 @@ def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torc
 
 
 def run_quality(config: str, corpus: str | None, seconds: float, eval_every_s: float,
-                torch_threads: int, echo=print) -> dict:
-    """Validation bpc against training seconds, charlstm and PyTorch, equal budgets."""
-    args = ["--config", config, "--seconds", str(seconds), "--eval-every", str(eval_every_s)]
+                torch_threads: int, echo=print, seed: int = 0, same_init: bool = False) -> dict:
+    """Validation bpc against training seconds, charlstm and PyTorch, equal budgets.
+    ``same_init``: charlstm starts from PyTorch's initial weights of ``seed``."""
+    args = ["--config", config, "--seconds", str(seconds), "--eval-every", str(eval_every_s),
+            "--seed", str(seed)]
     args += ["--corpus", corpus] if corpus else []
-    ours = _run_worker(["--worker", "quality-charlstm"] + args)["curve"]
+    ours = _run_worker(["--worker", "quality-charlstm"] + args
+                       + (["--torch-init"] if same_init else []))["curve"]
     echo(f"charlstm: validation {ours[-1][1]:.4f} bpc after {ours[-1][0]:.0f} s")
     theirs = _run_worker(["--worker", "quality-torch", "--threads", str(torch_threads)] + args)["curve"]
     echo(f"PyTorch:  validation {theirs[-1][1]:.4f} bpc after {theirs[-1][0]:.0f} s")
-    return {"config": config, **CONFIGS[config], "seconds": seconds, "charlstm": ours, "torch": theirs,
+    return {"config": config, **CONFIGS[config], "seconds": seconds, "seed": seed,
+            "same_init": same_init, "charlstm": ours, "torch": theirs,
             "machine": machine_summary(), "corpus": corpus or "builtin:pydoc"}
 
 
@@ -303,6 +317,8 @@ def _main(argv=None):
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--torch-init", action="store_true")
     a = ap.parse_args(argv)
     if a.worker == "charlstm":
         out = worker_charlstm(a.config, a.corpus, a.steps, a.warmup)
@@ -311,10 +327,12 @@ def _main(argv=None):
         out = worker_torch(CONFIGS[a.config], a.corpus, a.steps, a.warmup, a.threads, SAMPLE_CHARS)
         out["peak_rss_mb"] = _peak_rss_mb()
     elif a.worker == "quality-charlstm":
-        out = {"curve": train_charlstm_for(CONFIGS[a.config], a.corpus, a.seconds, a.eval_every)}
+        out = {"curve": train_charlstm_for(CONFIGS[a.config], a.corpus, a.seconds, a.eval_every,
+                                           a.seed, a.torch_init)}
     elif a.worker == "quality-torch":
         from .bench_torch import train_torch_for
-        out = {"curve": train_torch_for(CONFIGS[a.config], a.corpus, a.seconds, a.eval_every, a.threads)}
+        out = {"curve": train_torch_for(CONFIGS[a.config], a.corpus, a.seconds, a.eval_every,
+                                        a.threads, a.seed)}
     else:
         out = worker_jit(os.environ.get("NUMBA_CACHE_DIR", ""))
     print(json.dumps(out))

@@ -13,7 +13,7 @@ import numpy as np
 class _TorchTwin:
     """charlstm's model and training step, written in PyTorch, on charlstm's own data."""
 
-    def __init__(self, spec: dict, corpus: str | None, threads: int):
+    def __init__(self, spec: dict, corpus: str | None, threads: int, seed: int = 0):
         import torch
 
         from .config import TrainConfig
@@ -21,7 +21,7 @@ class _TorchTwin:
 
         self.torch = torch
         torch.set_num_threads(threads)
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         self.config = TrainConfig(corpus=(corpus,) if corpus else (), **spec)
         self.data = prepare_data(self.config)
         self.V = V = len(self.data.vocab)
@@ -34,6 +34,23 @@ class _TorchTwin:
         self.eye = torch.eye(V)
         self.params = list(self.module.parameters()) + list(self.decoder.parameters())
         self.opt = torch.optim.Adam(self.params, lr=self.config.lr)
+
+    def state_dict(self) -> dict:
+        """The weights under charlstm's names (``rnn.*``, ``decoder.*``), as NumPy arrays."""
+        out = {f"rnn.{k}": v.detach().numpy().copy() for k, v in self.module.state_dict().items()}
+        out.update({f"decoder.{k}": v.detach().numpy().copy()
+                    for k, v in self.decoder.state_dict().items()})
+        return out
+
+    def validate(self) -> float:
+        """Validation bpc the way charlstm measures it: the whole validation text as one
+        stream from zero state."""
+        torch = self.torch
+        val = torch.from_numpy(np.asarray(self.data.val_ids).astype(np.int64))
+        with torch.no_grad():
+            out, _ = self.module(self.eye[val[:-1]].view(-1, 1, self.V), self.zero(1))
+            loss = torch.nn.functional.cross_entropy(self.decoder(out[:, 0]), val[1:])
+        return loss.item() / math.log(2)
 
     def zero(self, batch: int):
         z = self.torch.zeros(self.L, batch, self.H)
@@ -77,20 +94,13 @@ def worker_torch(spec: dict, corpus: str | None, steps: int, warmup: int, thread
 
 
 def train_torch_for(spec: dict, corpus: str | None, seconds: float, eval_every_s: float,
-                    threads: int) -> list:
+                    threads: int, seed: int = 0) -> list:
     """Train for ``seconds`` of training time, validating every ``eval_every_s`` seconds
     (validation time not counted) the way charlstm does: the whole validation text as one
     stream from zero state. Returns [(seconds, val_bpc), ...]."""
-    twin = _TorchTwin(spec, corpus, threads)
-    torch = twin.torch
-    val = torch.from_numpy(np.asarray(twin.data.val_ids).astype(np.int64))
+    twin = _TorchTwin(spec, corpus, threads, seed)
     steps_per_epoch = twin.data.batches.steps_per_epoch
-
-    def validate():
-        with torch.no_grad():
-            out, _ = twin.module(twin.eye[val[:-1]].view(-1, 1, twin.V), twin.zero(1))
-            loss = torch.nn.functional.cross_entropy(twin.decoder(out[:, 0]), val[1:])
-        return loss.item() / math.log(2)
+    validate = twin.validate
 
     curve, trained, next_eval, k, state = [], 0.0, eval_every_s, 0, twin.zero(twin.B)
     while trained < seconds:

@@ -151,7 +151,10 @@ def decode_file(path: Path, data: bytes, encoding: str, several: bool = False) -
 
 
 def read_text_file(file, encoding: str = "utf-8") -> str:
-    """One text file, decoded, with the errors of ``decode_file`` and one for a missing file."""
+    """One text file, decoded, with the errors of ``decode_file`` and one for a missing
+    file; a ``builtin:...`` spec (see ``builtin_corpus``) gives that corpus's text."""
+    if str(file).startswith(BUILTIN_PREFIX):
+        return builtin_corpus([file])[1]
     path = Path(file)
     if not path.is_file():
         raise UserError(f"{file}: no such file")

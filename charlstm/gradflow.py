@@ -224,6 +224,7 @@ def gradflow(checkpoint, text, length, chunks, encoding, output, as_json):
     prediction at the chunk's last position T. Prints the norm of dL_T/dh_t (and
     dL_T/dc_t for the LSTM) of every layer (l0 is the bottom one) against the distance
     T - t, averaged over the chunks; computed in float64 with charlstm's own kernels.
+    TEXT is a file, or a built-in corpus such as builtin:recall:48.
     """
     import numpy as np
 

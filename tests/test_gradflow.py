@@ -215,3 +215,23 @@ def test_plot(run, tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["length"] == 20
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+
+
+def test_text_may_name_a_built_in_corpus(tmp_path):
+    """TEXT = builtin:recall:N reads the same text as a file holding recall_text(N)."""
+    from charlstm.recall import recall_text
+
+    config = TrainConfig(corpus=("builtin:recall:8",), hidden_size=5, num_layers=1,
+                         seq_len=8, batch_size=2, steps=0)
+    trainer = Trainer(config, prepare_data(config))
+    ckpt = tmp_path / "recall.npz"
+    ckpt_io.save(trainer.to_checkpoint(0.0), ckpt)
+    text = tmp_path / "recall.txt"
+    text.write_text(recall_text(8), encoding="utf-8")
+    args = ["--json", "--length", "10", "--chunks", "3"]
+    named = CliRunner().invoke(gf.gradflow, [str(ckpt), "builtin:recall:8", *args])
+    from_file = CliRunner().invoke(gf.gradflow, [str(ckpt), str(text), *args])
+    assert named.exit_code == 0, named.output
+    assert json.loads(named.output) == json.loads(from_file.output)
+    bad = CliRunner().invoke(gf.gradflow, [str(ckpt), "builtin:recall:x", *args])
+    assert isinstance(bad.exception, UserError) and "builtin:recall:N" in str(bad.exception)
