@@ -2,17 +2,17 @@
 # Does --dropout / --weight-decay hold off overfitting? Config M (lstm 256 x 2, ~0.8M
 # parameters) on a deliberately small text (the first 100,000 characters of the corpus
 # given, 90,000 to train on), long enough to overfit without regularisation.
-#   bash benchmarks/regularisation.sh ../shared/data/tinyshakespeare.txt [OUT_DIR]
+#   STEPS=600 THREADS=1 bash benchmarks/regularisation.sh ../shared/data/tinyshakespeare.txt [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 corpus=$1
 out=${2:-runs/regularisation}
-steps=${STEPS:-800}
+steps=${STEPS:-600}
 mkdir -p "$out"
 head -c 100000 "$corpus" > "$out/small.txt"
 train() {  # name, then options
   local name=$1; shift
-  python cli.py train "$out/small.txt" --steps "$steps" --eval-every 25 --seed 0 \
+  OPENBLAS_NUM_THREADS=${THREADS:-2} python cli.py train "$out/small.txt" --steps "$steps" --eval-every 25 --seed 0 \
     --quiet --force --out "$out/$name" "$@"
 }
 train none
