@@ -3,25 +3,23 @@
 # for several N, the same step budget each and several seeds, then their gradient flow.
 #   STEPS=5000 SEEDS="0 1 2" JOBS=2 bash benchmarks/long_range.sh [OUT_DIR]
 #   python benchmarks/long_range_table.py [OUT_DIR]     # the tables of the document
-# JOBS runs that many trainings at once, each with one BLAS thread (at this model size two
-# single-threaded runs finish sooner than two-threaded runs one after the other).
+#   python benchmarks/long_range_plot.py OUT_DIR docs/long_range   # its plots
+# JOBS runs that many trainings at once, each with one BLAS thread so that parallel runs
+# do not fight over the cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/long_range}
 steps=${STEPS:-5000}
 seeds=${SEEDS:-0 1 2}
 jobs=${JOBS:-2}
-mkdir -p "$out" docs/long_range
+mkdir -p "$out"
 
 one_run() {  # cell n seed
   local cell=$1 n=$2 seed=$3 run="$out/$1-N$2-s$3"
   OPENBLAS_NUM_THREADS=1 python cli.py train "builtin:recall:$n" --cell "$cell" \
     --hidden-size 64 --num-layers 1 --seq-len 64 --batch-size 32 --steps "$steps" \
     --eval-every 500 --seed "$seed" --quiet --force --out "$run"
-  local plot=()
-  if [ "$seed" = 0 ]; then plot=(-o "docs/long_range/flow-$cell-N$n.png"); fi
-  OPENBLAS_NUM_THREADS=1 python -c "from charlstm.gradflow import gradflow; gradflow()" \
-    "$run/last.npz" "builtin:recall:$n" --length 64 --chunks 16 --json "${plot[@]}" > "$run/gradflow.json"
+  OPENBLAS_NUM_THREADS=1 python cli.py gradflow "$run/last.npz" "builtin:recall:$n" --length 64 --chunks 16 --json > "$run/gradflow.json"
 }
 export -f one_run
 export out steps
