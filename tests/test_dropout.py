@@ -13,6 +13,7 @@ from charlstm.train import Trainer, prepare_data
 
 import reference as ref
 from conftest import make_text, tiny_config, train
+from finite_differences import REL_TOL, central_differences, rel_error
 
 V, H = 6, 4
 
@@ -134,16 +135,11 @@ def test_all_ones_mask_is_exactly_no_dropout():
 
 # -- gradient under a fixed mask against finite differences ----------------------------------
 
-def rel_error(a, b):
-    a, b = np.ravel(a), np.ravel(b)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300)
-
-
 @pytest.mark.parametrize("cell", ["lstm", "rnn", "gru"])
 def test_masked_gradient_matches_finite_differences(cell):
     """Every entry of every parameter and of the initial state, float64, eps 1e-6, under
     one fixed mask that zeroes about half of each layer's outputs."""
-    B, T, L, eps = 2, 3, 2, 1e-6
+    B, T, L = 2, 3, 2
     net, inputs, targets, state0 = make_problem(cell, L, B, T, seed=11)
     masks = fixed_masks(np.random.default_rng(12), 0.5, L, T, B)
     assert 0 < np.count_nonzero(masks) < masks.size
@@ -160,18 +156,12 @@ def test_masked_gradient_matches_finite_differences(cell):
     if cell == "lstm":
         analytic["c0"] = ws.dc0.copy()
         tensors["c0"] = state0["c"]
+    def mean_loss():
+        return net.loss(inputs, targets, fresh(), masks) / (B * T)
+
     for name, arr in tensors.items():
-        fd = np.zeros(arr.shape)
-        for idx in np.ndindex(arr.shape):
-            orig = arr[idx]
-            arr[idx] = orig + eps
-            plus = net.loss(inputs, targets, fresh(), masks)
-            arr[idx] = orig - eps
-            minus = net.loss(inputs, targets, fresh(), masks)
-            arr[idx] = orig
-            fd[idx] = (plus - minus) / (2 * eps * B * T)
-        err = rel_error(fd, analytic[name])
-        assert err < 1e-6, f"{cell} {name}: relative error {err:.2e}"
+        err = rel_error(central_differences(arr, mean_loss), analytic[name])
+        assert err < REL_TOL, f"{cell} {name}: relative error {err:.2e}"
 
 
 def test_finite_differences_see_a_mask_the_gradient_ignores():
@@ -189,24 +179,18 @@ def test_finite_differences_see_a_mask_the_gradient_ignores():
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_reference_with_masks_matches_finite_differences(cell):
     """The twin itself, on its own loss, so the comparison above is against something right."""
-    B, T, L, eps = 2, 3, 2, 1e-6
+    B, T, L = 2, 3, 2
     net, inputs, targets, state0 = make_problem(cell, L, B, T, seed=21)
     masks = list(fixed_masks(np.random.default_rng(22), 0.5, L, T, B))
     params, h0, c0 = as_ref(net, state0)
     _, grads, dh0, _, _, _ = ref.reference_loss_and_grads(cell, params, inputs, targets, h0, c0,
                                                           masks=masks)
+    def mean_loss():
+        return ref.reference_loss_sum(cell, params, inputs, targets, h0, c0, masks) / (B * T)
+
     for name, arr in dict(params, h0=h0).items():
-        fd = np.zeros(arr.shape)
-        for idx in np.ndindex(arr.shape):
-            orig = arr[idx]
-            arr[idx] = orig + eps
-            plus = ref.reference_loss_sum(cell, params, inputs, targets, h0, c0, masks)
-            arr[idx] = orig - eps
-            minus = ref.reference_loss_sum(cell, params, inputs, targets, h0, c0, masks)
-            arr[idx] = orig
-            fd[idx] = (plus - minus) / (2 * eps * B * T)
         want = dh0 if name == "h0" else grads[name]
-        assert rel_error(fd, want) < 1e-6, name
+        assert rel_error(central_differences(arr, mean_loss), want) < REL_TOL, name
 
 
 # -- training -------------------------------------------------------------------------------

@@ -31,16 +31,9 @@ from charlstm.model import init_params, param_shapes
 from charlstm.network import Network
 
 import reference as ref
+from finite_differences import EPS, REL_TOL, central_differences, rel_error
 
-EPS = 1e-6
-REL_TOL = 1e-6
 V, H = 5, 3
-
-
-def rel_error(a, b):
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300)
 
 
 CASES = [  # (cell, num_layers, B, T)
@@ -104,18 +97,8 @@ class Problem:
         key = (name, eps)
         if key in self._fd:
             return self._fd[key]
-        arr = self.target_array(name)
-        fd = np.zeros(arr.shape)
-        for idx in np.ndindex(arr.shape):
-            orig = arr[idx]
-            arr[idx] = orig + eps
-            plus = self.mean_loss()
-            arr[idx] = orig - eps
-            minus = self.mean_loss()
-            arr[idx] = orig
-            fd[idx] = (plus - minus) / (2.0 * eps)
-        self._fd[key] = fd
-        return fd
+        self._fd[key] = central_differences(self.target_array(name), self.mean_loss, eps)
+        return self._fd[key]
 
 
 _problems: dict = {}
@@ -181,7 +164,7 @@ def test_gradcheck_has_power():
     assert rel_error(fd, pb.analytic["decoder.bias"] * 1.001) > 100 * REL_TOL
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "rnn", "gru"])
 def test_reference_matches_finite_differences(cell):
     """The NumPy reference itself, checked the same way (on its own loss), so that
     test_kernels compares against something known to be right."""
@@ -209,14 +192,5 @@ def test_reference_matches_finite_differences(cell):
         tensors["c0"] = c0
         analytic["c0"] = dc0
     for name, arr in tensors.items():
-        fd = np.zeros(arr.shape)
-        for idx in np.ndindex(arr.shape):
-            orig = arr[idx]
-            arr[idx] = orig + EPS
-            plus = mean_loss()
-            arr[idx] = orig - EPS
-            minus = mean_loss()
-            arr[idx] = orig
-            fd[idx] = (plus - minus) / (2 * EPS)
-        err = rel_error(fd, analytic[name])
+        err = rel_error(central_differences(arr, mean_loss), analytic[name])
         assert err < REL_TOL, f"reference {name}: relative error {err:.3e}"

@@ -18,14 +18,9 @@ from conftest import make_text
 
 import reference as ref
 
-EPS = 1e-6
-REL_TOL = 1e-6
+from finite_differences import EPS, REL_TOL, rel_error
+
 V, H = 5, 3
-
-
-def rel_error(a, b):
-    a, b = np.ravel(a), np.ravel(b)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300)
 
 
 def step_forward(cell, params, inputs, targets, perturb=None):

@@ -26,23 +26,12 @@ from charlstm.train import Trainer, prepare_data, run_training
 from conftest import make_text, tiny_config, train
 
 import reference as ref
+from finite_differences import EPS, REL_TOL, central_differences, rel_error
 
 RTOL = 1e-10  # float64 kernels vs float64 reference
 ATOL = 1e-13  # for entries that are (nearly) zero, where a relative bound means nothing
 RTOL32 = 1e-4
 V, H = 7, 5
-# Finite differences: the step and the bound of test_gradcheck.py (its docstring explains
-# both), with its norm-based relative error below.
-EPS = 1e-6
-REL_TOL = 1e-6
-
-
-def rel_error(a, b):
-    """||a - b||_2 / (||a||_2 + ||b||_2): scale-free, not dominated by near-zero entries."""
-    a = np.asarray(a, np.float64).ravel()
-    b = np.asarray(b, np.float64).ravel()
-    return np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-300)
-
 
 def close(got, want, rtol=RTOL, atol=ATOL, what=""):
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=rtol, atol=atol,
@@ -266,7 +255,8 @@ def test_reference_bias_gradients_follow_from_dpre_and_drec():
 
 
 # --------------------------------------------------------------------------------------
-# (c) central finite differences (the method and bound of test_gradcheck.py)
+# (c) central finite differences (the method and bound of test_gradcheck.py, where the
+#     GRU twin's own check is one case of test_reference_matches_finite_differences)
 # --------------------------------------------------------------------------------------
 GC_V, GC_H = 5, 3
 GC_CASES = [(1, 2, 3), (2, 2, 3), (2, 2, 1)]  # (num_layers, B, T)
@@ -292,16 +282,7 @@ class GradProblem:
 
     def finite_difference(self, name, eps=EPS):
         arr = self.h0 if name == "h0" else self.net.params[name]
-        fd = np.zeros(arr.shape)
-        for idx in np.ndindex(arr.shape):
-            orig = arr[idx]
-            arr[idx] = orig + eps
-            plus = self.mean_loss()
-            arr[idx] = orig - eps
-            minus = self.mean_loss()
-            arr[idx] = orig
-            fd[idx] = (plus - minus) / (2.0 * eps)
-        return fd
+        return central_differences(arr, self.mean_loss, eps)
 
 
 @pytest.mark.parametrize("case", GC_CASES, ids=[f"L{c[0]}-B{c[1]}T{c[2]}" for c in GC_CASES])
@@ -318,38 +299,6 @@ def test_gradient_matches_finite_differences(case):
     assert not bad, f"relative errors above {REL_TOL}: {bad}"
     # the perturbations were all undone
     np.testing.assert_allclose(pb.mean_loss(), pb.loss, rtol=1e-14)
-
-
-def test_reference_matches_finite_differences():
-    """The GRU twin itself, checked the same way on its own loss."""
-    L, B, T = 2, 2, 3
-    cfg = TrainConfig(cell="gru", hidden_size=GC_H, num_layers=L)
-    params = {n: np.array(v) for n, v in
-              init_params(cfg, GC_V, np.random.default_rng(9), dtype=np.float64).items()}
-    rng = np.random.default_rng(10)
-    inputs = rng.integers(0, GC_V, size=(B, T))
-    targets = rng.integers(0, GC_V, size=(B, T))
-    h0 = rng.uniform(-0.9, 0.9, size=(L, B, GC_H))
-    loss, grads, dh0, _, _, _ = ref.reference_loss_and_grads("gru", params, inputs, targets, h0)
-    N = B * T
-
-    def mean_loss():
-        return ref.reference_loss_sum("gru", params, inputs, targets, h0) / N
-
-    np.testing.assert_allclose(mean_loss(), loss, rtol=1e-14)
-    tensors, analytic = dict(params, h0=h0), dict(grads, h0=dh0)
-    for name, arr in tensors.items():
-        fd = np.zeros(arr.shape)
-        for idx in np.ndindex(arr.shape):
-            orig = arr[idx]
-            arr[idx] = orig + EPS
-            plus = mean_loss()
-            arr[idx] = orig - EPS
-            minus = mean_loss()
-            arr[idx] = orig
-            fd[idx] = (plus - minus) / (2 * EPS)
-        err = rel_error(fd, analytic[name])
-        assert err < REL_TOL, f"reference {name}: relative error {err:.3e}"
 
 
 # --------------------------------------------------------------------------------------
