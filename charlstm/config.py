@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 CELLS = ("lstm", "rnn", "gru")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .config import TrainConfig
 from .kernels import optim as kernels
 from .model import FlatParams

@@ -68,3 +68,28 @@ def resume(run_dir, **changes):
     trainer = Trainer(config, prepare_data(config, vocab=ckpt.vocab), resume_from=ckpt)
     assert run_training(trainer, run_dir, quiet=True) == 0
     return trainer
+
+
+def assert_resume_is_bit_identical(tmp_path, config, n):
+    """Train 2n steps in one go, and n steps then a resume to 2n; everything in the two
+    final checkpoints that determines the future must be identical, and so must the
+    training bpc of every step both logged. Returns (the whole run's Trainer, its
+    checkpoint arrays)."""
+    whole = train(config.replace(steps=2 * n), tmp_path / "whole")
+    assert whole.steps_per_epoch < n, "the test should cross an epoch boundary"
+    train(config.replace(steps=n), tmp_path / "split")
+    resumed = resume(tmp_path / "split", steps=2 * n)
+    a = np.load(tmp_path / "whole" / "last.npz", allow_pickle=False)
+    b = np.load(tmp_path / "split" / "last.npz", allow_pickle=False)
+    assert resumed.step == whole.step == 2 * n
+    # The split run validated once more, at the end of its first half, so its
+    # best_val_bpc and metrics may differ.
+    history = ("config", "elapsed", "metrics", "best_val_bpc")
+    assert set(a.files) == set(b.files)
+    for key in a.files:
+        if key not in history:
+            assert np.array_equal(a[key], b[key]), key
+    ma, mb = a["metrics"], b["metrics"]
+    common = np.intersect1d(ma[:, 0], mb[:, 0])
+    assert np.array_equal(ma[np.isin(ma[:, 0], common)][:, 2], mb[np.isin(mb[:, 0], common)][:, 2])
+    return whole, a

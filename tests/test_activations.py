@@ -1,6 +1,5 @@
 """The float32 nonlinearities against float64 libm; float64 stays exact."""
 import numpy as np
-import pytest
 
 from charlstm.kernels.activations import exp_f32, sigmoid, tanh
 from charlstm.kernels.jit import kernel

@@ -1,6 +1,5 @@
 """Interruptions and faults: signals, SIGKILL in the middle of saves, a full disk, NaN."""
 import json
-import os
 import random
 import resource
 import signal

@@ -21,9 +21,8 @@ from charlstm.kernels.gru import gru_backward, gru_forward, gru_step
 from charlstm.model import init_params, param_shapes
 from charlstm.network import Network
 from charlstm.sample import Sampler
-from charlstm.train import Trainer, prepare_data, run_training
 
-from conftest import make_text, tiny_config, train
+from conftest import assert_resume_is_bit_identical, make_text, tiny_config
 
 import reference as ref
 from finite_differences import EPS, REL_TOL, central_differences, rel_error
@@ -301,75 +300,8 @@ def test_gradient_matches_finite_differences(case):
     np.testing.assert_allclose(pb.mean_loss(), pb.loss, rtol=1e-14)
 
 
-# --------------------------------------------------------------------------------------
-# (d) float32 network against the float64 reference
-# --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
-def test_network_float32_matches_float64_reference(num_layers):
-    B, T = 3, 4
-    rng = np.random.default_rng(400 + num_layers)
-    net = make_net(num_layers, dtype=np.float32, seed=5)
-    assert net.dtype == np.float32
-    inputs, targets, h0 = random_chunk(rng, B, T, num_layers)
-    state = {"h": h0.astype(np.float32)}
-    h0r = state["h"].astype(np.float64)  # the reference sees exactly the same numbers
-    want_loss, want_grads, want_dh0, _, want_hT, _ = ref.reference_loss_and_grads(
-        "gru", params_dict(net), inputs, targets, h0r)
-
-    net.grads.flat[:] = np.nan
-    loss = net.loss_and_grad(inputs, targets, state)
-    assert np.isfinite(loss)
-    close32(loss, want_loss, "loss")
-    for name in want_grads:
-        assert net.grads[name].dtype == np.float32, name
-        close32(net.grads[name], want_grads[name], name)
-    ws = net.workspace(T, B)
-    assert ws.dh0.dtype == np.float32
-    close32(ws.dh0, want_dh0, "dh0")
-    close32(state["h"], want_hT, "final h")
-
-
-# --------------------------------------------------------------------------------------
-# (e) PyTorch parity
-# --------------------------------------------------------------------------------------
-def test_same_loss_and_gradients_as_pytorch():
-    torch = pytest.importorskip("torch")
-    V_, H_, L, B, T = 11, 8, 2, 3, 7
-    cfg = TrainConfig(cell="gru", hidden_size=H_, num_layers=L)
-    params = init_params(cfg, V_, np.random.default_rng(4), dtype=np.float64)
-    rng = np.random.default_rng(5)
-    inputs = rng.integers(V_, size=(B, T))
-    targets = rng.integers(V_, size=(B, T))
-    net = Network(cfg, V_, params)
-    state = net.zero_state(B)
-    state["h"][...] = rng.standard_normal(state["h"].shape) * 0.5
-    h0 = torch.from_numpy(state["h"].copy())
-    loss = net.loss_and_grad(inputs, targets, state)
-    dh0 = net.workspace(T, B).dh0.copy()
-
-    module = torch.nn.GRU(V_, H_, L).double()
-    decoder = torch.nn.Linear(H_, V_).double()
-    module.load_state_dict({k[4:]: torch.from_numpy(v.copy())
-                            for k, v in params.items() if k.startswith("rnn.")})
-    decoder.load_state_dict({k[8:]: torch.from_numpy(v.copy())
-                             for k, v in params.items() if k.startswith("decoder.")})
-    h0.requires_grad_(True)
-    x = torch.nn.functional.one_hot(torch.from_numpy(inputs.T), V_).double()
-    out, final = module(x, h0)
-    logits = decoder(out)
-    t_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V_),
-                                               torch.from_numpy(targets.T.reshape(-1)))
-    t_loss.backward()
-    assert loss == pytest.approx(t_loss.item(), rel=1e-12)
-    named = {**{"rnn." + k: p for k, p in module.named_parameters()},
-             **{"decoder." + k: p for k, p in decoder.named_parameters()}}
-    assert set(named) == set(net.grads)
-    for name, grad in net.grads.items():
-        np.testing.assert_allclose(grad, named[name].grad.numpy(), rtol=1e-9, atol=1e-12,
-                                   err_msg=name)
-    np.testing.assert_allclose(dh0, h0.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg="dh0")
-    np.testing.assert_allclose(state["h"], final.detach().numpy(), rtol=1e-12)
-
+# (d) the float32 network against the float64 reference and (e) PyTorch parity are cases
+# of tests/test_kernels.py and tests/test_torch_parity.py.
 
 # --------------------------------------------------------------------------------------
 # (f) sampling
@@ -452,31 +384,12 @@ def test_sampling_at_temperature_draws_from_the_same_distribution():
 def test_training_resumes_bit_identically(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(800))
-    n = 30  # crosses an epoch boundary (22 steps per epoch here)
-    cfg = tiny_config(corpus, cell="gru")
-    whole = train(cfg.replace(steps=2 * n), tmp_path / "whole")
-    assert whole.steps_per_epoch < n
-    train(cfg.replace(steps=n), tmp_path / "split")
+    whole, a = assert_resume_is_bit_identical(tmp_path, tiny_config(corpus, cell="gru"), n=30)
     ckpt = ckpt_io.load(tmp_path / "split" / "last.npz")
     assert ckpt.config.cell == "gru" and set(ckpt.state) == {"h"}
-    resumed_cfg = ckpt.config.replace(steps=2 * n)
-    resumed = Trainer(resumed_cfg, prepare_data(resumed_cfg, vocab=ckpt.vocab), resume_from=ckpt)
-    assert run_training(resumed, tmp_path / "split", quiet=True) == 0
-
-    a = np.load(tmp_path / "whole" / "last.npz", allow_pickle=False)
-    b = np.load(tmp_path / "split" / "last.npz", allow_pickle=False)
-    assert resumed.step == whole.step == 2 * n
     assert "state.c" not in a.files
-    history = ("config", "elapsed", "metrics", "best_val_bpc")
-    assert set(a.files) == set(b.files)
-    for key in a.files:
-        if key not in history:
-            assert np.array_equal(a[key], b[key]), key
-    ma, mb = a["metrics"], b["metrics"]
-    common = np.intersect1d(ma[:, 0], mb[:, 0])
-    assert np.array_equal(ma[np.isin(ma[:, 0], common)][:, 2], mb[np.isin(mb[:, 0], common)][:, 2])
     # it learned something: the last logged training bpc is below the first
-    assert ma[-1, 2] < ma[0, 2]
+    assert a["metrics"][-1, 2] < a["metrics"][0, 2]
 
     # The trained checkpoint samples through the compiled kernel like any other cell.
     sampler = Sampler(ckpt_io.load(tmp_path / "whole" / "last.npz"))

@@ -156,7 +156,7 @@ def close32(got, want, what):
 
 
 @pytest.mark.parametrize("num_layers", [1, 2], ids=["L1", "L2"])
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "rnn", "gru"])
 def test_network_float32_matches_float64_reference(cell, num_layers):
     B, T = 3, 4
     rng = np.random.default_rng(200 + num_layers)

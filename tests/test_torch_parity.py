@@ -11,7 +11,7 @@ from charlstm.network import Network
 torch = pytest.importorskip("torch")
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "rnn", "gru"])
 def test_same_loss_and_gradients_as_pytorch(cell):
     V, H, L, B, T = 11, 8, 2, 3, 7
     config = TrainConfig(cell=cell, hidden_size=H, num_layers=L)
@@ -24,11 +24,12 @@ def test_same_loss_and_gradients_as_pytorch(cell):
     state["h"][...] = rng.standard_normal(state["h"].shape) * 0.5
     if cell == "lstm":
         state["c"][...] = rng.standard_normal(state["c"].shape) * 0.5
-    h0 = torch.from_numpy(state["h"].copy())
-    c0 = torch.from_numpy(state["c"].copy()) if cell == "lstm" else None
+    h0 = torch.from_numpy(state["h"].copy()).requires_grad_(True)
+    c0 = torch.from_numpy(state["c"].copy()).requires_grad_(True) if cell == "lstm" else None
     loss = net.loss_and_grad(inputs, targets, state)
+    ws = net.workspace(T, B)
 
-    module = {"lstm": torch.nn.LSTM, "rnn": torch.nn.RNN}[cell](V, H, L).double()
+    module = {"lstm": torch.nn.LSTM, "rnn": torch.nn.RNN, "gru": torch.nn.GRU}[cell](V, H, L).double()
     decoder = torch.nn.Linear(H, V).double()
     module.load_state_dict({k[4:]: torch.from_numpy(v.copy()) for k, v in params.items() if k.startswith("rnn.")})
     decoder.load_state_dict({k[8:]: torch.from_numpy(v.copy()) for k, v in params.items() if k.startswith("decoder.")})
@@ -40,8 +41,12 @@ def test_same_loss_and_gradients_as_pytorch(cell):
     assert loss == pytest.approx(t_loss.item(), rel=1e-12)
     named = {**{"rnn." + k: p for k, p in module.named_parameters()},
              **{"decoder." + k: p for k, p in decoder.named_parameters()}}
+    assert set(named) == set(net.grads)
     for name, grad in net.grads.items():
         np.testing.assert_allclose(grad, named[name].grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(ws.dh0, h0.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg="dh0")
+    if cell == "lstm":
+        np.testing.assert_allclose(ws.dc0, c0.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg="dc0")
     final_h = final[0] if cell == "lstm" else final
     np.testing.assert_allclose(state["h"], final_h.detach().numpy(), rtol=1e-12)
 

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 
 from charlstm import checkpoint as ckpt_io
-from charlstm.config import TrainConfig
 from charlstm.model import param_shapes
-from charlstm.train import Trainer, prepare_data, run_training
+from charlstm.train import Trainer, prepare_data
 
-from conftest import make_text, resume, tiny_config, train
+from conftest import assert_resume_is_bit_identical, make_text, tiny_config, train
 
 
 @pytest.mark.parametrize("cell,optimizer,extra", [
@@ -25,35 +24,16 @@ from conftest import make_text, resume, tiny_config, train
 def test_resume_is_bit_identical(tmp_path, cell, optimizer, extra):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(800))
-    n = 30  # crosses an epoch boundary (22 steps per epoch here)
-    config = tiny_config(corpus, cell=cell, optimizer=optimizer, **extra)
-    whole = train(config.replace(steps=2 * n), tmp_path / "whole")
-    assert whole.steps_per_epoch < n
-    train(config.replace(steps=n), tmp_path / "split")
-    resumed = resume(tmp_path / "split", steps=2 * n)
-
-    a = np.load(tmp_path / "whole" / "last.npz", allow_pickle=False)
-    b = np.load(tmp_path / "split" / "last.npz", allow_pickle=False)
-    assert resumed.step == whole.step == 2 * n
-    # Everything that determines the future is identical. (The split run validated once
-    # more, at the end of its first half, so its best_val_bpc and metrics may differ.)
-    history = ("config", "elapsed", "metrics", "best_val_bpc")
-    assert set(a.files) == set(b.files)
-    for key in a.files:
-        if key not in history:
-            assert np.array_equal(a[key], b[key]), key
-    ma, mb = a["metrics"], b["metrics"]
-    common = np.intersect1d(ma[:, 0], mb[:, 0])
-    rows_a = ma[np.isin(ma[:, 0], common)]
-    rows_b = mb[np.isin(mb[:, 0], common)]
-    assert np.array_equal(rows_a[:, 2], rows_b[:, 2])  # training bpc, step for step
+    # 30 steps cross an epoch boundary (22 steps per epoch here)
+    assert_resume_is_bit_identical(
+        tmp_path, tiny_config(corpus, cell=cell, optimizer=optimizer, **extra), n=30)
 
 
 def test_checkpoint_keys_and_safe_loading(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(3000))
     config = tiny_config(corpus, steps=5)
-    trainer = train(config, tmp_path / "run")
+    train(config, tmp_path / "run")
     path = tmp_path / "run" / "last.npz"
     with np.load(path, allow_pickle=False) as z:
         keys = set(z.files)
@@ -92,7 +72,7 @@ def test_steps_zero_writes_the_initial_checkpoint(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(3000))
     config = tiny_config(corpus, steps=0, seed=3)
-    trainer = train(config, tmp_path / "run")
+    train(config, tmp_path / "run")
     ckpt = ckpt_io.load(tmp_path / "run" / "last.npz")
     assert ckpt.step == 0
     again = Trainer(config, prepare_data(config))
