@@ -7,7 +7,6 @@ other ways to write it (one 1-D row view with offsets; separate simple passes).
 The variants are checked against the kernel's results before they are timed.
 """
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from charlstm.bench import median_time  # noqa: E402
 from charlstm.kernels.activations import exp_f32, sigmoid, tanh  # noqa: E402
 from charlstm.kernels.lstm import lstm_step  # noqa: E402
 
@@ -78,21 +78,12 @@ def step_separate_passes(gates, xproj, c_prev, c, h, tanh_c):
             hn[j] = g[3 * H + j] * tn[j]
 
 
-def median_seconds(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def main():
     x = np.random.default_rng(0).standard_normal(1 << 16).astype(F32)
     out = np.empty_like(x)
     for loop in (sigmoid_loop, tanh_loop, exp_loop):
         loop(x, out)  # compile
-        seconds = median_seconds(lambda: loop(x, out), 30)
+        seconds = median_time(lambda: loop(x, out), 30)
         print(f"{loop.__name__:<22} {seconds / x.size * 1e9:.3f} ns per element")
 
     B, H = 32, 128
@@ -111,7 +102,7 @@ def main():
         for got, want in zip(result, reference):
             np.testing.assert_allclose(got, want, atol=1e-6)
         # Repeated in place: the values saturate, which changes nothing for branch-free code.
-        seconds = median_seconds(lambda: step(gates, xproj, c_prev, *outs), 200)
+        seconds = median_time(lambda: step(gates, xproj, c_prev, *outs), 200)
         print(f"{step.__name__:<22} {seconds * 1e6:.1f} us per step at B={B}, H={H}: "
               f"{seconds / (B * H) * 1e9:.2f} ns per hidden unit")
 

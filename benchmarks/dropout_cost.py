@@ -13,7 +13,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.bench import CONFIGS  # noqa: E402
+from charlstm.bench import CONFIGS, median_time  # noqa: E402
 from charlstm.config import TrainConfig  # noqa: E402
 from charlstm.dropout import DropoutMasks  # noqa: E402
 from charlstm.train import Trainer, prepare_data  # noqa: E402
@@ -45,13 +45,9 @@ def main():
                              spec["hidden_size"])
         rng = np.random.default_rng(0)
         masks.draw(rng)
-        draws = []
-        for _ in range(50):
-            t0 = time.perf_counter()
-            masks.draw(rng)
-            draws.append(time.perf_counter() - t0)
+        draw_s = median_time(lambda: masks.draw(rng), 50)
         print(f"{name}: drawing one step's masks ({masks.masks.size:,} values): "
-              f"{np.median(draws) * 1e3:.2f} ms")
+              f"{draw_s * 1e3:.2f} ms")
         times = {0.0: [], a.dropout: []}
         for p in (0.0, a.dropout, 0.0, a.dropout):
             config = TrainConfig(corpus=(a.corpus,) if a.corpus else (), dropout=p, **CONFIGS[name])

@@ -11,7 +11,6 @@ not something charlstm does yet.
 """
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from charlstm.bench import median_time  # noqa: E402
 from charlstm.kernels.blas import matmul_tn  # noqa: E402
 from charlstm.kernels.lstm import lstm_backward, lstm_forward  # noqa: E402
 
@@ -40,12 +40,7 @@ def products(a, b, out, count):
 
 
 def median_ms(fn, repeats=9):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
+    return median_time(fn, repeats) * 1e3
 
 
 def main():

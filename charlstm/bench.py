@@ -51,7 +51,8 @@ def step_gemm_shapes(cell: str, H: int, L: int, V: int, T: int, B: int) -> list[
     return shapes
 
 
-def _median_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls of ``fn``."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -70,7 +71,7 @@ def numpy_gemm_seconds(shapes) -> float:
         out = np.empty((m, n), np.float32)
         reps = max(3, min(50, int(2e8 / (2 * m * k * n))))
         np.dot(a, b, out=out)
-        per = _median_time(lambda: np.dot(a, b, out=out), reps)
+        per = median_time(lambda: np.dot(a, b, out=out), reps)
         total += per * count
     return total
 
@@ -79,7 +80,7 @@ def numpy_square_gemm_gflops(n: int = 2048) -> float:
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     out = np.empty_like(a)
     np.dot(a, a, out=out)
-    return 2 * n ** 3 / _median_time(lambda: np.dot(a, a, out=out), 5) / 1e9
+    return 2 * n ** 3 / median_time(lambda: np.dot(a, a, out=out), 5) / 1e9
 
 
 def _peak_rss_mb() -> float:
