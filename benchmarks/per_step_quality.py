@@ -15,7 +15,6 @@ import statistics
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charlstm.bench import CONFIGS  # noqa: E402
