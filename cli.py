@@ -15,6 +15,7 @@ import click
 from charlstm import __version__
 from charlstm.config import CELLS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_duration
 from charlstm.errors import UserError
+from charlstm.options import Real
 
 DEFAULT_EPOCHS = 10
 
@@ -32,17 +33,6 @@ class Duration(click.ParamType):
         if seconds <= 0:
             self.fail("must be positive", param, ctx)
         return seconds
-
-
-class Real(click.FloatRange):
-    """A FloatRange that also refuses nan and infinities: nan passes every range check
-    (each comparison with it is false) and either would poison a run silently."""
-
-    def convert(self, value, param, ctx):
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"must be a finite number, not {number}", param, ctx)
-        return number
 
 
 POSITIVE = click.IntRange(min=1)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import click
 
 from .config import CELLS, TrainConfig
+from .options import Real
 
 # NumPy, the model and its kernels (Numba) are imported when a check runs, not when the
 # CLI starts.
@@ -118,7 +119,7 @@ def check_gradients(cell: str, seed: int = 0, eps: float = EPS, tol: float = REL
               help="Cell to check; all: every cell.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the random model, chunk and initial state.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+@click.option("--dropout", type=Real(0, 1, max_open=True), default=0.0,
               show_default=True,
               help="Check the gradient under one fixed dropout mask of this probability.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
@@ -132,8 +133,6 @@ def gradcheck(cell, seed, dropout, as_json):
     each must be below 1e-6. Exits with status 1 if any is not. With --dropout, the check
     is of the network under one fixed random mask.
     """
-    if math.isnan(dropout):
-        raise click.BadParameter("must be a number, not nan", param_hint="'--dropout'")
     cells = CELLS if cell == "all" else (cell,)
     results = [r for c in cells for r in check_gradients(c, seed=seed, dropout=dropout)]
     failed = [r for r in results if not r.ok]
