@@ -50,22 +50,26 @@ _GEMV_PROTOTYPES = {"s": _cblas_gemv_prototype(ctypes.c_float),
                     "d": _cblas_gemv_prototype(ctypes.c_double)}
 
 
-def _numpy_openblas():
-    """Addresses of sgemm, dgemm, sgemv and dgemv in NumPy's bundled OpenBLAS (PyPI
-    wheels ship it in numpy.libs/), or None if it is not there."""
+def _numpy_openblas_lib():
+    """NumPy's bundled OpenBLAS (PyPI wheels ship it in numpy.libs/) and the prefix of its
+    CBLAS names, or None if it is not there."""
     libs_dir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
     for path in sorted(glob.glob(os.path.join(libs_dir, "lib*openblas64*.so*"))):
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for prefix in ("scipy_cblas_", "cblas_"):
-            try:
-                return {f"{k}{op}": ctypes.cast(getattr(lib, f"{prefix}{k}{op}64_"), ctypes.c_void_p).value
-                        for k in "sd" for op in ("gemm", "gemv")}
-            except AttributeError:
-                continue
+        for prefix in ("scipy_", ""):
+            if hasattr(lib, f"{prefix}cblas_sgemm64_"):
+                return lib, prefix
     return None
+
+
+def _numpy_openblas(found):
+    """Addresses of sgemm, dgemm, sgemv and dgemv in NumPy's OpenBLAS."""
+    lib, prefix = found
+    return {f"{k}{op}": ctypes.cast(getattr(lib, f"{prefix}cblas_{k}{op}64_"), ctypes.c_void_p).value
+            for k in "sd" for op in ("gemm", "gemv")}
 
 
 def _fallback(kind):
@@ -116,10 +120,9 @@ def _fallback_gemv(kind):
 _KEEP_ALIVE = []
 
 
-def _register() -> str:
-    found = None if os.environ.get("CHARLSTM_BLAS") == "numpy" else _numpy_openblas()
+def _register(found) -> str:
     if found is not None:
-        for name, address in found.items():
+        for name, address in _numpy_openblas(found).items():
             llvm.add_symbol(f"charlstm_{name}", address)
         return "numpy-openblas"
     for kind in "sd":
@@ -130,7 +133,42 @@ def _register() -> str:
     return "numpy.dot callback"
 
 
-BACKEND = _register()
+_OPENBLAS = None if os.environ.get("CHARLSTM_BLAS") == "numpy" else _numpy_openblas_lib()
+BACKEND = _register(_OPENBLAS)
+
+
+class BlasThreads:
+    """The number of threads each GEMM call uses, where it can be set (NumPy's OpenBLAS).
+
+    One setting for the whole process. Shards of a batch computed on separate cores set
+    it to 1 while they run: two callers each splitting their products over both cores
+    made the threads fight, and a step took twice as long (benchmarks/overlap_probe.py).
+    """
+
+    def __init__(self, found=_OPENBLAS):
+        self._get = self._set = None
+        if found is not None:
+            lib, prefix = found
+            get = getattr(lib, f"{prefix}openblas_get_num_threads64_", None)
+            set_ = getattr(lib, f"{prefix}openblas_set_num_threads64_", None)
+            if get is not None and set_ is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                set_.restype, set_.argtypes = None, [ctypes.c_int]
+                self._get, self._set = get, set_
+
+    @property
+    def settable(self) -> bool:
+        return self._set is not None
+
+    def get(self) -> int | None:
+        return self._get() if self._get is not None else None
+
+    def set(self, n: int) -> None:
+        if self._set is not None:
+            self._set(n)
+
+
+BLAS_THREADS = BlasThreads()
 
 
 def _signature(real):
