@@ -118,6 +118,9 @@ def main(ctx, debug):
 @click.option("--lr-horizon", type=NON_NEGATIVE, default=0,
               help="Steps over which 'cosine' anneals; 0: the run's step budget.")
 @click.option("--seed", type=NON_NEGATIVE, default=0, help="Seed of the initialisation.")
+@click.option("--threads", type=POSITIVE, default=None,
+              help="Split each batch's streams over this many cores, one shard each.  "
+                   "[default: every core this process may use, at most --batch-size]")
 @_budget_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory.  [default: runs/<timestamp>]")
@@ -135,6 +138,9 @@ def train(paths, out, force, quiet, **options):
     cadence = {k: v for k, v in cadence.items() if v is not None}
     if options["steps"] is None and options["epochs"] is None and options["time_limit"] is None:
         options["epochs"] = DEFAULT_EPOCHS
+    if options["threads"] is None:
+        from charlstm.shards import default_threads
+        options["threads"] = default_threads(options["batch_size"])
     config = TrainConfig(corpus=tuple(paths), **options, **cadence)
     out_dir = Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if (out_dir / "last.npz").exists() and not force:
@@ -209,8 +215,12 @@ def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
 @_budget_options
 @click.option("--corpus", "corpus", multiple=True,
               help="Continue on this text instead (fine-tuning); its characters must fit the vocabulary.")
+@click.option("--threads", type=POSITIVE, default=None,
+              help="Split each batch over this many cores from now on. A count other than "
+                   "the run's own rounds differently in float32's last bits than never "
+                   "stopping would have.  [default: the run's own]")
 @_cadence_options
-def resume(run_dir, steps, epochs, time_limit, corpus, quiet, **cadence):
+def resume(run_dir, steps, epochs, time_limit, corpus, threads, quiet, **cadence):
     """Continue the run in RUN_DIR from its last.npz, exactly where it stopped."""
     from charlstm import checkpoint as ckpt_io
     from charlstm.tokens import fingerprint
@@ -223,6 +233,8 @@ def resume(run_dir, steps, epochs, time_limit, corpus, quiet, **cadence):
         changes.update(steps=steps, epochs=epochs, time_limit=time_limit)
     if corpus:
         changes["corpus"] = tuple(corpus)
+    if threads is not None:
+        changes["threads"] = threads
     config = ckpt.config.replace(**changes)
     if not corpus:
         current = fingerprint(config.corpus, config.encoding)
@@ -380,6 +392,8 @@ def info(checkpoint, as_json):
 @click.option("--steps", type=POSITIVE, default=20, help="Timed training steps per configuration.")
 @click.option("--warmup", type=NON_NEGATIVE, default=3, help="Untimed steps first.")
 @click.option("--compare-torch", is_flag=True, help="Also run the same models in PyTorch, if it is installed.")
+@click.option("--threads", type=POSITIVE, default=None,
+              help="charlstm's threads (shards of each batch).  [default: all cores, at most the batch size]")
 @click.option("--torch-threads", type=POSITIVE, default=None, help="PyTorch's threads.  [default: all cores]")
 @click.option("--repeat", type=POSITIVE, default=1, help="Runs per configuration; medians are reported.")
 @click.option("--quality", type=Duration(), default=None,
@@ -391,15 +405,15 @@ def info(checkpoint, as_json):
               help="With --quality: charlstm starts from PyTorch's initial weights (of --seed), "
                    "so the runs differ only in the implementation, not in the draw of weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(configs, corpus, steps, warmup, compare_torch, torch_threads, repeat, quality, seed,
-          same_init, as_json):
+def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads, repeat, quality,
+          seed, same_init, as_json):
     """Measure training and sampling speed for S, M, L and R (see docs/BENCHMARKS.md)."""
     import os
 
     from charlstm.bench import run_bench, run_quality
 
     echo = (lambda text: click.echo(text, err=True)) if as_json else click.echo
-    threads = torch_threads or os.cpu_count()
+    torch_threads = torch_threads or os.cpu_count()
     if quality is not None:
         try:
             import torch  # noqa: F401
@@ -407,10 +421,11 @@ def bench(configs, corpus, steps, warmup, compare_torch, torch_threads, repeat, 
             raise UserError("--quality compares against PyTorch, which is not installed "
                             "(pip install torch==2.13.0 for a CPU build)") from None
         results = run_quality((configs or ("M",))[0], corpus, quality, max(quality / 10, 5.0),
-                              threads, echo=echo, seed=seed, same_init=same_init)
+                              torch_threads, echo=echo, seed=seed, same_init=same_init,
+                              threads=threads)
     else:
         results = run_bench(configs or ("S", "M", "L", "R"), corpus, steps, warmup, compare_torch,
-                            threads, echo=echo, repeat=repeat)
+                            torch_threads, echo=echo, repeat=repeat, threads=threads)
     if as_json:
         click.echo(json.dumps(results, indent=2))
 

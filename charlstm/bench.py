@@ -89,13 +89,13 @@ def _peak_rss_mb() -> float:
 
 # -- workers (run in subprocesses) ---------------------------------------------------------
 
-def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int) -> dict:
+def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int, threads: int) -> dict:
     from .config import TrainConfig
     from .sample import Sampler
     from .train import Trainer, prepare_data
 
     spec = CONFIGS[name]
-    config = TrainConfig(corpus=(corpus,) if corpus else (), **spec)
+    config = TrainConfig(corpus=(corpus,) if corpus else (), threads=threads, **spec)
     data = prepare_data(config)
     trainer = Trainer(config, data)
     times = []
@@ -119,7 +119,7 @@ def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int) -> d
         pass
     sample_cps = SAMPLE_CHARS / (time.perf_counter() - t0)
     return {
-        "config": name, **spec, "vocab": V,
+        "config": name, **spec, "vocab": V, "threads": threads,
         "train_chars_per_s": cps,
         "step_ms": step_s * 1e3,
         "gflops": flops_per_char(spec["cell"], H, L, V) * cps / 1e9,
@@ -135,10 +135,12 @@ def worker_jit(cache_dir: str) -> dict:
     t0 = time.perf_counter()
     from .config import TrainConfig
     from .sample import Sampler
+    from .shards import default_threads
     from .train import Trainer, prepare_data
 
     for cell in ("lstm", "rnn"):
-        config = TrainConfig(cell=cell, hidden_size=16, num_layers=2, seq_len=8, batch_size=4)
+        config = TrainConfig(cell=cell, hidden_size=16, num_layers=2, seq_len=8, batch_size=4,
+                             threads=default_threads(4))
         trainer = Trainer(config, prepare_data(config))
         trainer.train_step()
         sampler = Sampler(trainer.to_checkpoint(0.0))
@@ -150,7 +152,7 @@ def worker_jit(cache_dir: str) -> dict:
 
 
 def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_every_s: float,
-                       seed: int = 0, torch_init: bool = False) -> list:
+                       threads: int, seed: int = 0, torch_init: bool = False) -> list:
     """charlstm's side of the equal-budget comparison: the real Trainer, validated every
     ``eval_every_s`` seconds of training time. Returns [(seconds, val_bpc), ...].
 
@@ -160,7 +162,7 @@ def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_ever
     from .config import TrainConfig
     from .train import Trainer, prepare_data
 
-    config = TrainConfig(corpus=(corpus,) if corpus else (), seed=seed, **spec)
+    config = TrainConfig(corpus=(corpus,) if corpus else (), seed=seed, threads=threads, **spec)
     trainer = Trainer(config, prepare_data(config))
     if torch_init:
         from .bench_torch import _TorchTwin
@@ -221,7 +223,11 @@ def time_first_sample_char(config: str = "M") -> float:
 
 
 def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torch: bool,
-              torch_threads: int, echo=print, repeat: int = 1) -> dict:
+              torch_threads: int, echo=print, repeat: int = 1, threads: int | None = None) -> dict:
+    """``threads``: charlstm's (None: one per core, at most the batch size); PyTorch uses
+    ``torch_threads``."""
+    from .shards import default_threads
+
     results = {"machine": machine_summary(), "configs": [], "corpus": corpus or "builtin:pydoc"}
     results["numpy_square_gemm_gflops"] = numpy_square_gemm_gflops()
     torch_ok = False
@@ -235,8 +241,9 @@ def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torc
     for name in configs:
         rows, torch_rows = [], []
         for _ in range(repeat):  # interleaved, so drifts in machine load hit both alike
+            ours = threads or default_threads(CONFIGS[name]["batch_size"])
             rows.append(_run_worker(["--worker", "charlstm", "--config", name, "--steps", str(steps),
-                                     "--warmup", str(warmup)] + corpus_args))
+                                     "--warmup", str(warmup), "--threads", str(ours)] + corpus_args))
             if torch_ok:
                 torch_rows.append(_run_worker(
                     ["--worker", "torch", "--config", name, "--steps", str(steps), "--warmup",
@@ -261,25 +268,31 @@ def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torc
 
 
 def run_quality(config: str, corpus: str | None, seconds: float, eval_every_s: float,
-                torch_threads: int, echo=print, seed: int = 0, same_init: bool = False) -> dict:
+                torch_threads: int, echo=print, seed: int = 0, same_init: bool = False,
+                threads: int | None = None) -> dict:
     """Validation bpc against training seconds, charlstm and PyTorch, equal budgets.
-    ``same_init``: charlstm starts from PyTorch's initial weights of ``seed``."""
+    ``same_init``: charlstm starts from PyTorch's initial weights of ``seed``.
+    ``threads``: charlstm's, as in run_bench."""
+    from .shards import default_threads
+
     args = ["--config", config, "--seconds", str(seconds), "--eval-every", str(eval_every_s),
             "--seed", str(seed)]
     args += ["--corpus", corpus] if corpus else []
-    ours = _run_worker(["--worker", "quality-charlstm"] + args
+    threads = threads or default_threads(CONFIGS[config]["batch_size"])
+    ours = _run_worker(["--worker", "quality-charlstm", "--threads", str(threads)] + args
                        + (["--torch-init"] if same_init else []))["curve"]
     echo(f"charlstm: validation {ours[-1][1]:.4f} bpc after {ours[-1][0]:.0f} s")
     theirs = _run_worker(["--worker", "quality-torch", "--threads", str(torch_threads)] + args)["curve"]
     echo(f"PyTorch:  validation {theirs[-1][1]:.4f} bpc after {theirs[-1][0]:.0f} s")
     return {"config": config, **CONFIGS[config], "seconds": seconds, "seed": seed,
-            "same_init": same_init, "charlstm": ours, "torch": theirs,
+            "same_init": same_init, "threads": threads, "torch_threads": torch_threads, "charlstm": ours, "torch": theirs,
             "machine": machine_summary(), "corpus": corpus or "builtin:pydoc"}
 
 
 def _format_row(row: dict) -> str:
     text = (f"{row['config']}: {row['cell']} H={row['hidden_size']} L={row['num_layers']} "
-            f"T={row['seq_len']} B={row['batch_size']}: {row['train_chars_per_s']:,.0f} chars/s, "
+            f"T={row['seq_len']} B={row['batch_size']}, {row['threads']} threads: "
+            f"{row['train_chars_per_s']:,.0f} chars/s, "
             f"{row['gflops']:.1f} GFLOP/s, {row['gemm_fraction']:.2f} of NumPy GEMM time, "
             f"sampling {row['sample_chars_per_s']:,.0f} chars/s, peak RSS {row['peak_rss_mb']:.0f} MB")
     if "torch" in row:
@@ -322,14 +335,14 @@ def _main(argv=None):
     ap.add_argument("--torch-init", action="store_true")
     a = ap.parse_args(argv)
     if a.worker == "charlstm":
-        out = worker_charlstm(a.config, a.corpus, a.steps, a.warmup)
+        out = worker_charlstm(a.config, a.corpus, a.steps, a.warmup, a.threads)
     elif a.worker == "torch":
         from .bench_torch import worker_torch
         out = worker_torch(CONFIGS[a.config], a.corpus, a.steps, a.warmup, a.threads, SAMPLE_CHARS)
         out["peak_rss_mb"] = _peak_rss_mb()
     elif a.worker == "quality-charlstm":
         out = {"curve": train_charlstm_for(CONFIGS[a.config], a.corpus, a.seconds, a.eval_every,
-                                           a.seed, a.torch_init)}
+                                           a.threads, a.seed, a.torch_init)}
     elif a.worker == "quality-torch":
         from .bench_torch import train_torch_for
         out = {"curve": train_torch_for(CONFIGS[a.config], a.corpus, a.seconds, a.eval_every,

@@ -226,7 +226,7 @@ def _exact(dtype, shape):
 def _validate_config(config: TrainConfig, vocab_size: int) -> None:
     """Refuse configurations no CLI run could have written, before sizing arrays by them."""
     from .config import CELLS, GATES, OPTIMIZERS
-    ints = ("hidden_size", "num_layers", "seq_len", "batch_size")
+    ints = ("hidden_size", "num_layers", "seq_len", "batch_size", "threads")
     for name in ints:
         value = getattr(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

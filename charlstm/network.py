@@ -159,16 +159,18 @@ class Network:
         return softmax_xent_loss(ws.logits, ws.targets)
 
     def loss_and_grad(self, inputs: np.ndarray, targets: np.ndarray, state: dict,
-                      masks=None) -> float:
+                      masks=None, mean_over: int | None = None) -> float:
         """Mean natural-log cross-entropy over the B*T predictions of the chunk.
 
         Fills ``self.grads`` with its gradient, carries ``state`` to the chunk's end,
         and leaves the gradient with respect to the initial state in the workspace
         (``dh0``, ``dc0``). The gradient is cut at the chunk's start: truncated BPTT.
         ``masks``: as in ``forward``; the gradient is that of the masked network.
+        ``mean_over``: divide the summed loss by this count instead of B*T; a shard of a
+        batch divides by the whole batch's count, so the shards' results add up.
         """
         B, T = inputs.shape
-        N = T * B
+        N = T * B if mean_over is None else mean_over
         ws = self.forward(inputs, state, masks)
         np.copyto(ws.targets, targets.T.reshape(-1))
         loss_sum = softmax_xent_grad(ws.logits, ws.targets, 1.0 / N)

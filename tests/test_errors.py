@@ -203,15 +203,24 @@ def test_checkpoint_with_invalid_regularisation(trained, tmp_path, key, value):
     assert_user_error(run_cli("info", p, check=False), 1, rf"invalid {key}")
 
 
-def test_checkpoint_from_before_regularisation_options_loads(trained, tmp_path):
-    """Checkpoints written before --dropout and --weight-decay existed lack their keys:
-    they mean no dropout and no decay."""
+@pytest.mark.parametrize("value", [0, -2, 1.5, "two", True])
+def test_checkpoint_with_invalid_threads(trained, tmp_path, value):
     meta = json.loads(np.load(trained / "last.npz")["config"].item())
-    for key in ("dropout", "weight_decay"):
+    meta["hyperparameters"]["threads"] = value
+    p = rewrite(trained / "last.npz", tmp_path / "t.npz", change={"config": np.array(json.dumps(meta))})
+    assert_user_error(run_cli("info", p, check=False), 1, r"invalid threads")
+
+
+def test_checkpoint_from_before_regularisation_options_loads(trained, tmp_path):
+    """Checkpoints written before --dropout, --weight-decay and --threads existed lack
+    their keys: they mean no dropout, no decay, and the batch in one piece."""
+    meta = json.loads(np.load(trained / "last.npz")["config"].item())
+    for key in ("dropout", "weight_decay", "threads"):
         del meta["hyperparameters"][key]
     p = rewrite(trained / "last.npz", tmp_path / "old.npz", change={"config": np.array(json.dumps(meta))})
     info = json.loads(run_cli("info", p, "--json").stdout)
     assert info["config"]["dropout"] == 0.0 and info["config"]["weight_decay"] == 0.0
+    assert info["config"]["threads"] == 1
 
 
 def test_object_arrays_are_refused_without_unpickling(trained, tmp_path):

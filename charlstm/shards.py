@@ -1,0 +1,107 @@
+"""A training step's batch split into row shards, each computed on its own core.
+
+The B streams of a chunk are independent until their gradients are summed, so the
+batch is cut into contiguous row ranges, one per thread, and each shard runs the whole
+forward and backward pass (its own Network, workspace and gradient buffer; the
+parameters are shared and only read). The kernels release the GIL, and the BLAS uses
+one thread per caller while the shards run: with two threads per caller on two cores
+the calls fight (benchmarks/overlap_probe.py). At charlstm's step shapes one core per
+shard beats two cores per product: the per-step [B, H] x [H, G*H] products gain little
+from a second BLAS thread, while the gate math, softmax and the rest split evenly.
+
+Each shard divides its loss by the whole chunk's prediction count, so the shards'
+gradients add up to the chunk's; they are summed in shard order, so a run is
+reproducible for a given number of shards. Different shard counts round differently in
+the last bits of float32, as any change in summation order does.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor, wait
+
+import numpy as np
+
+from .config import TrainConfig
+from .kernels.blas import BLAS_THREADS
+from .model import FlatParams
+from .network import Network
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_threads(batch_size: int) -> int:
+    """One shard per available core, and no shard without a row."""
+    return max(1, min(available_cores(), batch_size))
+
+
+def shard_bounds(batch: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous row ranges covering ``batch`` rows, the first ones a row longer when
+    ``batch`` does not divide evenly."""
+    base, extra = divmod(batch, shards)
+    bounds, lo = [], 0
+    for s in range(shards):
+        hi = lo + base + (1 if s < extra else 0)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
+
+
+class ShardedNetwork:
+    """Network's training interface (``loss_and_grad``, ``grads``, ``zero_state``) over
+    a batch split into ``shards`` row ranges computed in parallel threads."""
+
+    def __init__(self, config: TrainConfig, vocab_size: int, params: FlatParams, shards: int):
+        if shards < 2:
+            raise ValueError("a sharded network needs at least 2 shards")
+        self.shards = shards
+        self.params = params
+        self.nets = [Network(config, vocab_size, params) for _ in range(shards)]
+        # Shard 0's buffer receives the sum, so the sum needs no extra pass.
+        self.grads = self.nets[0].grads
+        self._pool = ThreadPoolExecutor(shards - 1, thread_name_prefix="charlstm-shard")
+
+    def zero_state(self, batch: int) -> dict[str, np.ndarray]:
+        return self.nets[0].zero_state(batch)
+
+    def loss(self, inputs: np.ndarray, targets: np.ndarray, state: dict, masks=None) -> float:
+        """Summed cross-entropy of the chunk without gradients (evaluation: one shard)."""
+        return self.nets[0].loss(inputs, targets, state, masks)
+
+    def loss_and_grad(self, inputs: np.ndarray, targets: np.ndarray, state: dict,
+                      masks=None) -> float:
+        """As Network.loss_and_grad: the mean loss of the chunk, its gradient in
+        ``self.grads``, and ``state`` carried to the chunk's end."""
+        B, T = inputs.shape
+        N = B * T
+        bounds = shard_bounds(B, min(self.shards, B))
+
+        def run(s: int) -> float:
+            lo, hi = bounds[s]
+            rows = {key: value[:, lo:hi] for key, value in state.items()}
+            shard_masks = None if masks is None else masks[:, :, lo:hi]
+            return self.nets[s].loss_and_grad(inputs[lo:hi], targets[lo:hi], rows,
+                                              shard_masks, mean_over=N)
+
+        before = BLAS_THREADS.get()
+        BLAS_THREADS.set(1)
+        futures = [self._pool.submit(run, s) for s in range(1, len(bounds))]
+        try:
+            first = run(0)
+        finally:
+            wait(futures)  # no shard may still be running when this returns or raises
+            if before is not None:
+                BLAS_THREADS.set(before)
+        losses = [first] + [f.result() for f in futures]
+        total = self.grads.flat
+        for net in self.nets[1:len(bounds)]:
+            total += net.grads.flat
+        return float(sum(losses))
+
+    def close(self) -> None:
+        self._pool.shutdown()
