@@ -1,10 +1,15 @@
 """Where the time of one training step goes, for a benchmark configuration.
 
     python benchmarks/profile_step.py --config M --corpus ../shared/data/tinyshakespeare.txt
+    python benchmarks/profile_step.py --config M --shard-of 2 --corpus ...
 
 Times every compiled call the step makes (median over steps), splits the recurrent
 kernels into their per-step GEMMs (timed alone at the same shapes) and the fused
 elementwise work, and reports the rest of the step as Python overhead.
+
+Training splits a step over the cores (shards.py), which two timers in two threads
+cannot take apart; ``--shard-of N`` instead profiles what one of N shards computes: the
+configuration with B/N streams, in one thread, with one BLAS thread.
 """
 import argparse
 import json
@@ -70,9 +75,14 @@ def main():
     ap.add_argument("--config", default="M", choices=sorted(CONFIGS))
     ap.add_argument("--corpus", default=None)
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--shard-of", type=int, default=1,
+                    help="profile one of this many shards (default: the whole step, one thread)")
     a = ap.parse_args()
-    spec = CONFIGS[a.config]
-    config = TrainConfig(corpus=(a.corpus,) if a.corpus else (), **spec)
+    spec = dict(CONFIGS[a.config])
+    if a.shard_of > 1:
+        spec["batch_size"] //= a.shard_of
+        blas.BLAS_THREADS.set(1)
+    config = TrainConfig(corpus=(a.corpus,) if a.corpus else (), threads=1, **spec)
     trainer = Trainer(config, prepare_data(config))
     spent = {}
 
