@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from charlstm.bench import CONFIGS  # noqa: E402
 from charlstm.bench_torch import _TorchTwin  # noqa: E402
 from charlstm.config import TrainConfig  # noqa: E402
+from charlstm.shards import default_threads  # noqa: E402
 from charlstm.train import Trainer, prepare_data  # noqa: E402
 
 
@@ -55,9 +56,12 @@ def main():
     ap.add_argument("--corpus", default=None)
     ap.add_argument("--config", default="M", choices=sorted(CONFIGS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--threads", type=int, default=None,
+                    help="charlstm's shards (default: one per core, as the CLI)")
     a = ap.parse_args()
     spec = CONFIGS[a.config]
-    config = TrainConfig(corpus=(a.corpus,) if a.corpus else (), **spec)
+    threads = a.threads or default_threads(spec["batch_size"])
+    config = TrainConfig(corpus=(a.corpus,) if a.corpus else (), threads=threads, **spec)
     data = prepare_data(config)
     results = {"PyTorch": [], "charlstm, own init": [], "charlstm, PyTorch's init": []}
     for seed in a.seeds:
