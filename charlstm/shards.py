@@ -70,7 +70,8 @@ class ShardedNetwork:
         return self.nets[0].zero_state(batch)
 
     def loss(self, inputs: np.ndarray, targets: np.ndarray, state: dict, masks=None) -> float:
-        """Summed cross-entropy of the chunk without gradients (evaluation: one shard)."""
+        """Summed cross-entropy of the chunk, no gradients, in this thread: evaluation
+        reads one stream, which cannot be split."""
         return self.nets[0].loss(inputs, targets, state, masks)
 
     def loss_and_grad(self, inputs: np.ndarray, targets: np.ndarray, state: dict,
