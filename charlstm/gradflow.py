@@ -26,12 +26,18 @@ import json
 import math
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import click
 
 from .errors import UserError
 
 # NumPy, the network and its kernels (Numba) are imported when the command runs, not when
 # the CLI starts.
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .network import Network
 
 DEFAULT_LENGTH = 64
 DEFAULT_CHUNKS = 16

@@ -18,7 +18,6 @@ with respect to the recurrent product ``h W_hh^T + b_hh`` (gives weight_hh and b
 They agree on the r and z rows and differ by the factor r on the n rows.
 """
 from .jit import kernel
-import numpy as np
 
 from .activations import one_like, sigmoid, tanh
 from .blas import gemm_nn, gemm_nt

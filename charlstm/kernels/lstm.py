@@ -8,7 +8,6 @@ computed before the kernel is called, for all T steps at once; the kernels only 
 recurrence, one GEMM per step, with the elementwise gate math fused into one pass.
 """
 from .jit import kernel
-import numpy as np
 
 from .activations import one_like, sigmoid, tanh
 from .blas import gemm_nn, gemm_nt

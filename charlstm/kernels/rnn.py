@@ -5,7 +5,6 @@ h_t = tanh(x_t @ weight_ih.T + bias_ih + h_{t-1} @ weight_hh.T + bias_hh), PyTor
 steps; the kernels run the recurrence.
 """
 from .jit import kernel
-import numpy as np
 
 from .activations import one_like, tanh
 from .blas import gemm_nn, gemm_nt

@@ -2,7 +2,6 @@
 import math
 
 from .jit import kernel
-import numpy as np
 
 
 @kernel
