@@ -39,19 +39,24 @@ def products(a, b, out, count):
         matmul_tn(a, b, out)
 
 
+def recurrence_arguments(B, H, T, rng):
+    """Random inputs and output buffers for ``recurrence`` over B streams of T steps."""
+    hs = np.empty((T, B, H), F32)
+    return (rng.standard_normal((T, B, 4 * H)).astype(F32),
+            (rng.standard_normal((4 * H, H)) * 0.1).astype(F32),
+            np.zeros((B, H), F32), np.zeros((B, H), F32), hs, np.empty_like(hs),
+            np.empty((T, B, 4 * H), F32), np.empty_like(hs),
+            rng.standard_normal((T, B, H)).astype(F32), np.zeros((B, H), F32),
+            np.zeros((B, H), F32), np.empty((T, B, 4 * H), F32))
+
+
 def median_ms(fn, repeats=9):
     return median_time(fn, repeats) * 1e3
 
 
 def main():
     rng = np.random.default_rng(0)
-    hs = np.empty((T, B, H), F32)
-    rec_args = (rng.standard_normal((T, B, 4 * H)).astype(F32),
-                (rng.standard_normal((4 * H, H)) * 0.1).astype(F32),
-                np.zeros((B, H), F32), np.zeros((B, H), F32), hs, np.empty_like(hs),
-                np.empty((T, B, 4 * H), F32), np.empty_like(hs),
-                rng.standard_normal((T, B, H)).astype(F32), np.zeros((B, H), F32),
-                np.zeros((B, H), F32), np.empty((T, B, 4 * H), F32))
+    rec_args = recurrence_arguments(B, H, T, rng)
     prod_args = (rng.standard_normal(((T - 1) * B, 4 * H)).astype(F32),
                  rng.standard_normal(((T - 1) * B, H)).astype(F32),
                  np.empty((4 * H, H), F32), PRODUCTS)

@@ -14,31 +14,13 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charlstm.bench import median_time  # noqa: E402
-from charlstm.kernels.lstm import lstm_backward, lstm_forward  # noqa: E402
+from overlap_probe import recurrence, recurrence_arguments  # noqa: E402
 
-F32 = np.float32
 T = 64
-
-
-@njit(nogil=True)
-def recurrence(xproj, w, h0, c0, hs, cs, gates, tanh_cs, dhs, dh, dc, dpre):
-    lstm_forward(xproj, w, h0, c0, hs, cs, gates, tanh_cs)
-    lstm_backward(w, c0, cs, gates, tanh_cs, dhs, dh, dc, dpre)
-
-
-def arguments(B, H, rng):
-    hs = np.empty((T, B, H), F32)
-    return (rng.standard_normal((T, B, 4 * H)).astype(F32),
-            (rng.standard_normal((4 * H, H)) * 0.1).astype(F32),
-            np.zeros((B, H), F32), np.zeros((B, H), F32), hs, np.empty_like(hs),
-            np.empty((T, B, 4 * H), F32), np.empty_like(hs),
-            rng.standard_normal((T, B, H)).astype(F32), np.zeros((B, H), F32),
-            np.zeros((B, H), F32), np.empty((T, B, 4 * H), F32))
 
 
 def main():
@@ -47,8 +29,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     a = ap.parse_args()
     rng = np.random.default_rng(0)
-    whole = arguments(a.batch, a.hidden, rng)
-    half = [arguments(a.batch // 2, a.hidden, rng) for _ in range(2)]
+    whole = recurrence_arguments(a.batch, a.hidden, T, rng)
+    half = [recurrence_arguments(a.batch // 2, a.hidden, T, rng) for _ in range(2)]
     recurrence(*whole)  # compile
     recurrence(*half[0])
 
