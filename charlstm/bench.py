@@ -240,8 +240,8 @@ def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torc
     corpus_args = ["--corpus", corpus] if corpus else []
     for name in configs:
         rows, torch_rows = [], []
+        ours = threads or default_threads(CONFIGS[name]["batch_size"])
         for _ in range(repeat):  # interleaved, so drifts in machine load hit both alike
-            ours = threads or default_threads(CONFIGS[name]["batch_size"])
             rows.append(_run_worker(["--worker", "charlstm", "--config", name, "--steps", str(steps),
                                      "--warmup", str(warmup), "--threads", str(ours)] + corpus_args))
             if torch_ok:
@@ -285,7 +285,8 @@ def run_quality(config: str, corpus: str | None, seconds: float, eval_every_s: f
     theirs = _run_worker(["--worker", "quality-torch", "--threads", str(torch_threads)] + args)["curve"]
     echo(f"PyTorch:  validation {theirs[-1][1]:.4f} bpc after {theirs[-1][0]:.0f} s")
     return {"config": config, **CONFIGS[config], "seconds": seconds, "seed": seed,
-            "same_init": same_init, "threads": threads, "torch_threads": torch_threads, "charlstm": ours, "torch": theirs,
+            "same_init": same_init, "threads": threads, "torch_threads": torch_threads,
+            "charlstm": ours, "torch": theirs,
             "machine": machine_summary(), "corpus": corpus or "builtin:pydoc"}
 
 
