@@ -292,7 +292,8 @@ def run_quality(config: str, corpus: str | None, seconds: float, eval_every_s: f
 
 def _format_row(row: dict) -> str:
     text = (f"{row['config']}: {row['cell']} H={row['hidden_size']} L={row['num_layers']} "
-            f"T={row['seq_len']} B={row['batch_size']}, {row['threads']} threads: "
+            f"T={row['seq_len']} B={row['batch_size']}, "
+            f"{row['threads']} thread{'s' if row['threads'] != 1 else ''}: "
             f"{row['train_chars_per_s']:,.0f} chars/s, "
             f"{row['gflops']:.1f} GFLOP/s, {row['gemm_fraction']:.2f} of NumPy GEMM time, "
             f"sampling {row['sample_chars_per_s']:,.0f} chars/s, peak RSS {row['peak_rss_mb']:.0f} MB")
