@@ -119,8 +119,8 @@ def main(ctx, debug):
               help="Steps over which 'cosine' anneals; 0: the run's step budget.")
 @click.option("--seed", type=NON_NEGATIVE, default=0, help="Seed of the initialisation.")
 @click.option("--threads", type=POSITIVE, default=None,
-              help="Split each batch's streams over this many cores, one shard each.  "
-                   "[default: every core this process may use, at most --batch-size]")
+              help="Cores a training step uses: the batch's streams split into one shard per "
+                   "core.  [default: every core this process may use, at most --batch-size]")
 @_budget_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory.  [default: runs/<timestamp>]")

@@ -44,9 +44,9 @@ class TrainConfig:
     lr_min: float = 0.0  # the floor of the 'cosine' schedule
     lr_horizon: int = 0  # steps over which 'cosine' decays; 0 means the run's step budget
     seed: int = 0
-    # compute: the batch is split into this many row shards, each run on its own core
-    # (shards.py). Saved with the run because it fixes the order in which the shards'
-    # gradients are summed, so a resume continues with the same rounding.
+    # compute: the cores a training step uses, one row shard of the batch each (at most
+    # B shards; shards.py). Saved with the run because it fixes the order in which the
+    # shards' gradients are summed, so a resume continues with the same rounding.
     threads: int = 1
     # budget: the run stops at whichever is reached first; None means no limit of that kind
     steps: int | None = None

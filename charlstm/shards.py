@@ -1,5 +1,9 @@
 """A training step's batch split into row shards, each computed on its own core.
 
+``--threads N`` is the number of cores a step uses: N shards (at most one per stream),
+each running its BLAS calls on one thread, or on N // shards threads when the batch has
+fewer streams than N.
+
 The B streams of a chunk are independent until their gradients are summed, so the
 batch is cut into contiguous row ranges, one per thread, and each shard runs the whole
 forward and backward pass (its own Network, workspace and gradient buffer; the
@@ -53,18 +57,22 @@ def shard_bounds(batch: int, shards: int) -> list[tuple[int, int]]:
 
 
 class ShardedNetwork:
-    """Network's training interface (``loss_and_grad``, ``grads``, ``zero_state``) over
-    a batch split into ``shards`` row ranges computed in parallel threads."""
+    """Network's training interface (``loss_and_grad``, ``grads``, ``zero_state``) on
+    ``threads`` cores: the batch split into one row shard per core, each shard's BLAS
+    calls on one thread. With fewer streams than threads (B=1, say), each shard's BLAS
+    gets the cores left over. ``threads=1`` runs the whole batch on one core."""
 
-    def __init__(self, config: TrainConfig, vocab_size: int, params: FlatParams, shards: int):
-        if shards < 2:
-            raise ValueError("a sharded network needs at least 2 shards")
-        self.shards = shards
+    def __init__(self, config: TrainConfig, vocab_size: int, params: FlatParams, threads: int):
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        self.threads = threads
         self.params = params
-        self.nets = [Network(config, vocab_size, params) for _ in range(shards)]
+        self.nets = [Network(config, vocab_size, params)
+                     for _ in range(min(threads, config.batch_size))]
         # Shard 0's buffer receives the sum, so the sum needs no extra pass.
         self.grads = self.nets[0].grads
-        self._pool = ThreadPoolExecutor(shards - 1, thread_name_prefix="charlstm-shard")
+        self._pool = (ThreadPoolExecutor(len(self.nets) - 1, thread_name_prefix="charlstm-shard")
+                      if len(self.nets) > 1 else None)
 
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
         return self.nets[0].zero_state(batch)
@@ -80,7 +88,7 @@ class ShardedNetwork:
         ``self.grads``, and ``state`` carried to the chunk's end."""
         B, T = inputs.shape
         N = B * T
-        bounds = shard_bounds(B, min(self.shards, B))
+        bounds = shard_bounds(B, min(len(self.nets), B))
 
         def run(s: int) -> float:
             lo, hi = bounds[s]
@@ -90,7 +98,7 @@ class ShardedNetwork:
                                               shard_masks, mean_over=N)
 
         before = BLAS_THREADS.get()
-        BLAS_THREADS.set(1)
+        BLAS_THREADS.set(max(1, self.threads // len(bounds)))
         futures = [self._pool.submit(run, s) for s in range(1, len(bounds))]
         try:
             first = run(0)
@@ -105,4 +113,5 @@ class ShardedNetwork:
         return float(sum(losses))
 
     def close(self) -> None:
-        self._pool.shutdown()
+        if self._pool is not None:
+            self._pool.shutdown()

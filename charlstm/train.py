@@ -21,7 +21,6 @@ from .tokens import load_corpus
 from .errors import UserError
 from .evaluate import stream_bits_per_char
 from .model import init_params
-from .network import Network
 from .shards import ShardedNetwork
 from .optim import Optimizer, clip_grad_norm, learning_rate
 
@@ -75,9 +74,7 @@ class Trainer:
             params = resume_from.params
             self.rng = np.random.default_rng()
             self.rng.bit_generator.state = resume_from.rng_state
-        shards = min(config.threads, config.batch_size)
-        self.net = (Network(config, V, params) if shards == 1
-                    else ShardedNetwork(config, V, params, shards))
+        self.net = ShardedNetwork(config, V, params, config.threads)
         self.optimizer = Optimizer(config, params)
         # Masks are drawn from self.rng after the initialisation's draws, so a seed fixes
         # both and a checkpoint's generator state continues both.

@@ -52,7 +52,7 @@ def masks_for(L, B, dtype, p=0.4, seed=9):
 
 
 @pytest.mark.parametrize("dropout", [False, True])
-@pytest.mark.parametrize("shards,B", [(2, 4), (2, 5), (3, 7)])
+@pytest.mark.parametrize("shards,B", [(1, 4), (2, 4), (2, 5), (3, 7)])
 @pytest.mark.parametrize("cell,L", [("lstm", 1), ("lstm", 2), ("rnn", 2), ("gru", 3)])
 def test_sharded_step_equals_the_whole_batch_float64(cell, L, shards, B, dropout):
     config, params, inputs, targets, state = make_problem(cell, L, B, np.float64)
@@ -112,6 +112,25 @@ def test_the_blas_thread_count_is_restored_after_a_step_and_after_an_error():
     split.close()
 
 
+@pytest.mark.skipif(not BLAS_THREADS.settable, reason="this BLAS's thread count cannot be set")
+@pytest.mark.parametrize("threads,B,shards,blas", [(1, 4, 1, 1), (2, 4, 2, 1), (3, 7, 3, 1),
+                                                   (2, 1, 1, 2), (4, 2, 2, 2)])
+def test_threads_are_cores_shards_then_blas_threads(threads, B, shards, blas):
+    """--threads N uses N cores: one shard per core while rows last, and the cores left
+    over go to each shard's BLAS calls."""
+    config, params, inputs, targets, state = make_problem("lstm", 1, B, np.float32)
+    net = ShardedNetwork(config, V, params, threads)
+    seen = []
+    for shard in net.nets:
+        def recording(*args, _run=shard.loss_and_grad, **kw):
+            seen.append(BLAS_THREADS.get())
+            return _run(*args, **kw)
+        shard.loss_and_grad = recording
+    net.loss_and_grad(inputs, targets, state)
+    assert seen == [blas] * shards
+    net.close()
+
+
 def test_trainer_shards_when_asked_and_results_match_one_thread(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(3000))
@@ -119,7 +138,7 @@ def test_trainer_shards_when_asked_and_results_match_one_thread(tmp_path):
     for threads in (1, 2):
         config = tiny_config(corpus, threads=threads, batch_size=6)
         trainer = Trainer(config, prepare_data(config))
-        assert isinstance(trainer.net, ShardedNetwork) == (threads > 1)
+        assert len(trainer.net.nets) == threads
         losses[threads] = [trainer.train_step()[0] for _ in range(5)]
     # float32 sums in another order: equal to rounding, not bit for bit.
     np.testing.assert_allclose(losses[2], losses[1], rtol=1e-4)
