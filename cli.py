@@ -393,7 +393,8 @@ def info(checkpoint, as_json):
 @click.option("--warmup", type=NON_NEGATIVE, default=3, help="Untimed steps first.")
 @click.option("--compare-torch", is_flag=True, help="Also run the same models in PyTorch, if it is installed.")
 @click.option("--threads", type=POSITIVE, default=None,
-              help="charlstm's threads (shards of each batch).  [default: all cores, at most the batch size]")
+              help="Cores charlstm's training step uses (see train --threads).  "
+                   "[default: all cores, at most the batch size]")
 @click.option("--torch-threads", type=POSITIVE, default=None, help="PyTorch's threads.  [default: all cores]")
 @click.option("--repeat", type=POSITIVE, default=1, help="Runs per configuration; medians are reported.")
 @click.option("--quality", type=Duration(), default=None,
