@@ -121,12 +121,21 @@ def main(ctx, debug):
 @click.option("--threads", type=POSITIVE, default=None,
               help="Cores a training step uses: the batch's streams split into one shard per "
                    "core.  [default: every core this process may use, at most --batch-size]")
+@click.option("--blas", default="auto",
+              help="The BLAS behind the matrix products: auto (time every installed library "
+                   "on this run's shapes and keep the fastest), openblas, mkl (pip install "
+                   "'charlstm[mkl]'), or STEP/CHUNK, e.g. mkl/openblas: one library for the "
+                   "recurrences' per-step products, one for the rest. Saved with the run.")
+@click.option("--step-weights", default=None, metavar="FORWARD/BACKWARD",
+              help="Which copy of weight_hh the per-step products read in each direction: "
+                   "stored or transposed, e.g. transposed/stored.  [default: measured with "
+                   "--blas auto, else stored/stored]")
 @_budget_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory.  [default: runs/<timestamp>]")
 @click.option("--force", is_flag=True, help="Start over in an --out directory that already holds a run.")
 @_cadence_options
-def train(paths, out, force, quiet, **options):
+def train(paths, out, force, quiet, blas, step_weights, **options):
     """Train a model on the text in PATHS (files, directories, globs).
 
     With no PATHS it trains on the built-in corpus: the Python language reference that
@@ -149,6 +158,8 @@ def train(paths, out, force, quiet, **options):
             f"or pass --force to start over")
     data = prepare_data(config, cache_dir=token_cache_dir(out_dir))
     config = _resolve_horizon(config, data.batches.steps_per_epoch)
+    from charlstm.tune import resolve
+    config, _ = resolve(config, len(data.vocab), blas, step_weights)
     _prepare_out_dir(out_dir)
     trainer = Trainer(config, data)
     _announce(trainer, out_dir, quiet)
@@ -198,6 +209,9 @@ def _announce(trainer, out_dir: Path, quiet: bool) -> None:
         f"{count_params(trainer.net.params.shapes):,} parameters, vocabulary {len(data.vocab)}, "
         f"{len(data.train_ids):,} training / {len(data.val_ids):,} validation characters, "
         f"{data.batches.steps_per_epoch} steps per epoch; writing {out_dir}", err=True)
+    from charlstm.kernels.blas import BLAS
+    click.echo(f"matrix products on {BLAS.describe()}; step weights {cfg.step_weights}, "
+               f"{cfg.threads} thread{'s' if cfg.threads != 1 else ''}", err=True)
 
 
 def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
@@ -219,8 +233,14 @@ def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
               help="Split each batch over this many cores from now on. A count other than "
                    "the run's own rounds differently in float32's last bits than never "
                    "stopping would have.  [default: the run's own]")
+@click.option("--blas", default=None,
+              help="Continue on this BLAS (as train --blas, auto included). Another choice "
+                   "than the run's own rounds differently.  [default: the run's own]")
+@click.option("--step-weights", default=None, metavar="FORWARD/BACKWARD",
+              help="As train --step-weights.  [default: the run's own]")
 @_cadence_options
-def resume(run_dir, steps, epochs, time_limit, corpus, threads, quiet, **cadence):
+def resume(run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weights, quiet,
+           **cadence):
     """Continue the run in RUN_DIR from its last.npz, exactly where it stopped."""
     from charlstm import checkpoint as ckpt_io
     from charlstm.tokens import fingerprint
@@ -243,6 +263,14 @@ def resume(run_dir, steps, epochs, time_limit, corpus, threads, quiet, **cadence
                 "the corpus changed since the checkpoint was written (its SHA-256 differs); "
                 "restore it, or pass --corpus PATH to continue on new text")
     data = prepare_data(config, vocab=ckpt.vocab, cache_dir=token_cache_dir(run_dir))
+    from charlstm.tune import fall_back_if_missing, resolve
+    if blas is not None or step_weights is not None:
+        config, _ = resolve(config, len(data.vocab), blas or config.blas,
+                            step_weights or (None if blas == "auto" else config.step_weights))
+    else:
+        config, warning = fall_back_if_missing(config)
+        if warning:
+            click.echo(f"Warning: {warning}", err=True)
     trainer = Trainer(config, data, resume_from=ckpt)
     limit = trainer.step_limit()
     if limit is not None and trainer.step >= limit and time_limit is None:
@@ -396,6 +424,7 @@ def info(checkpoint, as_json):
               help="Cores charlstm's training step uses (see train --threads).  "
                    "[default: all cores, at most the batch size]")
 @click.option("--torch-threads", type=POSITIVE, default=None, help="PyTorch's threads.  [default: all cores]")
+@click.option("--blas", default="auto", help="charlstm's BLAS, as train --blas.")
 @click.option("--repeat", type=POSITIVE, default=1, help="Runs per configuration; medians are reported.")
 @click.option("--quality", type=Duration(), default=None,
               help="Instead: train config M (or --config) this long in charlstm and in PyTorch "
@@ -406,8 +435,8 @@ def info(checkpoint, as_json):
               help="With --quality: charlstm starts from PyTorch's initial weights (of --seed), "
                    "so the runs differ only in the implementation, not in the draw of weights.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads, repeat, quality,
-          seed, same_init, as_json):
+def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads, blas, repeat,
+          quality, seed, same_init, as_json):
     """Measure training and sampling speed for S, M, L and R (see docs/BENCHMARKS.md)."""
     import os
 
@@ -423,10 +452,11 @@ def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads,
                             "(pip install torch==2.13.0 for a CPU build)") from None
         results = run_quality((configs or ("M",))[0], corpus, quality, max(quality / 10, 5.0),
                               torch_threads, echo=echo, seed=seed, same_init=same_init,
-                              threads=threads)
+                              threads=threads, blas=blas)
     else:
         results = run_bench(configs or ("S", "M", "L", "R"), corpus, steps, warmup, compare_torch,
-                            torch_threads, echo=echo, repeat=repeat, threads=threads)
+                            torch_threads, echo=echo, repeat=repeat, threads=threads,
+                            blas=blas)
     if as_json:
         click.echo(json.dumps(results, indent=2))
 

@@ -27,6 +27,7 @@ from charlstm.config import TrainConfig  # noqa: E402
 from charlstm.kernels import blas  # noqa: E402
 from charlstm.kernels.jit import kernel  # noqa: E402
 from charlstm.train import Trainer, prepare_data  # noqa: E402
+from charlstm.tune import resolve  # noqa: E402
 
 CALLS = {
     "recurrence forward": ("lstm_forward", "rnn_forward", "gru_forward"),
@@ -38,34 +39,37 @@ CALLS = {
 
 
 @kernel
-def _repeat_nt(a, b, out, n):
+def _repeat_forward(h, w, out, n, transposed):
     for _ in range(n):
-        blas.gemm_nt(a, b, out)
+        blas.recurrent_forward(h, w, out, transposed)
 
 
 @kernel
-def _repeat_nn(a, b, out, n):
+def _repeat_backward(d, w, out, n, transposed):
     for _ in range(n):
-        blas.gemm_nn(a, b, out)
+        blas.recurrent_backward(d, w, out, transposed)
 
 
-def per_step_gemm_seconds(B, H, G, T):
-    """Seconds the recurrent GEMMs of one layer's forward and backward take alone."""
+def per_step_gemm_seconds(B, H, G, T, transposed=(False, False)):
+    """Seconds the recurrent GEMMs of one layer's forward and backward take alone, with
+    weight_hh as stored or transposed in each direction (config.step_weights)."""
     rng = np.random.default_rng(0)
     h = rng.standard_normal((B, H)).astype(np.float32)
     w = rng.standard_normal((G * H, H)).astype(np.float32)
+    wt = np.ascontiguousarray(w.T)
     g = np.empty((B, G * H), np.float32)
     d = rng.standard_normal((B, G * H)).astype(np.float32)
     out = np.empty((B, H), np.float32)
-    _repeat_nt(h, w, g, 2)
-    _repeat_nn(d, w, out, 2)
+    w_fwd, w_bwd = (wt if transposed[0] else w), (wt if transposed[1] else w)
+    _repeat_forward(h, w_fwd, g, 2, transposed[0])
+    _repeat_backward(d, w_bwd, out, 2, transposed[1])
     fwd, bwd = [], []
     for _ in range(5):
         t0 = time.perf_counter()
-        _repeat_nt(h, w, g, T)
+        _repeat_forward(h, w_fwd, g, T, transposed[0])
         fwd.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        _repeat_nn(d, w, out, T)
+        _repeat_backward(d, w_bwd, out, T, transposed[1])
         bwd.append(time.perf_counter() - t0)
     return float(np.median(fwd)), float(np.median(bwd))
 
@@ -77,13 +81,17 @@ def main():
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--shard-of", type=int, default=1,
                     help="profile one of this many shards (default: the whole step, one thread)")
+    ap.add_argument("--blas", default="auto", help="as train --blas")
+    ap.add_argument("--step-weights", default=None, help="as train --step-weights")
     a = ap.parse_args()
     spec = dict(CONFIGS[a.config])
     if a.shard_of > 1:
         spec["batch_size"] //= a.shard_of
         blas.BLAS_THREADS.set(1)
     config = TrainConfig(corpus=(a.corpus,) if a.corpus else (), threads=1, **spec)
-    trainer = Trainer(config, prepare_data(config))
+    data = prepare_data(config)
+    config, _ = resolve(config, len(data.vocab), a.blas, a.step_weights)
+    trainer = Trainer(config, data)
     spent = {}
 
     def timed(name, fn):
@@ -111,9 +119,11 @@ def main():
     parts = {label: float(np.median([sum(r.get(n, 0.0) for n in names) for r in rows]))
              for label, names in CALLS.items()}
     T, B, H, L = spec["seq_len"], spec["batch_size"], spec["hidden_size"], spec["num_layers"]
-    fwd_gemm, bwd_gemm = per_step_gemm_seconds(B, H, GATES[spec["cell"]], T)
+    fwd_gemm, bwd_gemm = per_step_gemm_seconds(B, H, GATES[spec["cell"]], T,
+                                               config.transposed_steps)
     out = {
-        "config": a.config, **spec, "step_ms": step * 1e3,
+        "config": a.config, **spec, "blas": config.blas, "step_weights": config.step_weights,
+        "step_ms": step * 1e3,
         "recurrent GEMMs forward (timed alone)": min(L * fwd_gemm, parts["recurrence forward"]) * 1e3,
         "recurrent elementwise forward": max(parts["recurrence forward"] - L * fwd_gemm, 0) * 1e3,
         "recurrent GEMMs backward (timed alone)": min(L * bwd_gemm, parts["recurrence backward"]) * 1e3,

@@ -89,14 +89,18 @@ def _peak_rss_mb() -> float:
 
 # -- workers (run in subprocesses) ---------------------------------------------------------
 
-def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int, threads: int) -> dict:
+def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int, threads: int,
+                    blas: str = "auto", step_weights: str | None = None) -> dict:
     from .config import TrainConfig
+    from .kernels.blas import BLAS
     from .sample import Sampler
     from .train import Trainer, prepare_data
+    from .tune import resolve
 
     spec = CONFIGS[name]
     config = TrainConfig(corpus=(corpus,) if corpus else (), threads=threads, **spec)
     data = prepare_data(config)
+    config, _ = resolve(config, len(data.vocab), blas, step_weights)  # as `charlstm train` does
     trainer = Trainer(config, data)
     times = []
     for i in range(warmup + steps):
@@ -120,6 +124,7 @@ def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int, thre
     sample_cps = SAMPLE_CHARS / (time.perf_counter() - t0)
     return {
         "config": name, **spec, "vocab": V, "threads": threads,
+        "blas": config.blas, "step_weights": config.step_weights, "blas_detail": BLAS.describe(),
         "train_chars_per_s": cps,
         "step_ms": step_s * 1e3,
         "gflops": flops_per_char(spec["cell"], H, L, V) * cps / 1e9,
@@ -152,7 +157,8 @@ def worker_jit(cache_dir: str) -> dict:
 
 
 def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_every_s: float,
-                       threads: int, seed: int = 0, torch_init: bool = False) -> list:
+                       threads: int, seed: int = 0, torch_init: bool = False,
+                       blas: str = "auto") -> list:
     """charlstm's side of the equal-budget comparison: the real Trainer, validated every
     ``eval_every_s`` seconds of training time. Returns [(seconds, val_bpc), ...].
 
@@ -162,8 +168,12 @@ def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_ever
     from .config import TrainConfig
     from .train import Trainer, prepare_data
 
+    from .tune import resolve
+
     config = TrainConfig(corpus=(corpus,) if corpus else (), seed=seed, threads=threads, **spec)
-    trainer = Trainer(config, prepare_data(config))
+    data = prepare_data(config)
+    config, _ = resolve(config, len(data.vocab), blas)
+    trainer = Trainer(config, data)
     if torch_init:
         from .bench_torch import _TorchTwin
 
@@ -223,12 +233,14 @@ def time_first_sample_char(config: str = "M") -> float:
 
 
 def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torch: bool,
-              torch_threads: int, echo=print, repeat: int = 1, threads: int | None = None) -> dict:
+              torch_threads: int, echo=print, repeat: int = 1, threads: int | None = None,
+              blas: str = "auto") -> dict:
     """``threads``: charlstm's (None: one per core, at most the batch size); PyTorch uses
-    ``torch_threads``."""
+    ``torch_threads``. ``blas``: charlstm's, as ``train --blas`` takes it."""
     from .shards import default_threads
 
     results = {"machine": machine_summary(), "configs": [], "corpus": corpus or "builtin:pydoc"}
+    echo(format_machine(results["machine"]))
     results["numpy_square_gemm_gflops"] = numpy_square_gemm_gflops()
     torch_ok = False
     if compare_torch:
@@ -243,7 +255,8 @@ def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torc
         ours = threads or default_threads(CONFIGS[name]["batch_size"])
         for _ in range(repeat):  # interleaved, so drifts in machine load hit both alike
             rows.append(_run_worker(["--worker", "charlstm", "--config", name, "--steps", str(steps),
-                                     "--warmup", str(warmup), "--threads", str(ours)] + corpus_args))
+                                     "--warmup", str(warmup), "--threads", str(ours),
+                                     "--blas", blas] + corpus_args))
             if torch_ok:
                 torch_rows.append(_run_worker(
                     ["--worker", "torch", "--config", name, "--steps", str(steps), "--warmup",
@@ -269,7 +282,7 @@ def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torc
 
 def run_quality(config: str, corpus: str | None, seconds: float, eval_every_s: float,
                 torch_threads: int, echo=print, seed: int = 0, same_init: bool = False,
-                threads: int | None = None) -> dict:
+                threads: int | None = None, blas: str = "auto") -> dict:
     """Validation bpc against training seconds, charlstm and PyTorch, equal budgets.
     ``same_init``: charlstm starts from PyTorch's initial weights of ``seed``.
     ``threads``: charlstm's, as in run_bench."""
@@ -279,7 +292,7 @@ def run_quality(config: str, corpus: str | None, seconds: float, eval_every_s: f
             "--seed", str(seed)]
     args += ["--corpus", corpus] if corpus else []
     threads = threads or default_threads(CONFIGS[config]["batch_size"])
-    ours = _run_worker(["--worker", "quality-charlstm", "--threads", str(threads)] + args
+    ours = _run_worker(["--worker", "quality-charlstm", "--threads", str(threads), "--blas", blas] + args
                        + (["--torch-init"] if same_init else []))["curve"]
     echo(f"charlstm: validation {ours[-1][1]:.4f} bpc after {ours[-1][0]:.0f} s")
     theirs = _run_worker(["--worker", "quality-torch", "--threads", str(torch_threads)] + args)["curve"]
@@ -293,7 +306,8 @@ def run_quality(config: str, corpus: str | None, seconds: float, eval_every_s: f
 def _format_row(row: dict) -> str:
     text = (f"{row['config']}: {row['cell']} H={row['hidden_size']} L={row['num_layers']} "
             f"T={row['seq_len']} B={row['batch_size']}, "
-            f"{row['threads']} thread{'s' if row['threads'] != 1 else ''}: "
+            f"{row['threads']} thread{'s' if row['threads'] != 1 else ''}, "
+            f"--blas {row['blas']} --step-weights {row['step_weights']}: "
             f"{row['train_chars_per_s']:,.0f} chars/s, "
             f"{row['gflops']:.1f} GFLOP/s, {row['gemm_fraction']:.2f} of NumPy GEMM time, "
             f"sampling {row['sample_chars_per_s']:,.0f} chars/s, peak RSS {row['peak_rss_mb']:.0f} MB")
@@ -317,7 +331,22 @@ def machine_summary() -> dict:
         pass
     simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
     return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd,
+            "amx": bool({"amx_tile", "amx_bf16", "amx_int8"} & flags),
+            "blas_libraries": blas_library_summary(),
             "python": sys.version.split()[0], "numpy": np.__version__}
+
+
+def blas_library_summary() -> dict:
+    """Each installed BLAS charlstm can use, with its version and the kernels it runs here."""
+    from .kernels import blas_libraries
+
+    return {name: blas_libraries.load(name).describe() for name in blas_libraries.available()}
+
+
+def format_machine(machine: dict) -> str:
+    libs = "; ".join(f"{name}: {text}" for name, text in machine["blas_libraries"].items())
+    return (f"{machine['cpu']}, {machine['cores']} cores, {machine['simd']}, "
+            f"AMX {'yes' if machine['amx'] else 'no'}; BLAS {libs or 'none found'}")
 
 
 def _main(argv=None):
@@ -335,16 +364,19 @@ def _main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--torch-init", action="store_true")
+    ap.add_argument("--blas", default="auto")
+    ap.add_argument("--step-weights", default=None)
     a = ap.parse_args(argv)
     if a.worker == "charlstm":
-        out = worker_charlstm(a.config, a.corpus, a.steps, a.warmup, a.threads)
+        out = worker_charlstm(a.config, a.corpus, a.steps, a.warmup, a.threads, a.blas,
+                              a.step_weights)
     elif a.worker == "torch":
         from .bench_torch import worker_torch
         out = worker_torch(CONFIGS[a.config], a.corpus, a.steps, a.warmup, a.threads, SAMPLE_CHARS)
         out["peak_rss_mb"] = _peak_rss_mb()
     elif a.worker == "quality-charlstm":
         out = {"curve": train_charlstm_for(CONFIGS[a.config], a.corpus, a.seconds, a.eval_every,
-                                           a.threads, a.seed, a.torch_init)}
+                                           a.threads, a.seed, a.torch_init, a.blas)}
     elif a.worker == "quality-torch":
         from .bench_torch import train_torch_for
         out = {"curve": train_torch_for(CONFIGS[a.config], a.corpus, a.seconds, a.eval_every,

@@ -225,7 +225,8 @@ def _exact(dtype, shape):
 
 def _validate_config(config: TrainConfig, vocab_size: int) -> None:
     """Refuse configurations no CLI run could have written, before sizing arrays by them."""
-    from .config import CELLS, GATES, OPTIMIZERS
+    from .config import CELLS, GATES, OPTIMIZERS, parse_step_weights
+    from .kernels.blas import parse_blas
     ints = ("hidden_size", "num_layers", "seq_len", "batch_size", "threads")
     for name in ints:
         value = getattr(config, name)
@@ -239,6 +240,11 @@ def _validate_config(config: TrainConfig, vocab_size: int) -> None:
         value = getattr(config, name)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < upper:
             raise CheckpointError(f"checkpoint configuration has an invalid {name}: {value!r}")
+    try:
+        parse_blas(config.blas)
+        parse_step_weights(config.step_weights)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint configuration: {e}") from None
     G, H, L = GATES[config.cell], config.hidden_size, config.num_layers
     n_params = L * (G * H * (vocab_size + 2 * H + 2)) + vocab_size * (H + 1)
     if n_params > 2_000_000_000 or L * config.batch_size * H > 2_000_000_000:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import TrainConfig
-from .kernels.blas import matmul_nn, matmul_nt, matmul_tn
+from .kernels.blas import matmul_nn, matmul_nt, matmul_tn, transpose_into
 from .kernels.gru import gru_backward, gru_forward
 from .kernels.lstm import lstm_backward, lstm_forward
 from .kernels.onehot import onehot_backward, onehot_forward
@@ -80,6 +80,14 @@ class Network:
         self.dtype = params.flat.dtype
         self.grads = params.zeros_like()
         self._workspaces: dict[tuple, Workspace] = {}
+        # Which copy of weight_hh each direction's step products read (config.step_weights);
+        # the transposed copies are refreshed by every forward pass, since the optimizer
+        # changes the weights between passes.
+        self.fwd_transposed, self.bwd_transposed = config.transposed_steps
+        self._w_hh_t = None
+        if self.fwd_transposed or self.bwd_transposed:
+            self._w_hh_t = [np.empty((self.H, self.G * self.H), self.dtype)
+                            for _ in range(self.num_layers)]
 
     # -- state ---------------------------------------------------------------------
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
@@ -95,6 +103,10 @@ class Network:
             ws = Workspace(T, B, self.num_layers, self.H, self.G, self.V, self.dtype, self.cell)
             self._workspaces[key] = ws
         return ws
+
+    def _step_weight(self, k: int, transposed: bool) -> np.ndarray:
+        """Layer k's weight_hh as the step products of one direction read it."""
+        return self._w_hh_t[k] if transposed else self.params[f"rnn.weight_hh_l{k}"]
 
     # -- passes --------------------------------------------------------------------
     def forward(self, inputs: np.ndarray, state: dict, masks=None) -> Workspace:
@@ -132,16 +144,18 @@ class Network:
             else:
                 matmul_nt(x, p[f"rnn.weight_ih_l{k}"], xproj2d)
                 xproj2d += bias
-            w_hh = p[f"rnn.weight_hh_l{k}"]
+            if self._w_hh_t is not None:
+                transpose_into(p[f"rnn.weight_hh_l{k}"], self._w_hh_t[k])
+            w_hh, tr = self._step_weight(k, self.fwd_transposed), self.fwd_transposed
             if self.lstm:
                 lstm_forward(xproj, w_hh, ws.h0[k], ws.c0[k], ws.hs[k], ws.cs[k],
-                             ws.gates[k], ws.tanh_cs[k])
+                             ws.gates[k], ws.tanh_cs[k], tr)
                 state["c"][k] = ws.cs[k][T - 1]
             elif self.gru:
                 gru_forward(xproj, w_hh, b_hh[2 * self.H:], ws.h0[k], ws.hs[k], ws.gates[k],
-                            ws.ghns[k])
+                            ws.ghns[k], tr)
             else:
-                rnn_forward(xproj, w_hh, ws.h0[k], ws.hs[k], ws.scratch)
+                rnn_forward(xproj, w_hh, ws.h0[k], ws.hs[k], ws.scratch, tr)
             state["h"][k] = ws.hs[k][T - 1]
             if masks is None:
                 x = ws.hs[k].reshape(N, self.H)
@@ -195,15 +209,15 @@ class Network:
             dh, dc = ws.dh0[k], ws.dc0[k]
             dh[...] = 0.0
             dc[...] = 0.0
-            w_hh = p[f"rnn.weight_hh_l{k}"]
+            w_hh, tr = self._step_weight(k, self.bwd_transposed), self.bwd_transposed
             if self.lstm:
                 lstm_backward(w_hh, ws.c0[k], ws.cs[k], ws.gates[k], ws.tanh_cs[k],
-                              ws.dhs, dh, dc, dpre)
+                              ws.dhs, dh, dc, dpre, tr)
             elif self.gru:
                 gru_backward(w_hh, ws.h0[k], ws.hs[k], ws.gates[k], ws.ghns[k], ws.dhs, dh,
-                             dpre, ws.drec, ws.scratch)
+                             dpre, ws.drec, ws.scratch, tr)
             else:
-                rnn_backward(w_hh, ws.hs[k], ws.dhs, dh, dpre)
+                rnn_backward(w_hh, ws.hs[k], ws.dhs, dh, dpre, tr)
             # The gradient of the recurrent product h W_hh^T + b_hh: the same as dpre's
             # but for the GRU, whose candidate rows are scaled by r on the recurrent side.
             drec = ws.drec if self.gru else dpre

@@ -21,6 +21,7 @@ from .tokens import load_corpus
 from .errors import UserError
 from .evaluate import stream_bits_per_char
 from .model import init_params
+from .kernels.blas import BLAS
 from .shards import ShardedNetwork
 from .optim import Optimizer, clip_grad_norm, learning_rate
 
@@ -65,6 +66,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, data: Data, resume_from: Checkpoint | None = None):
         self.config = config
         self.data = data
+        BLAS.bind(config.blas)  # before any kernel of this process runs
         V = len(data.vocab)
         if resume_from is None:
             rng = np.random.default_rng(config.seed)

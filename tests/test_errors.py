@@ -211,16 +211,29 @@ def test_checkpoint_with_invalid_threads(trained, tmp_path, value):
     assert_user_error(run_cli("info", p, check=False), 1, r"invalid threads")
 
 
-def test_checkpoint_from_before_regularisation_options_loads(trained, tmp_path):
-    """Checkpoints written before --dropout, --weight-decay and --threads existed lack
-    their keys: they mean no dropout, no decay, and the batch in one piece."""
+@pytest.mark.parametrize("key,value", [("blas", "cublas"), ("blas", "mkl/openblas/numpy"),
+                                       ("blas", 3), ("step_weights", "transposed"),
+                                       ("step_weights", "stored/sideways"), ("step_weights", None)])
+def test_checkpoint_with_invalid_blas_choice(trained, tmp_path, key, value):
     meta = json.loads(np.load(trained / "last.npz")["config"].item())
-    for key in ("dropout", "weight_decay", "threads"):
+    meta["hyperparameters"][key] = value
+    p = rewrite(trained / "last.npz", tmp_path / "b.npz", change={"config": np.array(json.dumps(meta))})
+    assert_user_error(run_cli("info", p, check=False), 1, r"checkpoint configuration: ")
+
+
+def test_checkpoint_from_before_regularisation_options_loads(trained, tmp_path):
+    """Checkpoints written before --dropout, --weight-decay, --threads and --blas existed
+    lack their keys: they mean no dropout, no decay, the batch in one piece, and NumPy's
+    OpenBLAS with weight_hh as stored."""
+    meta = json.loads(np.load(trained / "last.npz")["config"].item())
+    for key in ("dropout", "weight_decay", "threads", "blas", "step_weights"):
         del meta["hyperparameters"][key]
     p = rewrite(trained / "last.npz", tmp_path / "old.npz", change={"config": np.array(json.dumps(meta))})
     info = json.loads(run_cli("info", p, "--json").stdout)
     assert info["config"]["dropout"] == 0.0 and info["config"]["weight_decay"] == 0.0
     assert info["config"]["threads"] == 1
+    assert info["config"]["blas"] == "openblas"
+    assert info["config"]["step_weights"] == "stored/stored"
 
 
 def test_object_arrays_are_refused_without_unpickling(trained, tmp_path):

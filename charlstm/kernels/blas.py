@@ -1,25 +1,28 @@
-"""Matrix products for kernels and orchestration, through NumPy's own OpenBLAS.
+"""Matrix products for kernels and orchestration, through a BLAS chosen at run time.
 
 Why not Numba's np.dot: it calls SciPy's OpenBLAS, a second library with its own thread
 pool. With both in use, the two pools spun against each other on 2 cores (a step took
 twice as long), and SciPy's build ran the per-step shapes ([32, 256] x [256, 1024]) at
-38-40 GFLOP/s where NumPy's reaches 60-65 (measured on the development machine, AVX2).
+38-40 GFLOP/s where NumPy's reaches 60-65 (measured on an AMD EPYC, AVX2).
 
-So the kernels call NumPy's CBLAS ``sgemm``/``dgemm`` (64-bit integer interface) by
-symbol name. The symbol is registered with LLVM at import, before any kernel is compiled
-or loaded from the cache, and cached machine code refers to it by name, never by
-address, so caching stays safe. Where NumPy's OpenBLAS cannot be found (a NumPy not
-built from PyPI's wheels) or ``CHARLSTM_BLAS=numpy`` is set, the same symbols point to a
-slow but correct callback into ``numpy.dot``.
+So the kernels call CBLAS ``gemm``/``gemv`` (64-bit integer interface) through symbols
+of charlstm's own, which ``bind`` points at a library (blas_libraries.py) before any
+kernel is compiled or loaded from the cache; cached machine code refers to the symbols
+by name, never by address, so caching stays safe and no choice needs a recompile.
+
+Two roles can sit on two libraries, because no library is best at both (see
+docs/BENCHMARKS.md): the **step** products, one per time step inside a recurrence
+([B, H] x [H, G*H] and back, a few rows each), and the **chunk** products, everything
+else (projections, decoder and weight gradients over all T*B rows). A BLAS choice is
+written ``LIBRARY`` (both roles) or ``STEP/CHUNK``, e.g. ``mkl/openblas``.
 
 Operands are C-contiguous 2-D arrays; ``gemm_nt(a, b, out)`` computes ``a @ b.T`` from
 ``b`` itself, so no transposed copy is ever made.
 """
 from __future__ import annotations
 
-import ctypes
-import glob
 import os
+import sys
 
 import llvmlite.binding as llvm
 import numpy as np
@@ -27,145 +30,125 @@ from numba import types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
+from . import blas_libraries
+from .blas_libraries import LIBRARY_NAMES, NO_TRANS as _NO_TRANS, ROW_MAJOR as _ROW_MAJOR
+from .blas_libraries import TRANS as _TRANS, LibraryUnavailable
 from .jit import kernel
 
-_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
-_INT = ctypes.c_int
-_I64 = ctypes.c_int64
-_PTR = ctypes.c_void_p
+ROLES = ("step", "chunk")
+_SYMBOL_SUFFIX = {"step": "_step", "chunk": ""}
+DEFAULT_BLAS = "openblas"
 
 
-def _cblas_prototype(real):
-    return ctypes.CFUNCTYPE(None, _INT, _INT, _INT, _I64, _I64, _I64, real, _PTR, _I64,
-                            _PTR, _I64, real, _PTR, _I64)
+def parse_blas(spec: str) -> tuple[str, str]:
+    """(step library, chunk library) of a choice written ``LIB`` or ``STEP/CHUNK``.
+    Raises ValueError naming the valid libraries."""
+    parts = spec.split("/") if isinstance(spec, str) else []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or any(p not in LIBRARY_NAMES for p in parts):
+        raise ValueError(f"BLAS choice {spec!r} is not LIBRARY or STEP/CHUNK with libraries "
+                         f"from {', '.join(LIBRARY_NAMES)}")
+    return parts[0], parts[1]
 
 
-def _cblas_gemv_prototype(real):
-    return ctypes.CFUNCTYPE(None, _INT, _INT, _I64, _I64, real, _PTR, _I64, _PTR, _I64, real,
-                            _PTR, _I64)
+def format_blas(step: str, chunk: str) -> str:
+    return step if step == chunk else f"{step}/{chunk}"
 
 
-_PROTOTYPES = {"s": _cblas_prototype(ctypes.c_float), "d": _cblas_prototype(ctypes.c_double)}
-_GEMV_PROTOTYPES = {"s": _cblas_gemv_prototype(ctypes.c_float),
-                    "d": _cblas_gemv_prototype(ctypes.c_double)}
+def _kernels_linked() -> bool:
+    """Whether any kernel of this package has been compiled or loaded in this process:
+    from then on its machine code holds the addresses the symbols had."""
+    from numba.core.registry import CPUDispatcher
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("charlstm.kernels") and module is not None:
+            for obj in list(vars(module).values()):
+                if isinstance(obj, CPUDispatcher) and obj.signatures:
+                    return True
+    return False
 
 
-def _numpy_openblas_lib():
-    """NumPy's bundled OpenBLAS (PyPI wheels ship it in numpy.libs/) and the prefix of its
-    CBLAS names, or None if it is not there."""
-    libs_dir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
-    for path in sorted(glob.glob(os.path.join(libs_dir, "lib*openblas64*.so*"))):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix in ("scipy_", ""):
-            if hasattr(lib, f"{prefix}cblas_sgemm64_"):
-                return lib, prefix
-    return None
+class BlasBinding:
+    """Which library serves each role in this process.
+
+    One binding per process: LLVM's symbol table, which the kernels' machine code is
+    linked against when it is compiled or loaded, is the process's own. ``bind`` may
+    change it until the first kernel runs; after that it only accepts the same choice.
+    """
+
+    def __init__(self):
+        self.spec: str | None = None
+        self.libraries: dict[str, blas_libraries.Library] = {}
+
+    def bind(self, spec: str) -> None:
+        """Point the kernels' products at ``spec``'s libraries.
+
+        Raises ValueError for a malformed choice, LibraryUnavailable when a library is
+        not installed, and RuntimeError when kernels already run on another choice."""
+        step, chunk = parse_blas(spec)
+        spec = format_blas(step, chunk)
+        if spec == self.spec:
+            return
+        if self.spec is not None and _kernels_linked():
+            raise RuntimeError(
+                f"this process already runs its matrix products on {self.spec}; "
+                f"a run on {spec} needs a process of its own")
+        libraries = {"step": blas_libraries.load(step), "chunk": blas_libraries.load(chunk)}
+        for role, lib in libraries.items():
+            for name, address in lib.addresses.items():
+                llvm.add_symbol(f"charlstm_{name}{_SYMBOL_SUFFIX[role]}", address)
+        self.spec, self.libraries = spec, libraries
+
+    def describe(self) -> str:
+        """E.g. 'step products: oneMKL 2026.2.0 (...); chunk products: OpenBLAS ...'."""
+        step, chunk = self.libraries["step"], self.libraries["chunk"]
+        if step is chunk:
+            return f"{step.name}: {step.describe()}"
+        return (f"step products {step.name}: {step.describe()}; "
+                f"chunk products {chunk.name}: {chunk.describe()}")
 
 
-def _numpy_openblas(found):
-    """Addresses of sgemm, dgemm, sgemv and dgemv in NumPy's OpenBLAS."""
-    lib, prefix = found
-    return {f"{k}{op}": ctypes.cast(getattr(lib, f"{prefix}cblas_{k}{op}64_"), ctypes.c_void_p).value
-            for k in "sd" for op in ("gemm", "gemv")}
-
-
-def _fallback(kind):
-    """A CBLAS-shaped gemm implemented with numpy.dot, for machines without NumPy's
-    OpenBLAS: correct, and slower."""
-    dtype = np.float32 if kind == "s" else np.float64
-
-    def view(ptr, rows, cols, ld):
-        buf = (ctypes.c_byte * (rows * ld * dtype().itemsize)).from_address(ptr)
-        return np.frombuffer(buf, dtype=dtype).reshape(rows, ld)[:, :cols]
-
-    def gemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-        A = view(a, k if trans_a == _TRANS else m, m if trans_a == _TRANS else k, lda)
-        B = view(b, n if trans_b == _TRANS else k, k if trans_b == _TRANS else n, ldb)
-        C = view(c, m, n, ldc)
-        A = A.T if trans_a == _TRANS else A
-        B = B.T if trans_b == _TRANS else B
-        product = alpha * np.dot(A, B)
-        if beta == 0:
-            C[...] = product
-        else:
-            C[...] = beta * C + product
-
-    return _PROTOTYPES[kind](gemm)
-
-
-def _fallback_gemv(kind):
-    dtype = np.float32 if kind == "s" else np.float64
-
-    def vector(ptr, n):
-        buf = (ctypes.c_byte * (n * dtype().itemsize)).from_address(ptr)
-        return np.frombuffer(buf, dtype=dtype)
-
-    def gemv(order, trans, m, n, alpha, a, lda, x, incx, beta, y, incy):
-        buf = (ctypes.c_byte * (m * lda * dtype().itemsize)).from_address(a)
-        A = np.frombuffer(buf, dtype=dtype).reshape(m, lda)[:, :n]
-        if trans == _TRANS:
-            X, Y = vector(x, m), vector(y, n)
-            product = alpha * (X @ A)
-        else:
-            X, Y = vector(x, n), vector(y, m)
-            product = alpha * (A @ X)
-        Y[...] = product if beta == 0 else beta * Y + product
-
-    return _GEMV_PROTOTYPES[kind](gemv)
-
-
-_KEEP_ALIVE = []
-
-
-def _register(found) -> str:
-    if found is not None:
-        for name, address in _numpy_openblas(found).items():
-            llvm.add_symbol(f"charlstm_{name}", address)
-        return "numpy-openblas"
-    for kind in "sd":
-        for op, make in (("gemm", _fallback), ("gemv", _fallback_gemv)):
-            callback = make(kind)
-            _KEEP_ALIVE.append(callback)
-            llvm.add_symbol(f"charlstm_{kind}{op}", ctypes.cast(callback, ctypes.c_void_p).value)
-    return "numpy.dot callback"
-
-
-_OPENBLAS = None if os.environ.get("CHARLSTM_BLAS") == "numpy" else _numpy_openblas_lib()
-BACKEND = _register(_OPENBLAS)
+BLAS = BlasBinding()
+# The process starts on CHARLSTM_BLAS if set (a subprocess's way to choose before
+# importing charlstm), else on NumPy's OpenBLAS, else on the numpy.dot callback.
+try:
+    BLAS.bind(os.environ.get("CHARLSTM_BLAS") or DEFAULT_BLAS)
+except LibraryUnavailable:
+    BLAS.bind("numpy")
+BACKEND = BLAS.libraries["chunk"].name
 
 
 class BlasThreads:
-    """The number of threads each GEMM call uses, where it can be set (NumPy's OpenBLAS).
+    """The number of threads each GEMM call uses, where it can be set (NumPy's OpenBLAS;
+    oneMKL is loaded sequential and always computes on the calling thread).
 
     One setting for the whole process. Shards of a batch computed on separate cores set
     it to 1 while they run: two callers each splitting their products over both cores
     made the threads fight, and a step took twice as long (benchmarks/overlap_probe.py).
     """
 
-    def __init__(self, found=_OPENBLAS):
-        self._get = self._set = None
-        if found is not None:
-            lib, prefix = found
-            get = getattr(lib, f"{prefix}openblas_get_num_threads64_", None)
-            set_ = getattr(lib, f"{prefix}openblas_set_num_threads64_", None)
-            if get is not None and set_ is not None:
-                get.restype, get.argtypes = ctypes.c_int, []
-                set_.restype, set_.argtypes = None, [ctypes.c_int]
-                self._get, self._set = get, set_
+    def __init__(self, binding: BlasBinding = BLAS):
+        self._binding = binding
+
+    def _openblas(self):
+        for lib in self._binding.libraries.values():
+            if lib.set_threads is not None:
+                return lib
+        return None
 
     @property
     def settable(self) -> bool:
-        return self._set is not None
+        return self._openblas() is not None
 
     def get(self) -> int | None:
-        return self._get() if self._get is not None else None
+        lib = self._openblas()
+        return lib.get_threads() if lib is not None else None
 
     def set(self, n: int) -> None:
-        if self._set is not None:
-            self._set(n)
+        lib = self._openblas()
+        if lib is not None:
+            lib.set_threads(n)
 
 
 BLAS_THREADS = BlasThreads()
@@ -177,67 +160,92 @@ def _signature(real):
                       types.voidptr, types.int64)
 
 
-_sgemm = types.ExternalFunction("charlstm_sgemm", _signature(types.float32))
-_dgemm = types.ExternalFunction("charlstm_dgemm", _signature(types.float64))
-
-
 def _gemv_signature(real):
     return types.void(types.int32, types.int32, types.int64, types.int64, real, types.voidptr,
                       types.int64, types.voidptr, types.int64, real, types.voidptr, types.int64)
 
 
-_sgemv = types.ExternalFunction("charlstm_sgemv", _gemv_signature(types.float32))
-_dgemv = types.ExternalFunction("charlstm_dgemv", _gemv_signature(types.float64))
+def _externals(role):
+    """The CBLAS functions of one role, as the symbols BlasBinding.bind points."""
+    suffix = _SYMBOL_SUFFIX[role]
+    return (types.ExternalFunction(f"charlstm_sgemm{suffix}", _signature(types.float32)),
+            types.ExternalFunction(f"charlstm_dgemm{suffix}", _signature(types.float64)),
+            types.ExternalFunction(f"charlstm_sgemv{suffix}", _gemv_signature(types.float32)),
+            types.ExternalFunction(f"charlstm_dgemv{suffix}", _gemv_signature(types.float64)))
+
+
+_sgemm, _dgemm, _sgemv, _dgemv = _externals("chunk")
+_sgemm_step, _dgemm_step, _sgemv_step, _dgemv_step = _externals("step")
+
+
+def _gemv_impl(sgemv, dgemv):
+    def typer(trans, m, n, a, lda, x, beta, y):
+        if a.dtype == types.float32:
+            def impl(trans, m, n, a, lda, x, beta, y):
+                sgemv(_ROW_MAJOR, trans, m, n, np.float32(1.0), a.ctypes.data, lda,
+                      x.ctypes.data, 1, np.float32(beta), y.ctypes.data, 1)
+            return impl
+
+        def impl(trans, m, n, a, lda, x, beta, y):
+            dgemv(_ROW_MAJOR, trans, m, n, 1.0, a.ctypes.data, lda, x.ctypes.data, 1,
+                  float(beta), y.ctypes.data, 1)
+        return impl
+    return typer
+
+
+def _gemm_impl(sgemm, dgemm):
+    def typer(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+        for arr in (a, b, c):
+            if not isinstance(arr, types.Array) or arr.layout != "C":
+                raise TypingError("charlstm gemm needs C-contiguous arrays")
+        if a.dtype == b.dtype == c.dtype == types.float32:
+            def impl(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+                sgemm(_ROW_MAJOR, trans_a, trans_b, m, n, k, np.float32(1.0), a.ctypes.data,
+                      lda, b.ctypes.data, ldb, np.float32(beta), c.ctypes.data, ldc)
+            return impl
+        if a.dtype == b.dtype == c.dtype == types.float64:
+            def impl(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+                dgemm(_ROW_MAJOR, trans_a, trans_b, m, n, k, 1.0, a.ctypes.data, lda,
+                      b.ctypes.data, ldb, float(beta), c.ctypes.data, ldc)
+            return impl
+        raise TypingError("charlstm gemm needs float32 or float64 arrays of one dtype")
+    return typer
 
 
 def _gemv(trans, m, n, a, lda, x, beta, y):
-    """CBLAS row-major gemv: y = op(a) @ x + beta * y; compiled only."""
+    """CBLAS row-major gemv on the chunk library: y = op(a) @ x + beta * y; compiled only."""
     raise NotImplementedError
-
-
-@overload(_gemv, inline="always")
-def _gemv_overload(trans, m, n, a, lda, x, beta, y):
-    if a.dtype == types.float32:
-        def impl(trans, m, n, a, lda, x, beta, y):
-            _sgemv(_ROW_MAJOR, trans, m, n, np.float32(1.0), a.ctypes.data, lda, x.ctypes.data, 1,
-                   np.float32(beta), y.ctypes.data, 1)
-        return impl
-
-    def impl(trans, m, n, a, lda, x, beta, y):
-        _dgemv(_ROW_MAJOR, trans, m, n, 1.0, a.ctypes.data, lda, x.ctypes.data, 1, float(beta),
-               y.ctypes.data, 1)
-    return impl
 
 
 def _gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
-    """CBLAS row-major gemm: c = op(a) @ op(b) + beta * c; compiled only."""
+    """CBLAS row-major gemm on the chunk library: c = op(a) @ op(b) + beta * c; compiled only."""
     raise NotImplementedError
 
 
-@overload(_gemm, inline="always")
-def _gemm_overload(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
-    for arr in (a, b, c):
-        if not isinstance(arr, types.Array) or arr.layout != "C":
-            raise TypingError("charlstm gemm needs C-contiguous arrays")
-    if a.dtype == b.dtype == c.dtype == types.float32:
-        def impl(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
-            _sgemm(_ROW_MAJOR, trans_a, trans_b, m, n, k, np.float32(1.0), a.ctypes.data, lda,
-                   b.ctypes.data, ldb, np.float32(beta), c.ctypes.data, ldc)
-        return impl
-    if a.dtype == b.dtype == c.dtype == types.float64:
-        def impl(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
-            _dgemm(_ROW_MAJOR, trans_a, trans_b, m, n, k, 1.0, a.ctypes.data, lda,
-                   b.ctypes.data, ldb, float(beta), c.ctypes.data, ldc)
-        return impl
-    raise TypingError("charlstm gemm needs float32 or float64 arrays of one dtype")
+def _gemv_step(trans, m, n, a, lda, x, beta, y):
+    """As _gemv, on the step library."""
+    raise NotImplementedError
 
+
+def _gemm_step(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """As _gemm, on the step library."""
+    raise NotImplementedError
+
+
+overload(_gemv, inline="always")(_gemv_impl(_sgemv, _dgemv))
+overload(_gemm, inline="always")(_gemm_impl(_sgemm, _dgemm))
+overload(_gemv_step, inline="always")(_gemv_impl(_sgemv_step, _dgemv_step))
+overload(_gemm_step, inline="always")(_gemm_impl(_sgemm_step, _dgemm_step))
+
+
+# One row: gemv streams b once; OpenBLAS's gemm ran this 2-3x slower.
 
 @kernel(inline="always")
 def gemm_nn(a, b, out, beta=0.0):
-    """out = a @ b + beta * out; a [m, k], b [k, n], out [m, n]."""
+    """out = a @ b + beta * out; a [m, k], b [k, n], out [m, n]. A chunk product."""
     m, k = a.shape
     n = b.shape[1]
-    if m == 1:  # one row: gemv streams b once; OpenBLAS's gemm runs this 2-3x slower
+    if m == 1:
         _gemv(_TRANS, k, n, b, n, a, beta, out)
     else:
         _gemm(_NO_TRANS, _NO_TRANS, m, n, k, a, k, b, n, beta, out, n)
@@ -245,7 +253,7 @@ def gemm_nn(a, b, out, beta=0.0):
 
 @kernel(inline="always")
 def gemm_nt(a, b, out, beta=0.0):
-    """out = a @ b.T + beta * out; a [m, k], b [n, k], out [m, n]."""
+    """out = a @ b.T + beta * out; a [m, k], b [n, k], out [m, n]. A chunk product."""
     m, k = a.shape
     n = b.shape[0]
     if m == 1:
@@ -256,10 +264,58 @@ def gemm_nt(a, b, out, beta=0.0):
 
 @kernel(inline="always")
 def gemm_tn(a, b, out, beta=0.0):
-    """out = a.T @ b + beta * out; a [k, m], b [k, n], out [m, n]."""
+    """out = a.T @ b + beta * out; a [k, m], b [k, n], out [m, n]. A chunk product."""
     k, m = a.shape
     n = b.shape[1]
     _gemm(_TRANS, _NO_TRANS, m, n, k, a, m, b, n, beta, out, n)
+
+
+@kernel(inline="always")
+def step_nn(a, b, out, beta=0.0):
+    """As gemm_nn, for the per-time-step products of a recurrence (the step library)."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m == 1:
+        _gemv_step(_TRANS, k, n, b, n, a, beta, out)
+    else:
+        _gemm_step(_NO_TRANS, _NO_TRANS, m, n, k, a, k, b, n, beta, out, n)
+
+
+@kernel(inline="always")
+def step_nt(a, b, out, beta=0.0):
+    """As gemm_nt, for the per-time-step products of a recurrence (the step library)."""
+    m, k = a.shape
+    n = b.shape[0]
+    if m == 1:
+        _gemv_step(_NO_TRANS, n, k, b, k, a, beta, out)
+    else:
+        _gemm_step(_NO_TRANS, _TRANS, m, n, k, a, k, b, k, beta, out, n)
+
+
+@kernel(inline="always")
+def recurrent_forward(h, weight, out, transposed):
+    """out = h @ W_hh.T, one time step's recurrent product.
+
+    ``weight`` is W_hh as stored ([n, k], PyTorch's layout) or, when ``transposed``, a
+    [k, n] copy of its transpose. Which one a library multiplies faster depends on the
+    library and the CPU (OpenBLAS's AVX-512 kernels took 19 us against 33 us for [16, 128]
+    rows at S on an AMD EPYC Zen 5, its Haswell kernels the same in both), so it is
+    measured, not assumed (charlstm/tune.py).
+    """
+    if transposed:
+        step_nn(h, weight, out)
+    else:
+        step_nt(h, weight, out)
+
+
+@kernel(inline="always")
+def recurrent_backward(dpre, weight, out, transposed):
+    """out = dpre @ W_hh, one time step's gradient through the recurrent product;
+    ``weight`` as in ``recurrent_forward``."""
+    if transposed:
+        step_nt(dpre, weight, out)
+    else:
+        step_nn(dpre, weight, out)
 
 
 # Entry points for Python code (the orchestration in network.py): one compiled call each.
@@ -276,3 +332,20 @@ def matmul_nt(a, b, out, beta=0.0):
 @kernel
 def matmul_tn(a, b, out, beta=0.0):
     gemm_tn(a, b, out, beta)
+
+
+@kernel
+def transpose_into(src, dst):
+    """dst = src.T for src [n, k] and dst [k, n], in 32 x 32 tiles so both sides are read
+    and written a cache line at a time (NumPy's strided copy took 2.7 ms for L's
+    [2048, 512] weight_hh; see Network's transposed step weights)."""
+    n, k = src.shape
+    tile = 32
+    for i0 in range(0, n, tile):
+        i1 = min(i0 + tile, n)
+        for j0 in range(0, k, tile):
+            j1 = min(j0 + tile, k)
+            for j in range(j0, j1):
+                row = dst[j]
+                for i in range(i0, i1):
+                    row[i] = src[i, j]

@@ -20,7 +20,7 @@ They agree on the r and z rows and differ by the factor r on the n rows.
 from .jit import kernel
 
 from .activations import one_like, sigmoid, tanh
-from .blas import gemm_nn, gemm_nt
+from .blas import recurrent_backward, recurrent_forward
 
 
 @kernel
@@ -62,13 +62,14 @@ def gru_step(gates, xproj, bias_hn, h_prev, h, ghn):
 
 
 @kernel
-def gru_forward(xproj, weight_hh, bias_hn, h0, hs, gates, ghns):
+def gru_forward(xproj, weight_hh, bias_hn, h0, hs, gates, ghns, transposed=False):
     """Run the GRU recurrence over a chunk.
 
     Parameters
     ----------
     xproj : [T, B, 3H] input projections with bias_ih and the r, z rows of bias_hh.
-    weight_hh : [3H, H] recurrent weights (PyTorch layout).
+    weight_hh : [3H, H] recurrent weights (PyTorch layout), or [H, 3H] its transpose when
+        ``transposed`` (see blas.recurrent_forward).
     bias_hn : [H] the n rows of bias_hh.
     h0 : [B, H] state before the first step.
     hs : [T, B, H] output: hidden states.
@@ -78,20 +79,20 @@ def gru_forward(xproj, weight_hh, bias_hn, h0, hs, gates, ghns):
     T = xproj.shape[0]
     for t in range(T):
         if t == 0:
-            gemm_nt(h0, weight_hh, gates[0])
+            recurrent_forward(h0, weight_hh, gates[0], transposed)
             gru_step(gates[0], xproj[0], bias_hn, h0, hs[0], ghns[0])
         else:
-            gemm_nt(hs[t - 1], weight_hh, gates[t])
+            recurrent_forward(hs[t - 1], weight_hh, gates[t], transposed)
             gru_step(gates[t], xproj[t], bias_hn, hs[t - 1], hs[t], ghns[t])
 
 
 @kernel
-def gru_backward(weight_hh, h0, hs, gates, ghns, dhs, dh, dpre, drec, dhz):
+def gru_backward(weight_hh, h0, hs, gates, ghns, dhs, dh, dpre, drec, dhz, transposed=False):
     """Backpropagate through the chunk that ``gru_forward`` ran.
 
     Parameters
     ----------
-    weight_hh : [3H, H] recurrent weights.
+    weight_hh : [3H, H] recurrent weights, or [H, 3H] its transpose when ``transposed``.
     h0 : [B, H] state before the first step.
     hs : [T, B, H], gates : [T, B, 3H], ghns : [T, B, H]: what the forward pass saved.
     dhs : [T, B, H] gradient of the loss with respect to each output h_t coming from
@@ -141,5 +142,5 @@ def gru_backward(weight_hh, h0, hs, gates, ghns, dhs, dh, dpre, drec, dhz):
                 dqn[j] = da_n * r
                 dzr[j] = dh_t * z
         # dh_{t-1} = drec_t @ weight_hh (+ dhz, added in the next step's pass).
-        gemm_nn(dq, weight_hh, dh)
+        recurrent_backward(dq, weight_hh, dh, transposed)
     dh += dhz

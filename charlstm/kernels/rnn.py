@@ -7,7 +7,7 @@ steps; the kernels run the recurrence.
 from .jit import kernel
 
 from .activations import one_like, tanh
-from .blas import gemm_nn, gemm_nt
+from .blas import recurrent_backward, recurrent_forward
 
 
 @kernel
@@ -21,13 +21,14 @@ def rnn_step(pre, xproj, h):
 
 
 @kernel
-def rnn_forward(xproj, weight_hh, h0, hs, scratch):
+def rnn_forward(xproj, weight_hh, h0, hs, scratch, transposed=False):
     """Run the recurrence over a chunk.
 
     Parameters
     ----------
     xproj : [T, B, H] input projections with both biases added.
-    weight_hh : [H, H] recurrent weights.
+    weight_hh : [H, H] recurrent weights, or their transpose when ``transposed`` (see
+        blas.recurrent_forward).
     h0 : [B, H] state before the first step.
     hs : [T, B, H] output: hidden states.
     scratch : [B, H] workspace for the recurrent product.
@@ -35,19 +36,20 @@ def rnn_forward(xproj, weight_hh, h0, hs, scratch):
     T = xproj.shape[0]
     for t in range(T):
         if t == 0:
-            gemm_nt(h0, weight_hh, scratch)
+            recurrent_forward(h0, weight_hh, scratch, transposed)
         else:
-            gemm_nt(hs[t - 1], weight_hh, scratch)
+            recurrent_forward(hs[t - 1], weight_hh, scratch, transposed)
         rnn_step(scratch, xproj[t], hs[t])
 
 
 @kernel
-def rnn_backward(weight_hh, hs, dhs, dh, dpre):
+def rnn_backward(weight_hh, hs, dhs, dh, dpre, transposed=False):
     """Backpropagate through the chunk that ``rnn_forward`` ran.
 
     Parameters
     ----------
-    weight_hh : [H, H]; hs : [T, B, H] saved hidden states.
+    weight_hh : [H, H], or its transpose when ``transposed``; hs : [T, B, H] saved
+        hidden states.
     dhs : [T, B, H] gradient with respect to each h_t from above.
     dh : [B, H] on entry the gradient with respect to h_T (zero under truncated BPTT);
         on exit the gradient with respect to h0.
@@ -62,4 +64,4 @@ def rnn_backward(weight_hh, hs, dhs, dh, dpre):
             for j in range(H):
                 h = hr[j]
                 dpr[j] = (dhr[j] + dhsr[j]) * (one - h * h)
-        gemm_nn(dp, weight_hh, dh)
+        recurrent_backward(dp, weight_hh, dh, transposed)

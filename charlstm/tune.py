@@ -1,0 +1,229 @@
+"""Choosing the BLAS and the step products' weight copy by measuring them here.
+
+No library and no operand layout is fastest on every CPU. Measured on a 2-core AMD EPYC
+(Zen 5, AVX-512; docs/BENCHMARKS.md): NumPy's OpenBLAS, with the AVX-512 kernels it picks
+there, multiplies a shard's chunk products at about 250 GFLOP/s, twice oneMKL's rate (MKL
+takes its generic path on AMD CPUs), while one time step's [16, 128] x [128, 512] product
+took 19 us with weight_hh transposed against 33 us as stored. On Intel CPUs MKL is
+expected to serve these shapes with its AVX-512 code. So ``train --blas auto`` times the
+run's own shapes with each installed library, one BLAS thread per shard as training runs
+them, and keeps the fastest for each role:
+
+- the step products: the forward's ``h @ W_hh.T`` and the backward's ``dpre @ W_hh`` of
+  one time step, [B/shards, H] rows, T times per layer and direction; for each library
+  both copies of W_hh (as stored, [G*H, H], and transposed, [H, G*H]) are timed;
+- the chunk products: decoder, input projections and weight gradients over all T*B/shards
+  rows.
+
+Candidates are timed interleaved, round after round, and compared by their medians; a
+library or layout other than the default (OpenBLAS, weights as stored) must win by
+``MARGIN`` to be chosen, so noise does not flip a choice that makes no difference.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import TrainConfig, parse_step_weights
+from .errors import UserError
+from .kernels import blas_libraries
+from .kernels.blas import DEFAULT_BLAS, format_blas, parse_blas
+from .kernels.blas_libraries import NO_TRANS, ROW_MAJOR, TRANS
+
+MARGIN = 0.05  # a non-default choice must be this much faster
+MAX_CHUNK_ROWS = 2048  # chunk products are timed on at most this many rows
+_F = ctypes.c_float
+
+
+@dataclass
+class Choice:
+    """What ``tune`` chose, and the medians (seconds per step of one shard) behind it."""
+
+    blas: str
+    step_weights: str
+    timings: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"--blas {self.blas} --step-weights {self.step_weights}"
+
+
+class _Product:
+    """One float32 product c = op(a) @ op(b) at fixed operands, callable through a library."""
+
+    def __init__(self, m, n, k, trans_a, trans_b, rng):
+        self.m, self.n, self.k, self.ta, self.tb = m, n, k, trans_a, trans_b
+        self.a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+        self.b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+        self.c = np.empty((m, n), np.float32)
+
+    def seconds(self, gemm, reps: int) -> float:
+        m, n, k = self.m, self.n, self.k
+        args = (ROW_MAJOR, TRANS if self.ta else NO_TRANS, TRANS if self.tb else NO_TRANS,
+                m, n, k, _F(1.0), self.a.ctypes.data, m if self.ta else k,
+                self.b.ctypes.data, k if self.tb else n, _F(0.0), self.c.ctypes.data, n)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            gemm(*args)
+        return (time.perf_counter() - t0) / reps
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.m * self.n * self.k
+
+
+def _shard_rows(config: TrainConfig) -> tuple[int, int]:
+    """Rows of a shard's step products, and BLAS threads per shard, as ShardedNetwork runs."""
+    shards = max(1, min(config.threads, config.batch_size))
+    return math.ceil(config.batch_size / shards), max(1, config.threads // shards)
+
+
+def _step_products(config: TrainConfig, rng) -> dict[str, _Product]:
+    """One time step's recurrent products, for each copy of weight_hh."""
+    rows, _ = _shard_rows(config)
+    H, GH = config.hidden_size, config.gates * config.hidden_size
+    return {
+        ("forward", "stored"): _Product(rows, GH, H, False, True, rng),      # h @ W.T
+        ("forward", "transposed"): _Product(rows, GH, H, False, False, rng),  # h @ (W.T)
+        ("backward", "stored"): _Product(rows, H, GH, False, False, rng),     # dpre @ W
+        ("backward", "transposed"): _Product(rows, H, GH, False, True, rng),  # dpre @ (W.T).T
+    }
+
+
+def _chunk_products(config: TrainConfig, vocab_size: int, rng) -> list[tuple[_Product, int]]:
+    """The chunk products of one shard's step with how often each runs (rows capped)."""
+    rows, _ = _shard_rows(config)
+    N = min(config.seq_len * rows, MAX_CHUNK_ROWS)
+    H, GH, L, V = config.hidden_size, config.gates * config.hidden_size, config.num_layers, vocab_size
+    out = [(_Product(N, V, H, False, True, rng), 1),    # decoder forward
+           (_Product(V, H, N, True, False, rng), 1),    # decoder weight gradient
+           (_Product(N, H, V, False, False, rng), 1),   # decoder input gradient
+           (_Product(GH, H, N, True, False, rng), L)]   # weight_hh gradients
+    if L > 1:
+        out += [(_Product(N, GH, H, False, True, rng), L - 1),   # upper input projections
+                (_Product(GH, H, N, True, False, rng), L - 1),   # their weight gradients
+                (_Product(N, H, GH, False, False, rng), L - 1)]  # their input gradients
+    return out
+
+
+def _reps(product: _Product, budget_s: float, rate_flops: float = 5e10) -> int:
+    return max(1, int(budget_s * rate_flops / product.flops))
+
+
+def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_libraries=None,
+         rounds: int = 5) -> Choice:
+    """Measure and choose the BLAS of each role and the step products' copy of weight_hh
+    for this run's shapes on this machine (see the module's docstring).
+
+    ``step_libraries``/``chunk_libraries``: the candidates for each role (default: every
+    fast library installed, ``blas_libraries.available()``). Takes about 0.1-1 s.
+    Raises blas_libraries.LibraryUnavailable if a named candidate is not installed.
+    """
+    installed = blas_libraries.available() or [DEFAULT_BLAS]
+    step_libraries = list(step_libraries or installed)
+    chunk_libraries = list(chunk_libraries or installed)
+    libs = {name: blas_libraries.load(name) for name in {*step_libraries, *chunk_libraries}}
+    rng = np.random.default_rng(0)
+    steps = _step_products(config, rng)
+    chunks = _chunk_products(config, vocab_size, rng)
+    _, blas_threads = _shard_rows(config)
+    saved = {name: lib.get_threads() for name, lib in libs.items() if lib.get_threads}
+    for name, lib in libs.items():
+        if lib.set_threads:
+            lib.set_threads(blas_threads)
+    samples: dict[tuple, list[float]] = {}
+    try:
+        gemms = {name: lib.gemm("s") for name, lib in libs.items()}
+        for product in steps.values():  # warm up each library at each shape
+            for name in step_libraries:
+                product.seconds(gemms[name], 3)
+        for _ in range(rounds):
+            for name in step_libraries:
+                for key, product in steps.items():
+                    samples.setdefault(("step", name, *key), []).append(
+                        product.seconds(gemms[name], _reps(product, 2e-3)))
+            if len(chunk_libraries) > 1:
+                for name in chunk_libraries:
+                    total = sum(count * product.seconds(gemms[name], 1) for product, count in chunks)
+                    samples.setdefault(("chunk", name), []).append(total)
+    finally:
+        for name, n in saved.items():
+            libs[name].set_threads(n)
+    median = {key: float(np.median(values)) for key, values in samples.items()}
+
+    def better(candidates: dict, default):
+        """The fastest key, unless the default is within MARGIN of it."""
+        best = min(candidates, key=candidates.get)
+        if default in candidates and candidates[default] <= candidates[best] * (1 + MARGIN):
+            return default
+        return best
+
+    T, L = config.seq_len, config.num_layers
+    per_library, layouts = {}, {}
+    for name in step_libraries:
+        layout = []
+        for direction in ("forward", "backward"):
+            pick = better({copy: median[("step", name, direction, copy)]
+                           for copy in ("stored", "transposed")}, "stored")
+            layout.append(pick)
+        layouts[name] = layout
+        per_library[name] = T * L * sum(median[("step", name, d, c)]
+                                        for d, c in zip(("forward", "backward"), layout))
+    step = better(per_library, DEFAULT_BLAS)
+    if len(chunk_libraries) > 1:
+        chunk = better({name: median[("chunk", name)] for name in chunk_libraries}, DEFAULT_BLAS)
+    else:
+        chunk = chunk_libraries[0]
+    timings = {"step_s": per_library,
+               "chunk_s": {name: median[("chunk", name)] for name in chunk_libraries
+                           if ("chunk", name) in median},
+               "step_product_s": {"/".join(k[1:]): v for k, v in median.items() if k[0] == "step"}}
+    return Choice(format_blas(step, chunk), "/".join(layouts[step]), timings)
+
+
+def resolve(config: TrainConfig, vocab_size: int, blas: str = "auto",
+            step_weights: str | None = None) -> tuple[TrainConfig, Choice | None]:
+    """``config`` with its BLAS and step weights fixed for a new run, and the measurement
+    behind them (None when nothing was measured).
+
+    ``blas``: "auto" (measure every installed library, ``tune``), or LIBRARY or
+    STEP/CHUNK. ``step_weights``: FORWARD/BACKWARD, or None: measured with "auto",
+    "stored/stored" (PyTorch's layout) otherwise, so an explicit choice is reproducible.
+    Raises UserError for a malformed or uninstalled choice."""
+    try:
+        if step_weights is not None:
+            parse_step_weights(step_weights)
+        if blas != "auto":
+            step, chunk = parse_blas(blas)
+            for name in {step, chunk}:
+                blas_libraries.load(name)
+            return config.replace(blas=format_blas(step, chunk),
+                                  step_weights=step_weights or "stored/stored"), None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    choice = tune(config, vocab_size)
+    if step_weights is not None:
+        choice.step_weights = step_weights
+    return config.replace(blas=choice.blas, step_weights=choice.step_weights), choice
+
+
+def fall_back_if_missing(config: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """``config`` on a BLAS that loads here: a run saved on a library this machine lacks
+    continues on OpenBLAS, with a one-line warning saying what that costs."""
+    missing = []
+    for name in sorted(set(parse_blas(config.blas))):
+        try:
+            blas_libraries.load(name)
+        except blas_libraries.LibraryUnavailable:
+            missing.append(name)
+    if not missing:
+        return config, None
+    extras = " ".join(f"'charlstm[{blas_libraries.EXTRA_FOR[m]}]'" for m in missing
+                      if m in blas_libraries.EXTRA_FOR)
+    fix = f" (pip install {extras} to continue bit for bit)" if extras else ""
+    return config.replace(blas=DEFAULT_BLAS), (
+        f"this run's products ran on {config.blas}, and {', '.join(missing)} is not installed "
+        f"here: continuing on {DEFAULT_BLAS}, which rounds float32 differently from here on{fix}")
