@@ -43,8 +43,10 @@ def vecmat(x, wt, out):
 
 
 @kernel
-def _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, char_id, h, c, pre, gates, tanh_c):
-    """Feed one character; update h, c [L, 1, H] in place."""
+def _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, char_id, h, c, pre, gates, tanh_c,
+             previous):
+    """Feed one character; update h, c [L, 1, H] in place. ``previous`` is a [1, H]
+    scratch for the state the cell step reads."""
     L = h.shape[0]
     for k in range(L):
         if k == 0:
@@ -53,14 +55,16 @@ def _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, char_id, h, c, pre, ga
             vecmat(h[k - 1, 0], w_ih_t[k - 1], pre[0])
             pre[0, :] += bias[k - 1]
         vecmat(h[k, 0], w_hh_t[k], gates[0])
+        # The cell steps read the old state from a copy rather than in place: with an
+        # input that overlaps an output, LLVM keeps the gate loop scalar (lstm_step took
+        # 7.6 us at H=256 in place against about 0.6 us on separate arrays).
         if cell == CELL_LSTM:
-            # In place is safe: each element of c is read before it is written, and h
-            # was consumed by the GEMM above.
-            lstm_step(gates, pre, c[k], c[k], h[k], tanh_c)
+            previous[...] = c[k]
+            lstm_step(gates, pre, previous, c[k], h[k], tanh_c)
         elif cell == CELL_GRU:
-            # In place is safe: gru_step reads each element of h before writing it.
             # tanh_c serves as the [1, H] scratch for h W_hn^T + b_hn.
-            gru_step(gates, pre, bias_hn[k], h[k], h[k], tanh_c)
+            previous[...] = h[k]
+            gru_step(gates, pre, bias_hn[k], previous, h[k], tanh_c)
         else:
             rnn_step(gates, pre, h[k])
 
@@ -141,14 +145,16 @@ def generate(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, dec_w_t, dec_b, h, c,
     pre = np.empty((1, GH), h.dtype)
     gates = np.empty((1, GH), h.dtype)
     tanh_c = np.empty((1, H), h.dtype)
+    previous = np.empty((1, H), h.dtype)
     logits = np.empty((1, V), h.dtype)
     probs = np.empty(V, np.float64)
     for i in range(feed_ids.shape[0]):
         _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, feed_ids[i], h, c, pre, gates,
-                 tanh_c)
+                 tanh_c, previous)
     x = first_input
     for n in range(out_ids.shape[0]):
-        _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, x, h, c, pre, gates, tanh_c)
+        _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, x, h, c, pre, gates, tanh_c,
+                 previous)
         vecmat(h[h.shape[0] - 1, 0], dec_w_t, logits[0])
         logits[0, :] += dec_b
         x = _draw(logits[0], temperature, top_k, top_p, uniforms[n], probs)
