@@ -128,8 +128,8 @@ def main(ctx, debug):
                    "recurrences' per-step products, one for the rest. Saved with the run.")
 @click.option("--step-weights", default=None, metavar="FORWARD/BACKWARD",
               help="Which copy of weight_hh the per-step products read in each direction: "
-                   "stored or transposed, e.g. transposed/stored.  [default: measured with "
-                   "--blas auto, else stored/stored]")
+                   "stored, transposed, or packed (once per chunk by mkl), e.g. "
+                   "transposed/stored.  [default: measured with --blas auto, else stored/stored]")
 @_budget_options
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory.  [default: runs/<timestamp>]")

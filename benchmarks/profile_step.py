@@ -39,20 +39,21 @@ CALLS = {
 
 
 @kernel
-def _repeat_forward(h, w, out, n, transposed):
+def _repeat_forward(h, w, out, n, layout):
     for _ in range(n):
-        blas.recurrent_forward(h, w, out, transposed)
+        blas.recurrent_forward(h, w, out, layout)
 
 
 @kernel
-def _repeat_backward(d, w, out, n, transposed):
+def _repeat_backward(d, w, out, n, layout):
     for _ in range(n):
-        blas.recurrent_backward(d, w, out, transposed)
+        blas.recurrent_backward(d, w, out, layout)
 
 
-def per_step_gemm_seconds(B, H, G, T, transposed=(False, False)):
+def per_step_gemm_seconds(B, H, G, T, layouts=("stored", "stored")):
     """Seconds the recurrent GEMMs of one layer's forward and backward take alone, with
-    weight_hh as stored or transposed in each direction (config.step_weights)."""
+    the copies of weight_hh that config.step_weights names (packing included, once per
+    chunk and direction)."""
     rng = np.random.default_rng(0)
     h = rng.standard_normal((B, H)).astype(np.float32)
     w = rng.standard_normal((G * H, H)).astype(np.float32)
@@ -60,16 +61,28 @@ def per_step_gemm_seconds(B, H, G, T, transposed=(False, False)):
     g = np.empty((B, G * H), np.float32)
     d = rng.standard_normal((B, G * H)).astype(np.float32)
     out = np.empty((B, H), np.float32)
-    w_fwd, w_bwd = (wt if transposed[0] else w), (wt if transposed[1] else w)
-    _repeat_forward(h, w_fwd, g, 2, transposed[0])
-    _repeat_backward(d, w_bwd, out, 2, transposed[1])
+
+    def copy(layout, forward, rows):
+        if layout == "packed":
+            buf = blas.BLAS.packed_buffer(w.shape, np.float32, forward, rows)
+            return buf, lambda: blas.BLAS.pack_step_weight(w, buf, forward, rows)
+        return (wt if layout == "transposed" else w), (lambda: None)
+
+    (w_fwd, pack_fwd), (w_bwd, pack_bwd) = copy(layouts[0], True, B), copy(layouts[1], False, B)
+    code_fwd, code_bwd = blas.STEP_LAYOUTS[layouts[0]], blas.STEP_LAYOUTS[layouts[1]]
+    pack_fwd()
+    pack_bwd()
+    _repeat_forward(h, w_fwd, g, 2, code_fwd)
+    _repeat_backward(d, w_bwd, out, 2, code_bwd)
     fwd, bwd = [], []
     for _ in range(5):
         t0 = time.perf_counter()
-        _repeat_forward(h, w_fwd, g, T, transposed[0])
+        pack_fwd()
+        _repeat_forward(h, w_fwd, g, T, code_fwd)
         fwd.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        _repeat_backward(d, w_bwd, out, T, transposed[1])
+        pack_bwd()
+        _repeat_backward(d, w_bwd, out, T, code_bwd)
         bwd.append(time.perf_counter() - t0)
     return float(np.median(fwd)), float(np.median(bwd))
 
@@ -120,7 +133,7 @@ def main():
              for label, names in CALLS.items()}
     T, B, H, L = spec["seq_len"], spec["batch_size"], spec["hidden_size"], spec["num_layers"]
     fwd_gemm, bwd_gemm = per_step_gemm_seconds(B, H, GATES[spec["cell"]], T,
-                                               config.transposed_steps)
+                                               config.step_layouts)
     out = {
         "config": a.config, **spec, "blas": config.blas, "step_weights": config.step_weights,
         "step_ms": step * 1e3,

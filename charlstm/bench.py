@@ -321,15 +321,22 @@ def _format_row(row: dict) -> str:
 def machine_summary() -> dict:
     cpu = "unknown"
     flags = set()
+    ids = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and cpu == "unknown":
                 cpu = line.split(":", 1)[1].strip()
+            for key in ("vendor_id", "cpu family", "model"):
+                if line.split(":", 1)[0].strip() == key and key not in ids:
+                    ids[key] = line.split(":", 1)[1].strip()
             if line.startswith("flags") and not flags:
                 flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
     simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
+    # A virtual machine may name the CPU vaguely ("AMD EPYC"); family and model say which.
+    if ids:
+        cpu += f" ({ids.get('vendor_id', '?')} family {ids.get('cpu family', '?')} model {ids.get('model', '?')})"
     return {"cpu": cpu, "cores": os.cpu_count(), "simd": simd,
             "amx": bool({"amx_tile", "amx_bf16", "amx_int8"} & flags),
             "blas_libraries": blas_library_summary(),

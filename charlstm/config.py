@@ -9,7 +9,7 @@ from dataclasses import dataclass
 CELLS = ("lstm", "rnn", "gru")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
 LR_SCHEDULES = ("constant", "cosine", "step")
-STEP_WEIGHT_COPIES = ("stored", "transposed")
+STEP_WEIGHT_COPIES = ("stored", "transposed", "packed")
 
 # Gates per cell: the G in PyTorch's [G*H, in] weight layout.
 GATES = {"lstm": 4, "rnn": 1, "gru": 3}
@@ -51,9 +51,10 @@ class TrainConfig:
     threads: int = 1
     # compute: the BLAS behind the matrix products, as LIBRARY or STEP/CHUNK (the per-time-
     # step products of the recurrences, and all the others; kernels/blas.py), and which copy
-    # of weight_hh the forward/backward step products read: "stored" (PyTorch's [G*H, H])
-    # or "transposed" (a [H, G*H] copy). `train --blas auto` measures both choices on the
-    # machine (tune.py). Saved with the run because each choice rounds float32 its own way.
+    # of weight_hh the forward/backward step products read: "stored" (PyTorch's [G*H, H]),
+    # "transposed" (a [H, G*H] copy) or "packed" (packed by the step library once per chunk;
+    # oneMKL only). `train --blas auto` measures these choices on the machine (tune.py).
+    # Saved with the run because each choice rounds float32 its own way.
     blas: str = "openblas"
     step_weights: str = "stored/stored"
     # budget: the run stops at whichever is reached first; None means no limit of that kind
@@ -88,19 +89,19 @@ class TrainConfig:
         return GATES[self.cell]
 
     @property
-    def transposed_steps(self) -> tuple[bool, bool]:
-        """Whether the forward and the backward step products read weight_hh transposed."""
+    def step_layouts(self) -> tuple[str, str]:
+        """The copies of weight_hh the forward and the backward step products read."""
         return parse_step_weights(self.step_weights)
 
 
-def parse_step_weights(text: str) -> tuple[bool, bool]:
-    """(forward transposed, backward transposed) of 'FORWARD/BACKWARD', each 'stored' or
-    'transposed'. Raises ValueError otherwise."""
+def parse_step_weights(text: str) -> tuple[str, str]:
+    """(forward, backward) of 'FORWARD/BACKWARD', each one of STEP_WEIGHT_COPIES.
+    Raises ValueError otherwise."""
     parts = text.split("/") if isinstance(text, str) else []
     if len(parts) != 2 or any(p not in STEP_WEIGHT_COPIES for p in parts):
         raise ValueError(f"step weights {text!r} are not FORWARD/BACKWARD, each one of "
                          f"{', '.join(STEP_WEIGHT_COPIES)}")
-    return parts[0] == "transposed", parts[1] == "transposed"
+    return parts[0], parts[1]
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")

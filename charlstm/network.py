@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from .config import TrainConfig
-from .kernels.blas import matmul_nn, matmul_nt, matmul_tn, transpose_into
+from .errors import UserError
+from .kernels.blas import BLAS, STEP_LAYOUTS, matmul_nn, matmul_nt, matmul_tn, transpose_into
 from .kernels.gru import gru_backward, gru_forward
 from .kernels.lstm import lstm_backward, lstm_forward
 from .kernels.onehot import onehot_backward, onehot_forward
@@ -80,16 +81,19 @@ class Network:
         self.dtype = params.flat.dtype
         self.grads = params.zeros_like()
         self._workspaces: dict[tuple, Workspace] = {}
-        # Which copy of weight_hh each direction's step products read (config.step_weights);
-        # the transposed copies are refreshed by every forward pass, since the optimizer
-        # changes the weights between passes.
-        self.fwd_transposed, self.bwd_transposed = config.transposed_steps
+        # Which copy of weight_hh each direction's step products read (config.step_weights):
+        # a transposed copy is refreshed by every forward pass, a packed one by every pass
+        # of its direction, since the optimizer changes the weights between passes.
+        self.fwd_layout, self.bwd_layout = config.step_layouts
+        if "packed" in (self.fwd_layout, self.bwd_layout) and not BLAS.step_packs:
+            raise UserError(f"step weights {config.step_weights} need a step library that "
+                            f"packs weights (mkl); this process runs {BLAS.spec}")
         self._w_hh_t = None
-        if self.fwd_transposed or self.bwd_transposed:
+        if "transposed" in (self.fwd_layout, self.bwd_layout):
             self._w_hh_t = [np.empty((self.H, self.G * self.H), self.dtype)
                             for _ in range(self.num_layers)]
+        self._packed: dict[tuple, np.ndarray] = {}  # (layer, forward, rows) -> buffer
 
-    # -- state ---------------------------------------------------------------------
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
         state = {"h": np.zeros((self.num_layers, batch, self.H), self.dtype)}
         if self.lstm:
@@ -104,9 +108,19 @@ class Network:
             self._workspaces[key] = ws
         return ws
 
-    def _step_weight(self, k: int, transposed: bool) -> np.ndarray:
-        """Layer k's weight_hh as the step products of one direction read it."""
-        return self._w_hh_t[k] if transposed else self.params[f"rnn.weight_hh_l{k}"]
+    def _step_weight(self, k: int, layout: str, forward: bool, rows: int):
+        """Layer k's weight_hh as one direction's step products read it, and the kernels'
+        code for that copy; a packed copy is packed here, for ``rows`` rows."""
+        w_hh = self.params[f"rnn.weight_hh_l{k}"]
+        if layout == "transposed":
+            return self._w_hh_t[k], STEP_LAYOUTS[layout]
+        if layout == "packed":
+            key = (k, forward, rows)
+            if key not in self._packed:
+                self._packed[key] = BLAS.packed_buffer(w_hh.shape, self.dtype, forward, rows)
+            BLAS.pack_step_weight(w_hh, self._packed[key], forward, rows)
+            return self._packed[key], STEP_LAYOUTS[layout]
+        return w_hh, STEP_LAYOUTS["stored"]
 
     # -- passes --------------------------------------------------------------------
     def forward(self, inputs: np.ndarray, state: dict, masks=None) -> Workspace:
@@ -146,16 +160,16 @@ class Network:
                 xproj2d += bias
             if self._w_hh_t is not None:
                 transpose_into(p[f"rnn.weight_hh_l{k}"], self._w_hh_t[k])
-            w_hh, tr = self._step_weight(k, self.fwd_transposed), self.fwd_transposed
+            w_hh, layout = self._step_weight(k, self.fwd_layout, True, B)
             if self.lstm:
                 lstm_forward(xproj, w_hh, ws.h0[k], ws.c0[k], ws.hs[k], ws.cs[k],
-                             ws.gates[k], ws.tanh_cs[k], tr)
+                             ws.gates[k], ws.tanh_cs[k], layout)
                 state["c"][k] = ws.cs[k][T - 1]
             elif self.gru:
                 gru_forward(xproj, w_hh, b_hh[2 * self.H:], ws.h0[k], ws.hs[k], ws.gates[k],
-                            ws.ghns[k], tr)
+                            ws.ghns[k], layout)
             else:
-                rnn_forward(xproj, w_hh, ws.h0[k], ws.hs[k], ws.scratch, tr)
+                rnn_forward(xproj, w_hh, ws.h0[k], ws.hs[k], ws.scratch, layout)
             state["h"][k] = ws.hs[k][T - 1]
             if masks is None:
                 x = ws.hs[k].reshape(N, self.H)
@@ -209,15 +223,15 @@ class Network:
             dh, dc = ws.dh0[k], ws.dc0[k]
             dh[...] = 0.0
             dc[...] = 0.0
-            w_hh, tr = self._step_weight(k, self.bwd_transposed), self.bwd_transposed
+            w_hh, layout = self._step_weight(k, self.bwd_layout, False, B)
             if self.lstm:
                 lstm_backward(w_hh, ws.c0[k], ws.cs[k], ws.gates[k], ws.tanh_cs[k],
-                              ws.dhs, dh, dc, dpre, tr)
+                              ws.dhs, dh, dc, dpre, layout)
             elif self.gru:
                 gru_backward(w_hh, ws.h0[k], ws.hs[k], ws.gates[k], ws.ghns[k], ws.dhs, dh,
-                             dpre, ws.drec, ws.scratch, tr)
+                             dpre, ws.drec, ws.scratch, layout)
             else:
-                rnn_backward(w_hh, ws.hs[k], ws.dhs, dh, dpre, tr)
+                rnn_backward(w_hh, ws.hs[k], ws.dhs, dh, dpre, layout)
             # The gradient of the recurrent product h W_hh^T + b_hh: the same as dpre's
             # but for the GRU, whose candidate rows are scaled by r on the recurrent side.
             drec = ws.drec if self.gru else dpre

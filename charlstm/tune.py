@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import TrainConfig, parse_step_weights
+from .config import STEP_WEIGHT_COPIES, TrainConfig, parse_step_weights
 from .errors import UserError
 from .kernels import blas_libraries
 from .kernels.blas import DEFAULT_BLAS, format_blas, parse_blas
@@ -81,8 +81,46 @@ def _shard_rows(config: TrainConfig) -> tuple[int, int]:
     return math.ceil(config.batch_size / shards), max(1, config.threads // shards)
 
 
+class _PackedProduct:
+    """One time step's product with weight_hh packed by the library (oneMKL's
+    cblas_sgemm_pack/compute): the compute per step plus the packing, once per chunk,
+    shared out over the chunk's T steps."""
+
+    def __init__(self, lib, rows, H, GH, forward, T, rng):
+        self.lib, self.rows, self.forward, self.T = lib, rows, forward, T
+        self.n, self.k = (GH, H) if forward else (H, GH)
+        self.w = rng.standard_normal((GH, H)).astype(np.float32)
+        self.a = rng.standard_normal((rows, self.k)).astype(np.float32)
+        self.c = np.empty((rows, self.n), np.float32)
+        lib_size = lib.pack_size("s", rows, self.n, self.k)
+        self.buf = np.empty(lib_size // 4 + 16, np.float32)
+        self.pack_fn = blas_libraries.PACK_PROTOTYPES["s"](lib.packed["sgemm_pack"])
+        self.compute = blas_libraries.COMPUTE_PROTOTYPES["s"](lib.packed["sgemm_compute"])
+
+    def _pack(self):
+        self.pack_fn(ROW_MAJOR, blas_libraries.PACK_B, TRANS if self.forward else NO_TRANS,
+                     self.rows, self.n, self.k, _F(1.0), self.w.ctypes.data, self.w.shape[1],
+                     self.buf.ctypes.data)
+
+    def seconds(self, reps: int) -> float:
+        t0 = time.perf_counter()
+        self._pack()
+        pack_s = time.perf_counter() - t0
+        args = (ROW_MAJOR, NO_TRANS, blas_libraries.PACKED, self.rows, self.n, self.k,
+                self.a.ctypes.data, self.k, self.buf.ctypes.data, self.n, _F(0.0),
+                self.c.ctypes.data, self.n)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            self.compute(*args)
+        return (time.perf_counter() - t0) / reps + pack_s / self.T
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.rows * self.n * self.k
+
+
 def _step_products(config: TrainConfig, rng) -> dict[str, _Product]:
-    """One time step's recurrent products, for each copy of weight_hh."""
+    """One time step's recurrent products, for each copy of weight_hh a plain gemm reads."""
     rows, _ = _shard_rows(config)
     H, GH = config.hidden_size, config.gates * config.hidden_size
     return {
@@ -91,6 +129,13 @@ def _step_products(config: TrainConfig, rng) -> dict[str, _Product]:
         ("backward", "stored"): _Product(rows, H, GH, False, False, rng),     # dpre @ W
         ("backward", "transposed"): _Product(rows, H, GH, False, True, rng),  # dpre @ (W.T).T
     }
+
+
+def _packed_products(config: TrainConfig, lib, rng) -> dict:
+    rows, _ = _shard_rows(config)
+    H, GH, T = config.hidden_size, config.gates * config.hidden_size, config.seq_len
+    return {(direction, "packed"): _PackedProduct(lib, rows, H, GH, direction == "forward", T, rng)
+            for direction in ("forward", "backward")}
 
 
 def _chunk_products(config: TrainConfig, vocab_size: int, rng) -> list[tuple[_Product, int]]:
@@ -128,6 +173,8 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
     libs = {name: blas_libraries.load(name) for name in {*step_libraries, *chunk_libraries}}
     rng = np.random.default_rng(0)
     steps = _step_products(config, rng)
+    packed = {name: _packed_products(config, libs[name], rng)
+              for name in step_libraries if libs[name].packs}
     chunks = _chunk_products(config, vocab_size, rng)
     _, blas_threads = _shard_rows(config)
     saved = {name: lib.get_threads() for name, lib in libs.items() if lib.get_threads}
@@ -145,6 +192,9 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
                 for key, product in steps.items():
                     samples.setdefault(("step", name, *key), []).append(
                         product.seconds(gemms[name], _reps(product, 2e-3)))
+                for key, product in packed.get(name, {}).items():
+                    samples.setdefault(("step", name, *key), []).append(
+                        product.seconds(_reps(product, 2e-3)))
             if len(chunk_libraries) > 1:
                 for name in chunk_libraries:
                     total = sum(count * product.seconds(gemms[name], 1) for product, count in chunks)
@@ -167,7 +217,8 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
         layout = []
         for direction in ("forward", "backward"):
             pick = better({copy: median[("step", name, direction, copy)]
-                           for copy in ("stored", "transposed")}, "stored")
+                           for copy in STEP_WEIGHT_COPIES
+                           if ("step", name, direction, copy) in median}, "stored")
             layout.append(pick)
         layouts[name] = layout
         per_library[name] = T * L * sum(median[("step", name, d, c)]
@@ -200,14 +251,25 @@ def resolve(config: TrainConfig, vocab_size: int, blas: str = "auto",
             step, chunk = parse_blas(blas)
             for name in {step, chunk}:
                 blas_libraries.load(name)
-            return config.replace(blas=format_blas(step, chunk),
-                                  step_weights=step_weights or "stored/stored"), None
+            chosen = config.replace(blas=format_blas(step, chunk),
+                                    step_weights=step_weights or "stored/stored")
+            _check_packing(chosen)
+            return chosen, None
     except ValueError as e:
         raise UserError(str(e)) from None
     choice = tune(config, vocab_size)
     if step_weights is not None:
         choice.step_weights = step_weights
-    return config.replace(blas=choice.blas, step_weights=choice.step_weights), choice
+    chosen = config.replace(blas=choice.blas, step_weights=choice.step_weights)
+    _check_packing(chosen)
+    return chosen, choice
+
+
+def _check_packing(config: TrainConfig) -> None:
+    step = parse_blas(config.blas)[0]
+    if "packed" in parse_step_weights(config.step_weights) and not blas_libraries.load(step).packs:
+        raise UserError(f"--step-weights {config.step_weights} packs weight_hh, which {step} "
+                        f"cannot; use --blas mkl (or mkl/CHUNK), or stored/transposed copies")
 
 
 def fall_back_if_missing(config: TrainConfig) -> tuple[TrainConfig, str | None]:
@@ -224,6 +286,8 @@ def fall_back_if_missing(config: TrainConfig) -> tuple[TrainConfig, str | None]:
     extras = " ".join(f"'charlstm[{blas_libraries.EXTRA_FOR[m]}]'" for m in missing
                       if m in blas_libraries.EXTRA_FOR)
     fix = f" (pip install {extras} to continue bit for bit)" if extras else ""
-    return config.replace(blas=DEFAULT_BLAS), (
+    weights = "/".join("stored" if w == "packed" else w
+                       for w in parse_step_weights(config.step_weights))
+    return config.replace(blas=DEFAULT_BLAS, step_weights=weights), (
         f"this run's products ran on {config.blas}, and {', '.join(missing)} is not installed "
         f"here: continuing on {DEFAULT_BLAS}, which rounds float32 differently from here on{fix}")

@@ -18,6 +18,7 @@ from charlstm.tune import resolve, tune
 from conftest import ROOT, make_text, run_cli
 
 LAYOUTS = ["stored/stored", "transposed/stored", "stored/transposed", "transposed/transposed"]
+PACKED_LAYOUTS = ["packed/packed", "packed/stored", "transposed/packed"]  # oneMKL's only
 INSTALLED = blas_libraries.available()
 MKL_MISSING = "mkl" not in INSTALLED
 NO_MKL = "oneMKL is not installed here (the test extra installs it: pip install '.[test]')"
@@ -36,7 +37,8 @@ def test_choices_are_parsed_and_written_one_way():
     for bad in ("", "auto", "mkl/", "a/b/c", "blis", None):
         with pytest.raises(ValueError, match="LIBRARY or STEP/CHUNK"):
             parse_blas(bad)
-    assert parse_step_weights("transposed/stored") == (True, False)
+    assert parse_step_weights("transposed/stored") == ("transposed", "stored")
+    assert parse_step_weights("packed/stored") == ("packed", "stored")
     for bad in ("transposed", "stored/stored/stored", "T/N", 1):
         with pytest.raises(ValueError, match="FORWARD/BACKWARD"):
             parse_step_weights(bad)
@@ -71,7 +73,8 @@ def test_resolve_keeps_explicit_choices_and_refuses_bad_ones():
     assert fixed.step_weights == "transposed/stored"
     auto, measured = resolve(config, 10, "auto")
     assert measured is not None and auto.blas == measured.blas
-    for blas, weights in (("cublas", None), ("openblas", "sideways/stored")):
+    for blas, weights in (("cublas", None), ("openblas", "sideways/stored"),
+                          ("openblas", "packed/stored"), ("numpy/mkl", "stored/packed")):
         with pytest.raises(UserError):
             resolve(config, 10, blas, weights)
 
@@ -114,8 +117,12 @@ print(json.dumps(out))
 """
 
 
+def layouts_for(library: str) -> list[str]:
+    return LAYOUTS + (PACKED_LAYOUTS if parse_blas(library)[0] == "mkl" else [])
+
+
 def run_networks(library: str) -> dict:
-    script = _NETWORK_SCRIPT.format(root=str(ROOT), layouts=LAYOUTS)
+    script = _NETWORK_SCRIPT.format(root=str(ROOT), layouts=layouts_for(library))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           env={**os.environ, "CHARLSTM_BLAS": library}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -131,7 +138,7 @@ def test_every_library_and_weight_copy_matches_the_reference(library):
     float32 to float32's rounding."""
     out = run_networks(library)
     assert out["bound"] == library
-    assert len(out["runs"]) == 3 * len(LAYOUTS) * 2
+    assert len(out["runs"]) == 3 * len(layouts_for(library)) * 2
     for run in out["runs"]:
         params = {k: np.array(v) for k, v in run["params"].items()}
         c0 = None if run["c0"] is None else np.array(run["c0"])
@@ -152,8 +159,8 @@ TINY = ["--hidden-size", "16", "--num-layers", "2", "--seq-len", "8", "--batch-s
 
 @pytest.mark.parametrize("blas,weights", [("openblas", "transposed/stored"),
                                           ("openblas", "stored/transposed"),
-                                          pytest.param("mkl", "transposed/transposed", marks=pytest.mark.skipif(MKL_MISSING, reason=NO_MKL)),
-                                          pytest.param("mkl/openblas", "stored/stored", marks=pytest.mark.skipif(MKL_MISSING, reason=NO_MKL))])
+                                          pytest.param("mkl", "packed/packed", marks=pytest.mark.skipif(MKL_MISSING, reason=NO_MKL)),
+                                          pytest.param("mkl/openblas", "transposed/packed", marks=pytest.mark.skipif(MKL_MISSING, reason=NO_MKL))])
 def test_resume_on_each_library_is_bit_identical(tmp_path, blas, weights):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(3000))
@@ -199,7 +206,8 @@ def test_a_machine_without_the_runs_library_continues_on_openblas(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(3000))
     run = tmp_path / "run"
-    run_cli("train", corpus, *TINY, "--blas", "mkl", "--steps", "3", "--out", run)
+    run_cli("train", corpus, *TINY, "--blas", "mkl", "--step-weights", "packed/transposed",
+            "--steps", "3", "--out", run)
     gone = {"CHARLSTM_MKL_LIBRARY": str(tmp_path / "no-such-libmkl_rt.so")}
     proc = run_cli("train", corpus, *TINY, "--blas", "mkl", "--steps", "1", "--out",
                    tmp_path / "r2", env=gone, check=False)
@@ -210,3 +218,4 @@ def test_a_machine_without_the_runs_library_continues_on_openblas(tmp_path):
     assert len(warning) == 1 and "continuing on openblas" in warning[0]
     info = json.loads(run_cli("info", run, "--json").stdout)
     assert info["step"] == 5 and info["config"]["blas"] == "openblas"
+    assert info["config"]["step_weights"] == "stored/transposed"  # nothing packs there

@@ -21,6 +21,7 @@ Operands are C-contiguous 2-D arrays; ``gemm_nt(a, b, out)`` computes ``a @ b.T`
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 
@@ -32,10 +33,16 @@ from numba.extending import overload
 
 from . import blas_libraries
 from .blas_libraries import LIBRARY_NAMES, NO_TRANS as _NO_TRANS, ROW_MAJOR as _ROW_MAJOR
-from .blas_libraries import TRANS as _TRANS, LibraryUnavailable
+from .blas_libraries import PACKED as _PACKED_STORAGE, TRANS as _TRANS, LibraryUnavailable
 from .jit import kernel
 
 ROLES = ("step", "chunk")
+# Which copy of weight_hh a recurrence's step products read (config.step_weights): as
+# stored ([G*H, H], PyTorch's layout), a transposed copy ([H, G*H]), or packed once per
+# chunk by the step library into its own kernel layout (oneMKL's cblas_?gemm_pack, what
+# oneDNN's RNN does), so the T products of a chunk skip re-packing it.
+STEP_LAYOUTS = {"stored": 0, "transposed": 1, "packed": 2}
+_TRANSPOSED, _PACKED = STEP_LAYOUTS["transposed"], STEP_LAYOUTS["packed"]
 _SYMBOL_SUFFIX = {"step": "_step", "chunk": ""}
 DEFAULT_BLAS = "openblas"
 
@@ -80,6 +87,7 @@ class BlasBinding:
     def __init__(self):
         self.spec: str | None = None
         self.libraries: dict[str, blas_libraries.Library] = {}
+        self._stubs: dict = {}  # ctypes callbacks must outlive the symbols pointing at them
 
     def bind(self, spec: str) -> None:
         """Point the kernels' products at ``spec``'s libraries.
@@ -98,7 +106,48 @@ class BlasBinding:
         for role, lib in libraries.items():
             for name, address in lib.addresses.items():
                 llvm.add_symbol(f"charlstm_{name}{_SYMBOL_SUFFIX[role]}", address)
+        for kind in "sd":
+            step_lib = libraries["step"]
+            if step_lib.packs:
+                address = step_lib.packed[f"{kind}gemm_compute"]
+            else:
+                stub = self._stubs.setdefault(kind, blas_libraries.unpacked_compute(kind))
+                address = ctypes.cast(stub, ctypes.c_void_p).value
+            llvm.add_symbol(f"charlstm_{kind}gemm_compute_step", address)
         self.spec, self.libraries = spec, libraries
+
+    @property
+    def step_packs(self) -> bool:
+        """Whether the step library can pack weights (step weights "packed")."""
+        return self.libraries["step"].packs
+
+    def pack_step_weight(self, weight: np.ndarray, dest: np.ndarray, forward: bool,
+                         rows: int) -> None:
+        """Pack weight_hh [G*H, H] into ``dest`` (from ``packed_buffer``) as the B operand
+        of a step product over ``rows`` rows: of ``h @ W.T`` if ``forward``, else of
+        ``dpre @ W``. Raises RuntimeError if the step library cannot pack."""
+        lib = self.libraries["step"]
+        if not lib.packs:
+            raise RuntimeError(f"{lib.name} cannot pack weights; step weights 'packed' need mkl")
+        kind = "s" if weight.dtype == np.float32 else "d"
+        GH, H = weight.shape
+        n, k = (GH, H) if forward else (H, GH)
+        pack = blas_libraries.PACK_PROTOTYPES[kind](lib.packed[f"{kind}gemm_pack"])
+        real = ctypes.c_float if kind == "s" else ctypes.c_double
+        pack(_ROW_MAJOR, blas_libraries.PACK_B, _TRANS if forward else _NO_TRANS, rows, n, k,
+             real(1.0), weight.ctypes.data, H, dest.ctypes.data)
+
+    def packed_buffer(self, weight_shape: tuple, dtype, forward: bool, rows: int) -> np.ndarray:
+        """A [1, n] array, 64-byte aligned, large enough for ``pack_step_weight``."""
+        lib = self.libraries["step"]
+        kind = "s" if np.dtype(dtype) == np.float32 else "d"
+        GH, H = weight_shape
+        n, k = (GH, H) if forward else (H, GH)
+        itemsize = np.dtype(dtype).itemsize
+        count = -(-lib.pack_size(kind, rows, n, k) // itemsize)
+        raw = np.empty(count + 64 // itemsize, dtype)
+        offset = (-raw.ctypes.data % 64) // itemsize
+        return raw[offset:offset + count].reshape(1, count)
 
     def describe(self) -> str:
         """E.g. 'step products: oneMKL 2026.2.0 (...); chunk products: OpenBLAS ...'."""
@@ -178,6 +227,18 @@ _sgemm, _dgemm, _sgemv, _dgemv = _externals("chunk")
 _sgemm_step, _dgemm_step, _sgemv_step, _dgemv_step = _externals("step")
 
 
+def _compute_signature(real):
+    return types.void(types.int32, types.int32, types.int32, types.int64, types.int64,
+                      types.int64, types.voidptr, types.int64, types.voidptr, types.int64, real,
+                      types.voidptr, types.int64)
+
+
+_scompute_step = types.ExternalFunction("charlstm_sgemm_compute_step",
+                                        _compute_signature(types.float32))
+_dcompute_step = types.ExternalFunction("charlstm_dgemm_compute_step",
+                                        _compute_signature(types.float64))
+
+
 def _gemv_impl(sgemv, dgemv):
     def typer(trans, m, n, a, lda, x, beta, y):
         if a.dtype == types.float32:
@@ -230,6 +291,26 @@ def _gemv_step(trans, m, n, a, lda, x, beta, y):
 def _gemm_step(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
     """As _gemm, on the step library."""
     raise NotImplementedError
+
+
+def _compute_step(m, n, k, a, packed_b, c):
+    """c = a @ B for a [m, k] and B packed by BlasBinding.pack_step_weight; the step
+    library's cblas_?gemm_compute; compiled only."""
+    raise NotImplementedError
+
+
+@overload(_compute_step, inline="always")
+def _compute_step_impl(m, n, k, a, packed_b, c):
+    if a.dtype == types.float32:
+        def impl(m, n, k, a, packed_b, c):
+            _scompute_step(_ROW_MAJOR, _NO_TRANS, _PACKED_STORAGE, m, n, k, a.ctypes.data, k,
+                           packed_b.ctypes.data, n, np.float32(0.0), c.ctypes.data, n)
+        return impl
+
+    def impl(m, n, k, a, packed_b, c):
+        _dcompute_step(_ROW_MAJOR, _NO_TRANS, _PACKED_STORAGE, m, n, k, a.ctypes.data, k,
+                       packed_b.ctypes.data, n, 0.0, c.ctypes.data, n)
+    return impl
 
 
 overload(_gemv, inline="always")(_gemv_impl(_sgemv, _dgemv))
@@ -293,27 +374,32 @@ def step_nt(a, b, out, beta=0.0):
 
 
 @kernel(inline="always")
-def recurrent_forward(h, weight, out, transposed):
+def recurrent_forward(h, weight, out, layout):
     """out = h @ W_hh.T, one time step's recurrent product.
 
-    ``weight`` is W_hh as stored ([n, k], PyTorch's layout) or, when ``transposed``, a
-    [k, n] copy of its transpose. Which one a library multiplies faster depends on the
-    library and the CPU (OpenBLAS's AVX-512 kernels took 19 us against 33 us for [16, 128]
-    rows at S on an AMD EPYC Zen 5, its Haswell kernels the same in both), so it is
+    ``weight`` is the copy of W_hh that ``layout`` (STEP_LAYOUTS) names: as stored ([n, k],
+    PyTorch's layout), a [k, n] copy of its transpose, or packed by the step library.
+    Which one multiplies fastest depends on the library and the CPU (OpenBLAS's AVX-512
+    kernels took 19 us with the transposed copy against 33 us as stored for [16, 128]
+    rows at S on an AMD EPYC Zen 5; its Haswell kernels the same in both), so it is
     measured, not assumed (charlstm/tune.py).
     """
-    if transposed:
+    if layout == _TRANSPOSED:
         step_nn(h, weight, out)
+    elif layout == _PACKED:
+        _compute_step(h.shape[0], out.shape[1], h.shape[1], h, weight, out)
     else:
         step_nt(h, weight, out)
 
 
 @kernel(inline="always")
-def recurrent_backward(dpre, weight, out, transposed):
+def recurrent_backward(dpre, weight, out, layout):
     """out = dpre @ W_hh, one time step's gradient through the recurrent product;
-    ``weight`` as in ``recurrent_forward``."""
-    if transposed:
+    ``weight`` and ``layout`` as in ``recurrent_forward``."""
+    if layout == _TRANSPOSED:
         step_nt(dpre, weight, out)
+    elif layout == _PACKED:
+        _compute_step(dpre.shape[0], out.shape[1], dpre.shape[1], dpre, weight, out)
     else:
         step_nn(dpre, weight, out)
 

@@ -33,6 +33,7 @@ LIBRARY_NAMES = ("openblas", "mkl", "numpy")
 EXTRA_FOR = {"mkl": "mkl"}  # the optional extra that installs a library
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+PACK_B, PACKED = 162, 151  # CBLAS_IDENTIFIER CblasBMatrix, CBLAS_STORAGE CblasPacked (oneMKL)
 _INT, _I64, _PTR = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
 
 
@@ -64,6 +65,13 @@ class Library:
     set_threads: Callable[[int], None] | None = None
     get_threads: Callable[[], int] | None = None
     keep_alive: list = field(default_factory=list)  # ctypes callbacks behind the addresses
+    # oneMKL's packed GEMM: "{s,d}gemm_pack", "{s,d}gemm_compute" addresses; empty elsewhere.
+    packed: dict[str, int] = field(default_factory=dict)
+    pack_size: Callable[[str, int, int, int], int] | None = None
+
+    @property
+    def packs(self) -> bool:
+        return bool(self.packed)
 
     def describe(self) -> str:
         return f"{self.version} ({self.kernel})"
@@ -186,7 +194,19 @@ def _load_mkl() -> Library:
         lib.MKL_Get_Version(ctypes.byref(v))
         if v.processor:
             kernel = v.processor.decode(errors="replace").strip()
-    return Library("mkl", addresses, version, kernel)
+    packed = {f"{k}gemm_{op}": ctypes.cast(getattr(lib, f"cblas_{k}gemm_{op}_64"), _PTR).value
+              for k in "sd" for op in ("pack", "compute")}
+    sizes = {}
+    for k in "sd":
+        fn = getattr(lib, f"cblas_{k}gemm_pack_get_size_64")
+        fn.restype, fn.argtypes = ctypes.c_size_t, [_INT, _I64, _I64, _I64]
+        sizes[k] = fn
+
+    def pack_size(kind: str, m: int, n: int, k: int) -> int:
+        """Bytes of the packed B operand (weight) of an m x n x k product."""
+        return int(sizes[kind](PACK_B, m, n, k))
+
+    return Library("mkl", addresses, version, kernel, packed=packed, pack_size=pack_size)
 
 
 # -- numpy.dot callbacks ---------------------------------------------------------------------
@@ -232,6 +252,38 @@ def _numpy_gemv(kind):
         Y[...] = product if beta == 0 else beta * Y + product
 
     return GEMV_PROTOTYPES[kind](gemv)
+
+
+def cblas_compute_prototype(real):
+    """cblas_?gemm_compute (64-bit integers): layout, transa, transb, m, n, k, a, lda, b,
+    ldb, beta, c, ldc; one operand packed by cblas_?gemm_pack."""
+    return ctypes.CFUNCTYPE(None, _INT, _INT, _INT, _I64, _I64, _I64, _PTR, _I64, _PTR, _I64,
+                            real, _PTR, _I64)
+
+
+def cblas_pack_prototype(real):
+    """cblas_?gemm_pack (64-bit integers): layout, identifier, trans, m, n, k, alpha, src,
+    ld, dest."""
+    return ctypes.CFUNCTYPE(None, _INT, _INT, _INT, _I64, _I64, _I64, real, _PTR, _I64, _PTR)
+
+
+COMPUTE_PROTOTYPES = {"s": cblas_compute_prototype(ctypes.c_float),
+                      "d": cblas_compute_prototype(ctypes.c_double)}
+PACK_PROTOTYPES = {"s": cblas_pack_prototype(ctypes.c_float),
+                   "d": cblas_pack_prototype(ctypes.c_double)}
+
+
+def unpacked_compute(kind):
+    """What the packed-product symbol points to on a library that cannot pack: it fills
+    the output with NaN, so a run that asked for packed weights without such a library
+    (which resolve and the checkpoint loader refuse) could never pass for a correct one."""
+    dtype = np.float32 if kind == "s" else np.float64
+
+    def compute(layout, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+        buf = (ctypes.c_byte * (m * ldc * dtype().itemsize)).from_address(c)
+        np.frombuffer(buf, dtype=dtype).reshape(m, ldc)[:, :n] = np.nan
+
+    return COMPUTE_PROTOTYPES[kind](compute)
 
 
 def _load_numpy() -> Library:

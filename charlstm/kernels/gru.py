@@ -62,14 +62,14 @@ def gru_step(gates, xproj, bias_hn, h_prev, h, ghn):
 
 
 @kernel
-def gru_forward(xproj, weight_hh, bias_hn, h0, hs, gates, ghns, transposed=False):
+def gru_forward(xproj, weight_hh, bias_hn, h0, hs, gates, ghns, layout=0):
     """Run the GRU recurrence over a chunk.
 
     Parameters
     ----------
     xproj : [T, B, 3H] input projections with bias_ih and the r, z rows of bias_hh.
-    weight_hh : [3H, H] recurrent weights (PyTorch layout), or [H, 3H] its transpose when
-        ``transposed`` (see blas.recurrent_forward).
+    weight_hh : [3H, H] recurrent weights (PyTorch layout), or the copy that ``layout``
+        names (blas.STEP_LAYOUTS; see blas.recurrent_forward).
     bias_hn : [H] the n rows of bias_hh.
     h0 : [B, H] state before the first step.
     hs : [T, B, H] output: hidden states.
@@ -79,20 +79,20 @@ def gru_forward(xproj, weight_hh, bias_hn, h0, hs, gates, ghns, transposed=False
     T = xproj.shape[0]
     for t in range(T):
         if t == 0:
-            recurrent_forward(h0, weight_hh, gates[0], transposed)
+            recurrent_forward(h0, weight_hh, gates[0], layout)
             gru_step(gates[0], xproj[0], bias_hn, h0, hs[0], ghns[0])
         else:
-            recurrent_forward(hs[t - 1], weight_hh, gates[t], transposed)
+            recurrent_forward(hs[t - 1], weight_hh, gates[t], layout)
             gru_step(gates[t], xproj[t], bias_hn, hs[t - 1], hs[t], ghns[t])
 
 
 @kernel
-def gru_backward(weight_hh, h0, hs, gates, ghns, dhs, dh, dpre, drec, dhz, transposed=False):
+def gru_backward(weight_hh, h0, hs, gates, ghns, dhs, dh, dpre, drec, dhz, layout=0):
     """Backpropagate through the chunk that ``gru_forward`` ran.
 
     Parameters
     ----------
-    weight_hh : [3H, H] recurrent weights, or [H, 3H] its transpose when ``transposed``.
+    weight_hh : [3H, H] recurrent weights, or the copy that ``layout`` names.
     h0 : [B, H] state before the first step.
     hs : [T, B, H], gates : [T, B, 3H], ghns : [T, B, H]: what the forward pass saved.
     dhs : [T, B, H] gradient of the loss with respect to each output h_t coming from
@@ -142,5 +142,5 @@ def gru_backward(weight_hh, h0, hs, gates, ghns, dhs, dh, dpre, drec, dhz, trans
                 dqn[j] = da_n * r
                 dzr[j] = dh_t * z
         # dh_{t-1} = drec_t @ weight_hh (+ dhz, added in the next step's pass).
-        recurrent_backward(dq, weight_hh, dh, transposed)
+        recurrent_backward(dq, weight_hh, dh, layout)
     dh += dhz

@@ -48,14 +48,14 @@ def lstm_step(gates, xproj, c_prev, c, h, tanh_c):
 
 
 @kernel
-def lstm_forward(xproj, weight_hh, h0, c0, hs, cs, gates, tanh_cs, transposed=False):
+def lstm_forward(xproj, weight_hh, h0, c0, hs, cs, gates, tanh_cs, layout=0):
     """Run the LSTM recurrence over a chunk.
 
     Parameters
     ----------
     xproj : [T, B, 4H] input projections with both biases added.
-    weight_hh : [4H, H] recurrent weights (PyTorch layout), or [H, 4H] its transpose when
-        ``transposed`` (see blas.recurrent_forward).
+    weight_hh : [4H, H] recurrent weights (PyTorch layout), or the copy that ``layout``
+        names (blas.STEP_LAYOUTS; see blas.recurrent_forward).
     h0, c0 : [B, H] state before the first step.
     hs, cs, tanh_cs : [T, B, H] outputs: hidden states, cell states, tanh(cell states).
     gates : [T, B, 4H] output: activated gates (i, f, g, o), kept for the backward pass.
@@ -63,20 +63,20 @@ def lstm_forward(xproj, weight_hh, h0, c0, hs, cs, gates, tanh_cs, transposed=Fa
     T = xproj.shape[0]
     for t in range(T):
         if t == 0:
-            recurrent_forward(h0, weight_hh, gates[0], transposed)
+            recurrent_forward(h0, weight_hh, gates[0], layout)
             lstm_step(gates[0], xproj[0], c0, cs[0], hs[0], tanh_cs[0])
         else:
-            recurrent_forward(hs[t - 1], weight_hh, gates[t], transposed)
+            recurrent_forward(hs[t - 1], weight_hh, gates[t], layout)
             lstm_step(gates[t], xproj[t], cs[t - 1], cs[t], hs[t], tanh_cs[t])
 
 
 @kernel
-def lstm_backward(weight_hh, c0, cs, gates, tanh_cs, dhs, dh, dc, dpre, transposed=False):
+def lstm_backward(weight_hh, c0, cs, gates, tanh_cs, dhs, dh, dc, dpre, layout=0):
     """Backpropagate through the chunk that ``lstm_forward`` ran.
 
     Parameters
     ----------
-    weight_hh : [4H, H] recurrent weights, or [H, 4H] its transpose when ``transposed``.
+    weight_hh : [4H, H] recurrent weights, or the copy that ``layout`` names.
     c0 : [B, H] cell state before the first step.
     cs, tanh_cs : [T, B, H], gates : [T, B, 4H]: what the forward pass saved.
     dhs : [T, B, H] gradient of the loss with respect to each output h_t coming from
@@ -110,4 +110,4 @@ def lstm_backward(weight_hh, c0, cs, gates, tanh_cs, dhs, dh, dc, dpre, transpos
                 dpo[j] = dh_t * tc * o * (one - o)
                 dcr[j] = dc_t * f
         # dh_{t-1} = dpre_t @ weight_hh (the recurrent part; dhs[t-1] joins next step).
-        recurrent_backward(dp, weight_hh, dh, transposed)
+        recurrent_backward(dp, weight_hh, dh, layout)

@@ -21,13 +21,13 @@ def rnn_step(pre, xproj, h):
 
 
 @kernel
-def rnn_forward(xproj, weight_hh, h0, hs, scratch, transposed=False):
+def rnn_forward(xproj, weight_hh, h0, hs, scratch, layout=0):
     """Run the recurrence over a chunk.
 
     Parameters
     ----------
     xproj : [T, B, H] input projections with both biases added.
-    weight_hh : [H, H] recurrent weights, or their transpose when ``transposed`` (see
+    weight_hh : [H, H] recurrent weights, or the copy that ``layout`` names (see
         blas.recurrent_forward).
     h0 : [B, H] state before the first step.
     hs : [T, B, H] output: hidden states.
@@ -36,19 +36,19 @@ def rnn_forward(xproj, weight_hh, h0, hs, scratch, transposed=False):
     T = xproj.shape[0]
     for t in range(T):
         if t == 0:
-            recurrent_forward(h0, weight_hh, scratch, transposed)
+            recurrent_forward(h0, weight_hh, scratch, layout)
         else:
-            recurrent_forward(hs[t - 1], weight_hh, scratch, transposed)
+            recurrent_forward(hs[t - 1], weight_hh, scratch, layout)
         rnn_step(scratch, xproj[t], hs[t])
 
 
 @kernel
-def rnn_backward(weight_hh, hs, dhs, dh, dpre, transposed=False):
+def rnn_backward(weight_hh, hs, dhs, dh, dpre, layout=0):
     """Backpropagate through the chunk that ``rnn_forward`` ran.
 
     Parameters
     ----------
-    weight_hh : [H, H], or its transpose when ``transposed``; hs : [T, B, H] saved
+    weight_hh : [H, H], or the copy that ``layout`` names; hs : [T, B, H] saved
         hidden states.
     dhs : [T, B, H] gradient with respect to each h_t from above.
     dh : [B, H] on entry the gradient with respect to h_T (zero under truncated BPTT);
@@ -64,4 +64,4 @@ def rnn_backward(weight_hh, hs, dhs, dh, dpre, transposed=False):
             for j in range(H):
                 h = hr[j]
                 dpr[j] = (dhr[j] + dhsr[j]) * (one - h * h)
-        recurrent_backward(dp, weight_hh, dh, transposed)
+        recurrent_backward(dp, weight_hh, dh, layout)
