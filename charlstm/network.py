@@ -15,7 +15,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .errors import UserError
-from .kernels.blas import BLAS, STEP_LAYOUTS, matmul_nn, matmul_nt, matmul_tn, transpose_into
+from .kernels.blas import BLAS, STEP_LAYOUTS, TRANSPOSED_PAD, matmul_nn, matmul_nt, matmul_tn, transpose_into
 from .kernels.gru import gru_backward, gru_forward
 from .kernels.lstm import lstm_backward, lstm_forward
 from .kernels.onehot import onehot_backward, onehot_forward
@@ -90,7 +90,7 @@ class Network:
                             f"packs weights (mkl); this process runs {BLAS.spec}")
         self._w_hh_t = None
         if "transposed" in (self.fwd_layout, self.bwd_layout):
-            self._w_hh_t = [np.empty((self.H, self.G * self.H), self.dtype)
+            self._w_hh_t = [np.empty((self.H, self.G * self.H + TRANSPOSED_PAD), self.dtype)
                             for _ in range(self.num_layers)]
         self._packed: dict[tuple, np.ndarray] = {}  # (layer, forward, rows) -> buffer
 

@@ -16,8 +16,11 @@ them, and keeps the fastest for each role:
   rows.
 
 Candidates are timed interleaved, round after round, and compared by their medians; a
-library or layout other than the default (OpenBLAS, weights as stored) must win by
-``MARGIN`` to be chosen, so noise does not flip a choice that makes no difference.
+layout other than weights as stored must win by ``LAYOUT_MARGIN`` and a library other
+than OpenBLAS by ``LIBRARY_MARGIN`` to be chosen, so noise does not flip a choice that
+makes no difference. (Timing the shards' products at once, one thread each, predicted
+whole steps worse than timing them alone: it ranked the transposed copy last at M,
+where whole steps ran fastest with it.)
 """
 from __future__ import annotations
 
@@ -31,10 +34,16 @@ import numpy as np
 from .config import STEP_WEIGHT_COPIES, TrainConfig, parse_step_weights
 from .errors import UserError
 from .kernels import blas_libraries
-from .kernels.blas import DEFAULT_BLAS, format_blas, parse_blas
+from .kernels.blas import DEFAULT_BLAS, TRANSPOSED_PAD, format_blas, parse_blas
 from .kernels.blas_libraries import NO_TRANS, ROW_MAJOR, TRANS
 
-MARGIN = 0.05  # a non-default choice must be this much faster
+# How much faster a non-default choice must measure to be taken. A library other than
+# OpenBLAS needs more: products timed alone flatter it. At M on the AMD EPYC Zen 5, MKL's
+# step products measured up to 5% faster alone, yet whole steps with them ran 7% slower
+# (44.6 against 41.5 ms; two libraries' buffers share the caches in a step).
+LAYOUT_MARGIN = 0.05
+LIBRARY_MARGIN = 0.15
+STEP_BUDGET_S = 4e-3  # about how long one sample of a step product runs
 MAX_CHUNK_ROWS = 2048  # chunk products are timed on at most this many rows
 _F = ctypes.c_float
 
@@ -54,17 +63,20 @@ class Choice:
 class _Product:
     """One float32 product c = op(a) @ op(b) at fixed operands, callable through a library."""
 
-    def __init__(self, m, n, k, trans_a, trans_b, rng):
+    def __init__(self, m, n, k, trans_a, trans_b, rng, pad=0):
+        """``pad``: columns of padding after each row of b (a transposed weight copy)."""
         self.m, self.n, self.k, self.ta, self.tb = m, n, k, trans_a, trans_b
         self.a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
-        self.b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+        rows, cols = (n, k) if trans_b else (k, n)
+        self.b = rng.standard_normal((rows, cols + pad)).astype(np.float32)
+        self.ldb = cols + pad
         self.c = np.empty((m, n), np.float32)
 
     def seconds(self, gemm, reps: int) -> float:
         m, n, k = self.m, self.n, self.k
         args = (ROW_MAJOR, TRANS if self.ta else NO_TRANS, TRANS if self.tb else NO_TRANS,
                 m, n, k, _F(1.0), self.a.ctypes.data, m if self.ta else k,
-                self.b.ctypes.data, k if self.tb else n, _F(0.0), self.c.ctypes.data, n)
+                self.b.ctypes.data, self.ldb, _F(0.0), self.c.ctypes.data, n)
         t0 = time.perf_counter()
         for _ in range(reps):
             gemm(*args)
@@ -125,9 +137,11 @@ def _step_products(config: TrainConfig, rng) -> dict[str, _Product]:
     H, GH = config.hidden_size, config.gates * config.hidden_size
     return {
         ("forward", "stored"): _Product(rows, GH, H, False, True, rng),      # h @ W.T
-        ("forward", "transposed"): _Product(rows, GH, H, False, False, rng),  # h @ (W.T)
+        ("forward", "transposed"): _Product(rows, GH, H, False, False, rng,   # h @ (W.T)
+                                            TRANSPOSED_PAD),
         ("backward", "stored"): _Product(rows, H, GH, False, False, rng),     # dpre @ W
-        ("backward", "transposed"): _Product(rows, H, GH, False, True, rng),  # dpre @ (W.T).T
+        ("backward", "transposed"): _Product(rows, H, GH, False, True, rng,   # dpre @ (W.T).T
+                                             TRANSPOSED_PAD),
     }
 
 
@@ -191,10 +205,10 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
             for name in step_libraries:
                 for key, product in steps.items():
                     samples.setdefault(("step", name, *key), []).append(
-                        product.seconds(gemms[name], _reps(product, 2e-3)))
+                        product.seconds(gemms[name], _reps(product, STEP_BUDGET_S)))
                 for key, product in packed.get(name, {}).items():
                     samples.setdefault(("step", name, *key), []).append(
-                        product.seconds(_reps(product, 2e-3)))
+                        product.seconds(_reps(product, STEP_BUDGET_S)))
             if len(chunk_libraries) > 1:
                 for name in chunk_libraries:
                     total = sum(count * product.seconds(gemms[name], 1) for product, count in chunks)
@@ -204,10 +218,10 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
             libs[name].set_threads(n)
     median = {key: float(np.median(values)) for key, values in samples.items()}
 
-    def better(candidates: dict, default):
-        """The fastest key, unless the default is within MARGIN of it."""
+    def better(candidates: dict, default, margin):
+        """The fastest key, unless the default is within ``margin`` of it."""
         best = min(candidates, key=candidates.get)
-        if default in candidates and candidates[default] <= candidates[best] * (1 + MARGIN):
+        if default in candidates and candidates[default] <= candidates[best] * (1 + margin):
             return default
         return best
 
@@ -218,14 +232,16 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
         for direction in ("forward", "backward"):
             pick = better({copy: median[("step", name, direction, copy)]
                            for copy in STEP_WEIGHT_COPIES
-                           if ("step", name, direction, copy) in median}, "stored")
+                           if ("step", name, direction, copy) in median}, "stored",
+                          LAYOUT_MARGIN)
             layout.append(pick)
         layouts[name] = layout
         per_library[name] = T * L * sum(median[("step", name, d, c)]
                                         for d, c in zip(("forward", "backward"), layout))
-    step = better(per_library, DEFAULT_BLAS)
+    step = better(per_library, DEFAULT_BLAS, LIBRARY_MARGIN)
     if len(chunk_libraries) > 1:
-        chunk = better({name: median[("chunk", name)] for name in chunk_libraries}, DEFAULT_BLAS)
+        chunk = better({name: median[("chunk", name)] for name in chunk_libraries},
+                       DEFAULT_BLAS, LIBRARY_MARGIN)
     else:
         chunk = chunk_libraries[0]
     timings = {"step_s": per_library,

@@ -43,6 +43,12 @@ ROLES = ("step", "chunk")
 # oneDNN's RNN does), so the T products of a chunk skip re-packing it.
 STEP_LAYOUTS = {"stored": 0, "transposed": 1, "packed": 2}
 _TRANSPOSED, _PACKED = STEP_LAYOUTS["transposed"], STEP_LAYOUTS["packed"]
+# Columns of padding after each row of a transposed weight_hh copy. Its rows are G*H
+# floats, a multiple of 4 KB at M and L, and rows 4 KB apart fall into the same cache
+# sets: OpenBLAS's AVX-512 kernels multiplied [16, 256] rows by the unpadded [256, 1024]
+# copy in 113-119 us and by one padded to 1040 columns in 60-62 us (AMD EPYC Zen 5;
+# L's [32, 512] x [512, 2048]: 604 against 376 us).
+TRANSPOSED_PAD = 16
 _SYMBOL_SUFFIX = {"step": "_step", "chunk": ""}
 DEFAULT_BLAS = "openblas"
 
@@ -353,24 +359,28 @@ def gemm_tn(a, b, out, beta=0.0):
 
 @kernel(inline="always")
 def step_nn(a, b, out, beta=0.0):
-    """As gemm_nn, for the per-time-step products of a recurrence (the step library)."""
+    """As gemm_nn, for the per-time-step products of a recurrence (the step library);
+    ``b`` may have padding columns past out's width (see TRANSPOSED_PAD)."""
     m, k = a.shape
-    n = b.shape[1]
+    n = out.shape[1]
+    ldb = b.shape[1]
     if m == 1:
-        _gemv_step(_TRANS, k, n, b, n, a, beta, out)
+        _gemv_step(_TRANS, k, n, b, ldb, a, beta, out)
     else:
-        _gemm_step(_NO_TRANS, _NO_TRANS, m, n, k, a, k, b, n, beta, out, n)
+        _gemm_step(_NO_TRANS, _NO_TRANS, m, n, k, a, k, b, ldb, beta, out, n)
 
 
 @kernel(inline="always")
 def step_nt(a, b, out, beta=0.0):
-    """As gemm_nt, for the per-time-step products of a recurrence (the step library)."""
+    """As gemm_nt, for the per-time-step products of a recurrence (the step library);
+    ``b`` may have padding columns past a's width (see TRANSPOSED_PAD)."""
     m, k = a.shape
     n = b.shape[0]
+    ldb = b.shape[1]
     if m == 1:
-        _gemv_step(_NO_TRANS, n, k, b, k, a, beta, out)
+        _gemv_step(_NO_TRANS, n, k, b, ldb, a, beta, out)
     else:
-        _gemm_step(_NO_TRANS, _TRANS, m, n, k, a, k, b, k, beta, out, n)
+        _gemm_step(_NO_TRANS, _TRANS, m, n, k, a, k, b, ldb, beta, out, n)
 
 
 @kernel(inline="always")
@@ -378,11 +388,12 @@ def recurrent_forward(h, weight, out, layout):
     """out = h @ W_hh.T, one time step's recurrent product.
 
     ``weight`` is the copy of W_hh that ``layout`` (STEP_LAYOUTS) names: as stored ([n, k],
-    PyTorch's layout), a [k, n] copy of its transpose, or packed by the step library.
+    PyTorch's layout), a [k, n + TRANSPOSED_PAD] copy of its transpose, or packed by the
+    step library.
     Which one multiplies fastest depends on the library and the CPU (OpenBLAS's AVX-512
-    kernels took 19 us with the transposed copy against 33 us as stored for [16, 128]
-    rows at S on an AMD EPYC Zen 5; its Haswell kernels the same in both), so it is
-    measured, not assumed (charlstm/tune.py).
+    kernels took 16 us with the transposed copy against 33 us as stored for [16, 128]
+    rows at S, and 60 against 130 us at M, on an AMD EPYC Zen 5; its Haswell kernels the
+    same in both), so it is measured, not assumed (charlstm/tune.py).
     """
     if layout == _TRANSPOSED:
         step_nn(h, weight, out)
