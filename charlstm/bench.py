@@ -219,8 +219,7 @@ def time_first_sample_char(config: str = "M") -> float:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.npz"
         save(trainer.to_checkpoint(0.0), path)
-        cli = Path(__file__).resolve().parent.parent / "cli.py"
-        cmd = [sys.executable, str(cli), "sample", str(path), "--length", "50", "--seed", "1"]
+        cmd = [sys.executable, "-m", "charlstm", "sample", str(path), "--length", "50", "--seed", "1"]
         times = []
         for _ in range(4):  # the first run may still compile the sampling kernel
             t0 = time.perf_counter()

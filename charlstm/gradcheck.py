@@ -21,15 +21,10 @@ evaluation: the check is of the masked network's gradient, which is what trainin
 """
 from __future__ import annotations
 
-import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 
-import click
-
-from .config import CELLS, TrainConfig
-from .options import Real
+from .config import TrainConfig
 
 # NumPy, the model and its kernels (Numba) are imported when a check runs, not when the
 # CLI starts.
@@ -114,50 +109,33 @@ def check_gradients(cell: str, seed: int = 0, eps: float = EPS, tol: float = REL
     return results
 
 
-@click.command("gradcheck")
-@click.option("--cell", type=click.Choice(CELLS + ("all",)), default="all", show_default=True,
-              help="Cell to check; all: every cell.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the random model, chunk and initial state.")
-@click.option("--dropout", type=Real(0, 1, max_open=True), default=0.0,
-              show_default=True,
-              help="Check the gradient under one fixed dropout mask of this probability.")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def gradcheck(cell, seed, dropout, as_json):
-    """Check every gradient against central finite differences.
+def report_json(results: list, seed: int, dropout: float) -> dict:
+    """The checks as `charlstm gradcheck --json` prints them."""
+    return {
+        "ok": all(r.ok for r in results), "eps": EPS, "tolerance": REL_TOL, "seed": seed,
+        "dropout": dropout,
+        "model": {"vocab_size": VOCAB, "hidden_size": HIDDEN, "num_layers": LAYERS,
+                  "batch_size": BATCH, "seq_len": STEPS},
+        "checks": [dict(asdict(r), shape=list(r.shape),
+                        rel_error=r.rel_error if math.isfinite(r.rel_error) else None)
+                   for r in results],
+    }
 
-    Builds a tiny float64 model (vocabulary 5, hidden size 3, 2 layers, batch 2, 3 steps)
-    with a random non-zero initial state, and compares the gradient of the mean loss with
-    respect to every entry of every parameter, and of h0 (and c0 for the LSTM), with
-    central differences (eps 1e-6). Prints the norm-based relative error per tensor;
-    each must be below 1e-6. Exits with status 1 if any is not. With --dropout, the check
-    is of the network under one fixed random mask.
-    """
-    cells = CELLS if cell == "all" else (cell,)
-    results = [r for c in cells for r in check_gradients(c, seed=seed, dropout=dropout)]
+
+def report_lines(results: list) -> list[str]:
+    """The checks as a table, one tensor a line, and a verdict."""
+    width = max(len(r.parameter) for r in results)
+    lines = [f"{'cell':<5} {'parameter':<{width}} {'shape':<8} {'rel. error':>10}"]
+    for r in results:
+        shape = "x".join(map(str, r.shape))
+        lines.append(f"{r.cell:<5} {r.parameter:<{width}} {shape:<8} {r.rel_error:>10.2e}  "
+                     f"{'ok' if r.ok else 'FAIL'}")
     failed = [r for r in results if not r.ok]
-    if as_json:
-        click.echo(json.dumps({
-            "ok": not failed, "eps": EPS, "tolerance": REL_TOL, "seed": seed, "dropout": dropout,
-            "model": {"vocab_size": VOCAB, "hidden_size": HIDDEN, "num_layers": LAYERS,
-                      "batch_size": BATCH, "seq_len": STEPS},
-            "checks": [dict(asdict(r), shape=list(r.shape),
-                            rel_error=r.rel_error if math.isfinite(r.rel_error) else None)
-                       for r in results],
-        }, indent=2))
-    else:
-        width = max(len(r.parameter) for r in results)
-        click.echo(f"{'cell':<5} {'parameter':<{width}} {'shape':<8} {'rel. error':>10}")
-        for r in results:
-            shape = "x".join(map(str, r.shape))
-            click.echo(f"{r.cell:<5} {r.parameter:<{width}} {shape:<8} {r.rel_error:>10.2e}  "
-                       f"{'ok' if r.ok else 'FAIL'}")
-        worst = max(results, key=lambda r: r.rel_error if math.isfinite(r.rel_error) else math.inf)
-        if failed:
-            click.echo(f"{len(failed)} of {len(results)} tensors FAIL (relative error not below "
-                       f"{REL_TOL:g}; eps {EPS:g})")
-        else:
-            click.echo(f"all {len(results)} tensors ok: worst relative error {worst.rel_error:.2e} "
-                       f"({worst.cell} {worst.parameter}), bound {REL_TOL:g}, eps {EPS:g}")
+    worst = max(results, key=lambda r: r.rel_error if math.isfinite(r.rel_error) else math.inf)
     if failed:
-        sys.exit(1)
+        lines.append(f"{len(failed)} of {len(results)} tensors FAIL (relative error not below "
+                     f"{REL_TOL:g}; eps {EPS:g})")
+    else:
+        lines.append(f"all {len(results)} tensors ok: worst relative error {worst.rel_error:.2e} "
+                     f"({worst.cell} {worst.parameter}), bound {REL_TOL:g}, eps {EPS:g}")
+    return lines

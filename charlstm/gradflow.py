@@ -22,13 +22,10 @@ them.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from typing import TYPE_CHECKING
-
-import click
 
 from .errors import UserError
 
@@ -212,30 +209,18 @@ def _plot(result: dict, path: str) -> None:
         raise UserError(f"cannot write {path} ({e.strerror or e})") from None
 
 
-@click.command("gradflow")
-@click.argument("checkpoint", type=click.Path())
-@click.argument("text", type=click.Path())
-@click.option("--length", type=click.IntRange(min=1), default=DEFAULT_LENGTH, show_default=True,
-              help="T: the largest distance; each chunk is T+1 characters read and the one they predict.")
-@click.option("--chunks", type=click.IntRange(min=1), default=DEFAULT_CHUNKS, show_default=True,
-              help="Chunks (evenly spaced over TEXT) the norms are averaged over.")
-@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of TEXT.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Also draw the curves to this PNG (log scale; needs matplotlib).")
-@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def gradflow(checkpoint, text, length, chunks, encoding, output, as_json):
-    """How far back the gradient of one prediction reaches in CHECKPOINT's model.
+def gradflow_report(checkpoint, text: str, length: int = DEFAULT_LENGTH,
+                    chunks: int = DEFAULT_CHUNKS, encoding: str = "utf-8",
+                    output: str | None = None) -> dict:
+    """`charlstm gradflow`: the mean gradient norms of CHECKPOINT's model (a file or a run
+    directory, best.npz preferred) over chunks of ``text`` (a file or a built-in corpus),
+    as a JSON-ready dict; with ``output``, the curves drawn to that PNG too.
 
-    For chunks of TEXT, each read from zero state, L_T is the cross-entropy of the
-    prediction at the chunk's last position T. Prints the norm of dL_T/dh_t (and
-    dL_T/dc_t for the LSTM) of every layer (l0 is the bottom one) against the distance
-    T - t, averaged over the chunks; computed in float64 with charlstm's own kernels.
-    TEXT is a file, or a built-in corpus such as builtin:recall:48.
-    """
+    Raises UserError for an unusable checkpoint or text, or a missing matplotlib."""
     import numpy as np
 
     from . import checkpoint as ckpt_io
-    from .corpus import describe_chars
+    from .corpus import describe_chars, read_text_file
     from .network import Network
 
     if output is not None:
@@ -245,8 +230,6 @@ def gradflow(checkpoint, text, length, chunks, encoding, output, as_json):
             raise UserError(PLOT_HINT) from None
     path = ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True)
     ckpt = ckpt_io.load(path)
-    from .corpus import read_text_file
-
     content = read_text_file(text, encoding)
     unknown = ckpt.vocab.unknown_chars(content)
     if unknown:
@@ -267,15 +250,16 @@ def gradflow(checkpoint, text, length, chunks, encoding, output, as_json):
     }
     if output is not None:
         _plot(result, output)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
+    return result
+
+
+def report_lines(result: dict) -> list[str]:
+    """A gradflow_report as a table: one line per distance, one column per quantity."""
     names = list(result["mean_norm"])
-    click.echo(f"# mean over {result['chunks']} chunks of ||dL_T/dh_t|| (h_lK) and ||dL_T/dc_t|| "
-               f"(c_lK) for layer K (l0 the bottom); L_T: loss at the chunk's last position "
-               f"(mean {flow['loss'] / math.log(2):.3f} bits)")
-    click.echo(f"{'distance':>8}" + "".join(f"{n:>12}" for n in names))
+    lines = [f"# mean over {result['chunks']} chunks of ||dL_T/dh_t|| (h_lK) and ||dL_T/dc_t|| "
+             f"(c_lK) for layer K (l0 the bottom); L_T: loss at the chunk's last position "
+             f"(mean {result['mean_loss_nats'] / math.log(2):.3f} bits)",
+             f"{'distance':>8}" + "".join(f"{n:>12}" for n in names)]
     for d in result["distance"]:
-        click.echo(f"{d:>8}" + "".join(f"{result['mean_norm'][n][d]:>12.4e}" for n in names))
-    if output is not None:
-        click.echo(f"# plot written to {output}")
+        lines.append(f"{d:>8}" + "".join(f"{result['mean_norm'][n][d]:>12.4e}" for n in names))
+    return lines

@@ -11,8 +11,6 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import click
-
 from .errors import UserError
 
 MISSING_MATPLOTLIB = "plotting needs matplotlib: pip install 'charlstm[plot]'"
@@ -100,17 +98,12 @@ def draw(curves: Curves, title: str, output: Path) -> None:
         raise UserError(f"cannot write {output} ({e.strerror or e}); choose another -o") from None
 
 
-@click.command("plot")
-@click.argument("run_dir", type=click.Path(file_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="PNG file to write.  [default: RUN_DIR/curve.png]")
-def plot(run_dir, output):
-    """Plot the learning curves of the run in RUN_DIR: training and validation bits per
-    character from its metrics.jsonl, against steps and against elapsed training time,
-    as a PNG (needs matplotlib: pip install 'charlstm[plot]')."""
+def plot_run(run_dir, output=None) -> Path:
+    """Draw the learning curves of the run in ``run_dir`` to ``output`` (default
+    RUN_DIR/curve.png) and return its path. Raises UserError as read_metrics and draw do."""
     run_dir = Path(run_dir)
     curves = read_metrics(run_dir)
     output = Path(output) if output else run_dir / "curve.png"
     name = run_dir.resolve().name or str(run_dir)
     draw(curves, f"{name}: bits per character", output)
-    click.echo(str(output))
+    return output

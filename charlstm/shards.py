@@ -71,8 +71,7 @@ class ShardedNetwork:
                      for _ in range(min(threads, config.batch_size))]
         # Shard 0's buffer receives the sum, so the sum needs no extra pass.
         self.grads = self.nets[0].grads
-        self._pool = (ThreadPoolExecutor(len(self.nets) - 1, thread_name_prefix="charlstm-shard")
-                      if len(self.nets) > 1 else None)
+        self._pool: ThreadPoolExecutor | None = None  # started by the first sharded step
 
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
         return self.nets[0].zero_state(batch)
@@ -97,6 +96,8 @@ class ShardedNetwork:
             return self.nets[s].loss_and_grad(inputs[lo:hi], targets[lo:hi], rows,
                                               shard_masks, mean_over=N)
 
+        if len(bounds) > 1 and self._pool is None:
+            self._pool = ThreadPoolExecutor(len(self.nets) - 1, thread_name_prefix="charlstm-shard")
         before = BLAS_THREADS.get()
         BLAS_THREADS.set(max(1, self.threads // len(bounds)))
         futures = [self._pool.submit(run, s) for s in range(1, len(bounds))]
@@ -113,5 +114,7 @@ class ShardedNetwork:
         return float(sum(losses))
 
     def close(self) -> None:
+        """Stop the shard threads; a later step starts them again."""
         if self._pool is not None:
             self._pool.shutdown()
+            self._pool = None

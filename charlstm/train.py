@@ -303,4 +303,5 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False) -> int:
     finally:
         bar.close()
         log.close()
+        trainer.net.close()  # the shard threads; a later step would start them again
     return 128 + signals.signum if signals.signum is not None else 0

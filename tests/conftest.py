@@ -1,6 +1,8 @@
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +30,25 @@ def small_corpus(tmp_path) -> Path:
     return path
 
 
+def _console_script() -> list[str]:
+    """The `charlstm` command installed in this Python environment: the end-to-end tests
+    run what a user runs (the README's test command installs it first)."""
+    for candidate in (Path(sysconfig.get_path("scripts")) / "charlstm",
+                      Path(sys.executable).parent / "charlstm"):
+        if candidate.is_file():
+            return [str(candidate)]
+    if shutil.which("charlstm"):
+        return [shutil.which("charlstm")]
+    raise RuntimeError("the charlstm command is not installed in this environment; "
+                       "run the README's test command: pip install '.[test]' && python -m pytest -q")
+
+
+CHARLSTM = _console_script()
+
+
 def run_cli(*args, cwd=None, check=True, timeout=300, env=None) -> subprocess.CompletedProcess:
-    """Run the real CLI from this checkout in a subprocess."""
-    proc = subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)],
+    """Run the installed `charlstm` command in a subprocess."""
+    proc = subprocess.run([*CHARLSTM, *map(str, args)],
                           cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:

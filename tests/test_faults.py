@@ -4,21 +4,20 @@ import random
 import resource
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from charlstm import checkpoint as ckpt_io
-from conftest import ROOT, make_text, run_cli
+from conftest import CHARLSTM, make_text, run_cli
 
 TINY = ["--hidden-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "2", "--quiet"]
 
 
 def start_training(corpus, run, *extra, preexec_fn=None):
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "cli.py"), "train", str(corpus), *TINY, "--out", str(run), *extra],
+        [*CHARLSTM, "train", str(corpus), *TINY, "--out", str(run), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
 
 
@@ -65,7 +64,7 @@ def test_sigkill_at_random_moments_never_breaks_the_checkpoint(tmp_path, corpus)
     kills = 0
     for _ in range(12):
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "cli.py"), "resume", str(run), "--steps", "100000000",
+            [*CHARLSTM, "resume", str(run), "--steps", "100000000",
              "--save-every", "1", "--log-every", "1", "--quiet"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for_step(run, previous_step + 1)
@@ -96,7 +95,7 @@ def test_write_error_during_save_keeps_the_previous_checkpoint(tmp_path, corpus)
     before = (run / "last.npz").read_bytes()
     # Files may not grow past half a checkpoint: the next save fails midway, as on a full disk.
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), "resume", str(run), "--steps", "4", "--quiet"],
+        [*CHARLSTM, "resume", str(run), "--steps", "4", "--quiet"],
         capture_output=True, text=True, preexec_fn=_limit_file_size(len(before) // 2), timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr

@@ -1,4 +1,4 @@
-"""`charlstm gradcheck`, run through click's test runner on the command object."""
+"""`charlstm gradcheck`, run through click's test runner on the command object (charlstm/cli.py)."""
 import json
 
 import numpy as np
@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from charlstm import gradcheck as gc
+from charlstm.cli import gradcheck as gradcheck_command
 from charlstm.config import CELLS, TrainConfig
 from charlstm.model import param_shapes
 from charlstm.network import Network
@@ -19,7 +20,7 @@ def expected_names(cell):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_every_tensor_passes(cell):
-    result = CliRunner().invoke(gc.gradcheck, ["--cell", cell])
+    result = CliRunner().invoke(gradcheck_command, ["--cell", cell])
     assert result.exit_code == 0, result.output
     rows = [line.split() for line in result.output.splitlines()[1:-1]]
     assert [r[1] for r in rows] == expected_names(cell)
@@ -28,7 +29,7 @@ def test_every_tensor_passes(cell):
 
 
 def test_json_structure_and_all_cells():
-    result = CliRunner().invoke(gc.gradcheck, ["--json"])
+    result = CliRunner().invoke(gradcheck_command, ["--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["ok"] is True and out["eps"] == 1e-6 and out["tolerance"] == 1e-6
@@ -75,14 +76,14 @@ def test_a_corrupted_gradient_fails(monkeypatch, which):
         _corrupt(monkeypatch, scale_dh0=True)
     else:
         _corrupt(monkeypatch, scale_param=which)
-    result = CliRunner().invoke(gc.gradcheck, ["--cell", "gru"])
+    result = CliRunner().invoke(gradcheck_command, ["--cell", "gru"])
     assert result.exit_code == 1
     rows = {line.split()[1]: line.split()[-1] for line in result.output.splitlines()[1:-1]}
     assert rows.pop(which) == "FAIL"
     assert set(rows.values()) == {"ok"}
     assert "1 of" in result.output.splitlines()[-1] and "FAIL" in result.output.splitlines()[-1]
 
-    result = CliRunner().invoke(gc.gradcheck, ["--cell", "gru", "--json"])
+    result = CliRunner().invoke(gradcheck_command, ["--cell", "gru", "--json"])
     assert result.exit_code == 1
     out = json.loads(result.output)
     assert out["ok"] is False
@@ -99,7 +100,7 @@ def test_a_non_finite_gradient_fails(monkeypatch):
         return loss
 
     monkeypatch.setattr(Network, "loss_and_grad", nan)
-    result = CliRunner().invoke(gc.gradcheck, ["--cell", "rnn", "--json"])
+    result = CliRunner().invoke(gradcheck_command, ["--cell", "rnn", "--json"])
     assert result.exit_code == 1
     out = json.loads(result.output)
     bad = [c for c in out["checks"] if not c["ok"]]
@@ -109,7 +110,7 @@ def test_a_non_finite_gradient_fails(monkeypatch):
 def test_dropout_checks_the_masked_gradient(monkeypatch):
     """With --dropout the check passes for every cell, and a gradient computed without the
     mask (what a backward that forgot dropout would report) fails it."""
-    result = CliRunner().invoke(gc.gradcheck, ["--dropout", "0.5", "--json"])
+    result = CliRunner().invoke(gradcheck_command, ["--dropout", "0.5", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["ok"] and out["dropout"] == 0.5
@@ -119,12 +120,12 @@ def test_dropout_checks_the_masked_gradient(monkeypatch):
     monkeypatch.setattr(Network, "loss_and_grad",
                         lambda self, inputs, targets, state, masks=None:
                         original(self, inputs, targets, state))
-    result = CliRunner().invoke(gc.gradcheck, ["--cell", "lstm", "--dropout", "0.5", "--json"])
+    result = CliRunner().invoke(gradcheck_command, ["--cell", "lstm", "--dropout", "0.5", "--json"])
     assert result.exit_code == 1
     assert not json.loads(result.output)["ok"]
 
 
 def test_help_is_the_docstring():
-    result = CliRunner().invoke(gc.gradcheck, ["--help"])
+    result = CliRunner().invoke(gradcheck_command, ["--help"])
     assert result.exit_code == 0
     assert "central finite differences" in result.output and "--cell" in result.output

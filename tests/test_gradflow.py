@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from charlstm import checkpoint as ckpt_io
 from charlstm import gradflow as gf
+from charlstm.cli import gradflow as gradflow_command
 from charlstm.config import TrainConfig
 from charlstm.errors import UserError
 from charlstm.model import init_params
@@ -140,7 +141,7 @@ def run(tmp_path_factory):
 @pytest.mark.parametrize("cell", ["lstm", "rnn", "gru"])
 def test_json_structure(run, cell):
     paths, text = run
-    result = CliRunner().invoke(gf.gradflow, [str(paths[cell]), str(text), "--json",
+    result = CliRunner().invoke(gradflow_command, [str(paths[cell]), str(text), "--json",
                                               "--length", "12", "--chunks", "5"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
@@ -166,7 +167,7 @@ def test_json_structure(run, cell):
 
 def test_table(run):
     paths, text = run
-    result = CliRunner().invoke(gf.gradflow, [str(paths["lstm"]), str(text), "--length", "4"])
+    result = CliRunner().invoke(gradflow_command, [str(paths["lstm"]), str(text), "--length", "4"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].startswith("# mean over 16 chunks")
@@ -178,15 +179,15 @@ def test_errors(run, tmp_path):
     paths, text = run
     bad = tmp_path / "bad.txt"
     bad.write_text("the cat sat on the mat. ZQ" * 4, encoding="utf-8")
-    result = CliRunner().invoke(gf.gradflow, [str(paths["rnn"]), str(bad)])
+    result = CliRunner().invoke(gradflow_command, [str(paths["rnn"]), str(bad)])
     assert isinstance(result.exception, UserError)
     assert "outside the model's vocabulary" in str(result.exception)
     assert "'Q', 'Z'" in str(result.exception)
     short = tmp_path / "short.txt"
     short.write_text("the cat", encoding="utf-8")
-    result = CliRunner().invoke(gf.gradflow, [str(paths["rnn"]), str(short), "--length", "6"])
+    result = CliRunner().invoke(gradflow_command, [str(paths["rnn"]), str(short), "--length", "6"])
     assert isinstance(result.exception, UserError) and "at least 8" in str(result.exception)
-    result = CliRunner().invoke(gf.gradflow, [str(paths["rnn"]), str(tmp_path / "none.txt")])
+    result = CliRunner().invoke(gradflow_command, [str(paths["rnn"]), str(tmp_path / "none.txt")])
     assert isinstance(result.exception, UserError) and "no such file" in str(result.exception)
 
 
@@ -194,7 +195,7 @@ def test_plot_needs_matplotlib(run, tmp_path, monkeypatch):
     paths, text = run
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    result = CliRunner().invoke(gf.gradflow, [str(paths["rnn"]), str(text), "-o",
+    result = CliRunner().invoke(gradflow_command, [str(paths["rnn"]), str(text), "-o",
                                               str(tmp_path / "f.png")])
     assert isinstance(result.exception, UserError)
     assert str(result.exception) == "plotting needs matplotlib: pip install 'charlstm[plot]'"
@@ -205,7 +206,7 @@ def test_plot(run, tmp_path):
     pytest.importorskip("matplotlib")
     paths, text = run
     out = tmp_path / "flow.png"
-    result = CliRunner().invoke(gf.gradflow, [str(paths["lstm"]), str(text), "-o", str(out),
+    result = CliRunner().invoke(gradflow_command, [str(paths["lstm"]), str(text), "-o", str(out),
                                               "--length", "20", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["length"] == 20
@@ -224,9 +225,9 @@ def test_text_may_name_a_built_in_corpus(tmp_path):
     text = tmp_path / "recall.txt"
     text.write_text(recall_text(8), encoding="utf-8")
     args = ["--json", "--length", "10", "--chunks", "3"]
-    named = CliRunner().invoke(gf.gradflow, [str(ckpt), "builtin:recall:8", *args])
-    from_file = CliRunner().invoke(gf.gradflow, [str(ckpt), str(text), *args])
+    named = CliRunner().invoke(gradflow_command, [str(ckpt), "builtin:recall:8", *args])
+    from_file = CliRunner().invoke(gradflow_command, [str(ckpt), str(text), *args])
     assert named.exit_code == 0, named.output
     assert json.loads(named.output) == json.loads(from_file.output)
-    bad = CliRunner().invoke(gf.gradflow, [str(ckpt), "builtin:recall:x", *args])
+    bad = CliRunner().invoke(gradflow_command, [str(ckpt), "builtin:recall:x", *args])
     assert isinstance(bad.exception, UserError) and "builtin:recall:N" in str(bad.exception)

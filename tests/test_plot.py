@@ -1,8 +1,8 @@
 """`charlstm plot RUN_DIR`: learning curves from metrics.jsonl as a PNG.
 
 The command object is tested directly with click's CliRunner and in subprocesses, one of
-them registering it on the real `charlstm` group the way cli.py will. Tests that draw
-need matplotlib (an optional extra) and are skipped without it."""
+them through the real `charlstm` group. Tests that draw need matplotlib (an optional
+extra) and are skipped without it."""
 import json
 import subprocess
 import sys
@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from charlstm.errors import UserError
-from charlstm.plot import MISSING_MATPLOTLIB, plot, read_metrics
+from charlstm.cli import plot
+from charlstm.plot import MISSING_MATPLOTLIB, read_metrics
 from conftest import ROOT, make_text, run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# `charlstm plot ...` as it runs once cli.py registers the command.
-AS_CHARLSTM = ("import sys; {prelude}from cli import main; from charlstm.plot import plot; "
-               "main.add_command(plot); main(prog_name='charlstm')")
+# `charlstm plot ...`, with a prelude run first in the same process.
+AS_CHARLSTM = "import sys; {prelude}from charlstm.cli import main; main(prog_name='charlstm')"
 
 
 def needs_matplotlib():
@@ -84,7 +84,7 @@ def test_plot_output_option(run, tmp_path):
 def test_plot_command_object_is_callable_in_a_subprocess(run, tmp_path):
     needs_matplotlib()
     out = tmp_path / "out.png"
-    proc = run_python("from charlstm.plot import plot; plot()", run, "-o", out)
+    proc = run_python("from charlstm.cli import plot; plot()", run, "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(out)
     check_png(out)

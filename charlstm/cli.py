@@ -1,0 +1,541 @@
+"""charlstm's command line: a thin layer that turns options into calls.
+
+Installed as the ``charlstm`` console script (``charlstm.cli:main``); ``python -m
+charlstm ...`` runs it too, and ``python cli.py ...`` from a checkout.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from charlstm import __version__
+from charlstm.config import CELLS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_duration
+from charlstm.errors import UserError
+from charlstm.gradflow import DEFAULT_CHUNKS as DEFAULT_FLOW_CHUNKS, DEFAULT_LENGTH as DEFAULT_FLOW_LENGTH
+from charlstm.options import Real
+
+DEFAULT_EPOCHS = 10
+
+
+class Duration(click.ParamType):
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        if seconds <= 0:
+            self.fail("must be positive", param, ctx)
+        return seconds
+
+
+POSITIVE = click.IntRange(min=1)
+NON_NEGATIVE = click.IntRange(min=0)
+
+
+def _budget_options(f):
+    f = click.option("--time", "time_limit", type=Duration(), default=None,
+                     help="Stop after this much wall-clock time in this invocation, e.g. 90s, 10m, 1h30m.")(f)
+    f = click.option("--epochs", type=Real(min=0, min_open=True), default=None,
+                     help="Stop when this many epochs (in total) are done.")(f)
+    f = click.option("--steps", type=NON_NEGATIVE, default=None,
+                     help="Stop at this total number of optimizer steps (0: only write the initial checkpoint).")(f)
+    return f
+
+
+def _cadence_options(f):
+    f = click.option("--quiet", is_flag=True, help="Hide the progress bar.")(f)
+    f = click.option("--log-every", type=POSITIVE, default=None,
+                     help="Write a metrics.jsonl line every N steps.  [default: 10]")(f)
+    f = click.option("--eval-every", type=NON_NEGATIVE, default=None,
+                     help="Validate every N steps; 0: at the end of each epoch and of the run.  [default: 0]")(f)
+    f = click.option("--save-every", type=POSITIVE, default=None,
+                     help="Write last.npz every N steps (and always at the end).  [default: 200]")(f)
+    return f
+
+
+class _Group(click.Group):
+    """Turns charlstm's user errors into one "Error: ..." line and exit status 1, unless
+    --debug asks for the traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            raise click.ClickException(str(e)) from None
+        except MemoryError:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            raise click.ClickException(
+                "out of memory; use a smaller model, --batch-size or --seq-len") from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="charlstm")
+@click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
+@click.pass_context
+def main(ctx, debug):
+    """Train character-level LSTM, GRU and RNN language models, sample from them, resume them."""
+    ctx.obj = {"debug": debug}
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--encoding", default="utf-8", help="Text encoding of the corpus files.")
+@click.option("--val-frac", type=Real(0, 1, max_open=True), default=0.1,
+              help="Fraction of the corpus, taken from its end, held out for validation.")
+@click.option("--cell", type=click.Choice(CELLS), default="lstm")
+@click.option("--hidden-size", type=POSITIVE, default=256)
+@click.option("--num-layers", type=POSITIVE, default=2)
+@click.option("--dropout", type=Real(0, 1, max_open=True), default=0.0,
+              help="Zero each layer's output, as the layer above and the decoder read it, "
+                   "with this probability while training (inverted dropout; off in eval and sampling).")
+@click.option("--weight-decay", type=Real(min=0), default=0.0,
+              help="Decoupled weight decay (AdamW style): every step shrinks all parameters "
+                   "by the factor 1 - lr * weight_decay before the optimizer's update.")
+@click.option("--seq-len", type=POSITIVE, default=64, help="Characters per stream per step (T).")
+@click.option("--batch-size", type=POSITIVE, default=32, help="Parallel streams (B).")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam")
+@click.option("--lr", type=Real(min=0, min_open=True), default=2e-3, help="Learning rate.")
+@click.option("--momentum", type=Real(0, 1, max_open=True), default=0.0, help="Momentum for sgd.")
+@click.option("--clip", type=Real(min=0), default=5.0,
+              help="Clip the global gradient norm to this; 0 disables clipping.")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="constant")
+@click.option("--warmup", type=NON_NEGATIVE, default=0, help="Steps of linear learning-rate warmup.")
+@click.option("--lr-decay", type=Real(0, 1, min_open=True), default=0.5,
+              help="Factor of the 'step' schedule.")
+@click.option("--lr-decay-every", type=NON_NEGATIVE, default=0,
+              help="Steps between 'step' decays; 0: one epoch.")
+@click.option("--lr-min", type=Real(min=0), default=0.0, help="Floor of the 'cosine' schedule.")
+@click.option("--lr-horizon", type=NON_NEGATIVE, default=0,
+              help="Steps over which 'cosine' anneals; 0: the run's step budget.")
+@click.option("--seed", type=NON_NEGATIVE, default=0, help="Seed of the initialisation.")
+@click.option("--threads", type=POSITIVE, default=None,
+              help="Cores a training step uses: the batch's streams split into one shard per "
+                   "core.  [default: every core this process may use, at most --batch-size]")
+@click.option("--blas", default="auto",
+              help="The BLAS behind the matrix products: auto (time every installed library "
+                   "on this run's shapes and keep the fastest), openblas, mkl (pip install "
+                   "'charlstm[mkl]'), or STEP/CHUNK, e.g. mkl/openblas: one library for the "
+                   "recurrences' per-step products, one for the rest. Saved with the run.")
+@click.option("--step-weights", default=None, metavar="FORWARD/BACKWARD",
+              help="Which copy of weight_hh the per-step products read in each direction: "
+                   "stored, transposed, or packed (once per chunk by mkl), e.g. "
+                   "transposed/stored.  [default: measured with --blas auto, else stored/stored]")
+@_budget_options
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory.  [default: runs/<timestamp>]")
+@click.option("--force", is_flag=True, help="Start over in an --out directory that already holds a run.")
+@_cadence_options
+def train(paths, out, force, quiet, blas, step_weights, **options):
+    """Train a model on the text in PATHS (files, directories, globs).
+
+    With no PATHS it trains on the built-in corpus: the Python language reference that
+    ships with every CPython. Writes RUN_DIR/last.npz, best.npz and metrics.jsonl.
+    """
+    from charlstm.train import Trainer, prepare_data, run_training
+
+    cadence = {k: options.pop(k) for k in ("save_every", "eval_every", "log_every")}
+    cadence = {k: v for k, v in cadence.items() if v is not None}
+    if options["steps"] is None and options["epochs"] is None and options["time_limit"] is None:
+        options["epochs"] = DEFAULT_EPOCHS
+    if options["threads"] is None:
+        from charlstm.shards import default_threads
+        options["threads"] = default_threads(options["batch_size"])
+    config = TrainConfig(corpus=tuple(paths), **options, **cadence)
+    out_dir = Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if (out_dir / "last.npz").exists() and not force:
+        raise UserError(
+            f"{out_dir} already holds a run; continue it with `charlstm resume {out_dir}` "
+            f"or pass --force to start over")
+    data = prepare_data(config, cache_dir=token_cache_dir(out_dir))
+    config = _resolve_horizon(config, data.batches.steps_per_epoch)
+    from charlstm.tune import resolve
+    config, _ = resolve(config, len(data.vocab), blas, step_weights)
+    _prepare_out_dir(out_dir)
+    trainer = Trainer(config, data)
+    _announce(trainer, out_dir, quiet)
+    status = run_training(trainer, out_dir, quiet=quiet)
+    _finish(trainer, out_dir, status, quiet)
+
+
+def token_cache_dir(run_dir: Path) -> Path:
+    """Encoded corpora are cached beside the run, shared by the runs of one parent."""
+    from charlstm.tokens import CACHE_DIR_NAME
+    return run_dir.resolve().parent / CACHE_DIR_NAME
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create the run directory and prove it is writable before any training time is spent."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".charlstm-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to {out_dir} ({e.strerror or e}); choose another --out") from None
+
+
+def _resolve_horizon(config: TrainConfig, steps_per_epoch: int) -> TrainConfig:
+    """Fix the cosine schedule's horizon at the start of a run, so resuming (with any
+    budget) continues the same schedule."""
+    if config.lr_schedule != "cosine" or config.lr_horizon > 0:
+        return config
+    limits = []
+    if config.steps is not None:
+        limits.append(config.steps)
+    if config.epochs is not None:
+        limits.append(math.ceil(config.epochs * steps_per_epoch))
+    if not limits:
+        raise click.UsageError("--lr-schedule cosine needs --steps, --epochs or --lr-horizon")
+    return config.replace(lr_horizon=min(limits))
+
+
+def _announce(trainer, out_dir: Path, quiet: bool) -> None:
+    if quiet:
+        return
+    cfg, data = trainer.config, trainer.data
+    from charlstm.model import count_params
+    click.echo(
+        f"charlstm {__version__}: {cfg.cell} {cfg.num_layers}x{cfg.hidden_size}, "
+        f"{count_params(trainer.net.params.shapes):,} parameters, vocabulary {len(data.vocab)}, "
+        f"{len(data.train_ids):,} training / {len(data.val_ids):,} validation characters, "
+        f"{data.batches.steps_per_epoch} steps per epoch; writing {out_dir}", err=True)
+    from charlstm.kernels.blas import BLAS
+    click.echo(f"matrix products on {BLAS.describe()}; step weights {cfg.step_weights}, "
+               f"{cfg.threads} thread{'s' if cfg.threads != 1 else ''}", err=True)
+
+
+def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
+    if not quiet:
+        best = trainer.best_val_bpc
+        best_txt = f", best validation {best:.4f} bpc" if not math.isnan(best) else ""
+        stopped = " (stopped by signal)" if status else ""
+        click.echo(f"step {trainer.step}{best_txt}{stopped}; checkpoint {out_dir / 'last.npz'}", err=True)
+    if status:
+        sys.exit(status)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@_budget_options
+@click.option("--corpus", "corpus", multiple=True,
+              help="Continue on this text instead (fine-tuning); its characters must fit the vocabulary.")
+@click.option("--threads", type=POSITIVE, default=None,
+              help="Split each batch over this many cores from now on. A count other than "
+                   "the run's own rounds differently in float32's last bits than never "
+                   "stopping would have.  [default: the run's own]")
+@click.option("--blas", default=None,
+              help="Continue on this BLAS (as train --blas, auto included). Another choice "
+                   "than the run's own rounds differently.  [default: the run's own]")
+@click.option("--step-weights", default=None, metavar="FORWARD/BACKWARD",
+              help="As train --step-weights.  [default: the run's own]")
+@_cadence_options
+def resume(run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weights, quiet,
+           **cadence):
+    """Continue the run in RUN_DIR from its last.npz, exactly where it stopped."""
+    from charlstm import checkpoint as ckpt_io
+    from charlstm.tokens import fingerprint
+    from charlstm.train import Trainer, prepare_data, run_training
+
+    run_dir = Path(run_dir)
+    ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(run_dir))
+    changes = {k: v for k, v in cadence.items() if v is not None}
+    if steps is not None or epochs is not None or time_limit is not None:
+        changes.update(steps=steps, epochs=epochs, time_limit=time_limit)
+    if corpus:
+        changes["corpus"] = tuple(corpus)
+    if threads is not None:
+        changes["threads"] = threads
+    config = ckpt.config.replace(**changes)
+    if not corpus:
+        current = fingerprint(config.corpus, config.encoding)
+        if [(f.path, f.sha256) for f in current] != [(f.path, f.sha256) for f in ckpt.corpus_files]:
+            raise UserError(
+                "the corpus changed since the checkpoint was written (its SHA-256 differs); "
+                "restore it, or pass --corpus PATH to continue on new text")
+    data = prepare_data(config, vocab=ckpt.vocab, cache_dir=token_cache_dir(run_dir))
+    from charlstm.tune import fall_back_if_missing, resolve
+    if blas is not None or step_weights is not None:
+        config, _ = resolve(config, len(data.vocab), blas or config.blas,
+                            step_weights or (None if blas == "auto" else config.step_weights))
+    else:
+        config, warning = fall_back_if_missing(config)
+        if warning:
+            click.echo(f"Warning: {warning}", err=True)
+    trainer = Trainer(config, data, resume_from=ckpt)
+    limit = trainer.step_limit()
+    if limit is not None and trainer.step >= limit and time_limit is None:
+        raise click.UsageError(
+            f"the run already reached its budget (step {trainer.step}); "
+            f"give a larger --steps or --epochs, or --time, to train further")
+    _prepare_out_dir(run_dir)
+    _announce(trainer, run_dir, quiet)
+    status = run_training(trainer, run_dir, quiet=quiet)
+    _finish(trainer, run_dir, status, quiet)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--length", type=POSITIVE, default=500,
+              help="Characters to generate after the prime (the most, with --stop).")
+@click.option("--temperature", type=Real(min=0), default=0.8,
+              help="Softmax temperature; 0 picks the most likely character.")
+@click.option("--top-k", type=NON_NEGATIVE, default=0, help="Draw only from the K most likely characters; 0: all.")
+@click.option("--top-p", type=Real(0, 1, min_open=True), default=1.0,
+              help="Nucleus sampling: draw only from the fewest most likely characters whose "
+                   "probability (after temperature and --top-k) adds up to P; 1: all.")
+@click.option("--prime", default="", help="Text that warms up the state; printed first.")
+@click.option("--num-samples", type=POSITIVE, default=1,
+              help="Samples to generate, each from the prime, the draws continuing; "
+                   "printed one after another with a line '---' between them.")
+@click.option("--stop", metavar="STRING", default=None,
+              help="End a sample as soon as its generated text (not the prime) contains STRING, "
+                   "which is printed.")
+@click.option("--seed", type=NON_NEGATIVE, default=None, help="Seed for the draws; the same seed gives the same text.")
+def sample(checkpoint, length, temperature, top_k, top_p, prime, num_samples, stop, seed):
+    """Generate text from CHECKPOINT (a .npz file, or a run directory: its best.npz, else
+    last.npz), streaming it to stdout."""
+    import numpy as np
+
+    from charlstm import checkpoint as ckpt_io
+    from charlstm.sample import Sampler, stop_at
+
+    ctx = click.get_current_context()
+    if stop == "":
+        raise click.BadParameter("must not be empty", ctx, param_hint="'--stop'")
+    ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))
+    sampler = Sampler(ckpt)
+    if stop is not None:
+        sampler.check_stop(stop)
+    rng = np.random.default_rng(seed)
+    out = sys.stdout
+    try:
+        for i in range(num_samples):
+            sampler.prime(prime, rng)
+            if i:
+                out.write("---\n")
+            out.write(prime)
+            out.flush()
+            for piece in stop_at(sampler.stream(length, temperature, top_k, rng, top_p=top_p), stop):
+                out.write(piece)
+                out.flush()
+            out.write("\n")
+            out.flush()
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): that is the user's way to stop, not an error.
+        sys.stdout = None
+        sys.exit(0)
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path())
+@click.argument("file", type=click.Path())
+@click.option("--encoding", default="utf-8", help="Text encoding of FILE.")
+@click.option("--skip-unknown", is_flag=True, help="Drop characters outside the model's vocabulary instead of refusing.")
+@click.option("--json", "as_json", is_flag=True, help="Print {\"bpc\": ..., \"chars\": ...}.")
+def eval_(checkpoint, file, encoding, skip_unknown, as_json):
+    """Bits per character of FILE under CHECKPOINT, read as one stream from zero state.
+
+    FILE may also name a built-in corpus: builtin:pydoc or builtin:recall:N."""
+    from charlstm import checkpoint as ckpt_io
+    from charlstm.corpus import describe_chars, read_text_file
+    from charlstm.evaluate import stream_bits_per_char
+    from charlstm.network import Network
+
+    ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))
+    text = read_text_file(file, encoding)
+    unknown = ckpt.vocab.unknown_chars(text)
+    if unknown and skip_unknown:
+        drop = set(unknown)
+        kept = "".join(c for c in text if c not in drop)
+        click.echo(f"skipped {len(text) - len(kept)} characters outside the vocabulary: "
+                   f"{describe_chars(unknown)}", err=True)
+        text = kept
+    elif unknown:
+        raise UserError(f"{file} has characters outside the model's vocabulary: "
+                        f"{describe_chars(unknown)}; pass --skip-unknown to drop them")
+    if len(text) < 2:
+        raise UserError(f"{file} needs at least two characters (of the vocabulary) to evaluate")
+    net = Network(ckpt.config, len(ckpt.vocab), ckpt.params)
+    bpc = stream_bits_per_char(net, ckpt.vocab.encode(text))
+    if as_json:
+        click.echo(json.dumps({"bpc": bpc, "chars": len(text)}))
+    else:
+        click.echo(f"{bpc:.4f}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the information as JSON.")
+def info(checkpoint, as_json):
+    """Configuration, size and progress of CHECKPOINT (a .npz file or a run directory)."""
+    from charlstm import checkpoint as ckpt_io
+    from charlstm.model import count_params
+
+    path = ckpt_io.resolve_checkpoint(checkpoint)
+    ckpt = ckpt_io.load(path)
+    best = ckpt.best_val_bpc
+    summary = {
+        "checkpoint": str(path),
+        "config": ckpt.config.to_json_dict(),
+        "corpus": [{"path": f.path, "sha256": f.sha256} for f in ckpt.corpus_files],
+        "parameters": count_params(ckpt.params.shapes),
+        "step": ckpt.step,
+        "epoch": ckpt.epoch,
+        "best_val_bpc": None if math.isnan(best) else best,
+        "vocab_size": len(ckpt.vocab),
+        "elapsed_seconds": ckpt.elapsed,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    cfg = ckpt.config
+    click.echo(f"checkpoint     {path}")
+    click.echo(f"model          {cfg.cell}, {cfg.num_layers} layers x {cfg.hidden_size} hidden")
+    click.echo(f"parameters     {summary['parameters']:,}")
+    click.echo(f"vocabulary     {summary['vocab_size']} characters")
+    click.echo(f"step           {ckpt.step} (epoch {ckpt.epoch}, {ckpt.epoch_step} steps into it)")
+    click.echo(f"best val bpc   {'-' if summary['best_val_bpc'] is None else f'{best:.4f}'}")
+    click.echo(f"training time  {ckpt.elapsed:.1f} s")
+    click.echo("corpus         " + ", ".join(f.path for f in ckpt.corpus_files))
+    click.echo("configuration")
+    for key, value in summary["config"].items():
+        click.echo(f"  {key:<15}{value}")
+
+
+@main.command()
+@click.option("--config", "configs", multiple=True, type=click.Choice(["S", "M", "L", "R"]),
+              help="Configurations to run (repeatable).  [default: S M L R]")
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Text to train on.  [default: the built-in corpus]")
+@click.option("--steps", type=POSITIVE, default=20, help="Timed training steps per configuration.")
+@click.option("--warmup", type=NON_NEGATIVE, default=3, help="Untimed steps first.")
+@click.option("--compare-torch", is_flag=True, help="Also run the same models in PyTorch, if it is installed.")
+@click.option("--threads", type=POSITIVE, default=None,
+              help="Cores charlstm's training step uses (see train --threads).  "
+                   "[default: all cores, at most the batch size]")
+@click.option("--torch-threads", type=POSITIVE, default=None, help="PyTorch's threads.  [default: all cores]")
+@click.option("--blas", default="auto", help="charlstm's BLAS, as train --blas.")
+@click.option("--repeat", type=POSITIVE, default=1, help="Runs per configuration; medians are reported.")
+@click.option("--quality", type=Duration(), default=None,
+              help="Instead: train config M (or --config) this long in charlstm and in PyTorch "
+                   "and compare validation bpc against time (needs torch).")
+@click.option("--seed", type=NON_NEGATIVE, default=0,
+              help="With --quality: the seed of both tools' initial weights.")
+@click.option("--same-init", is_flag=True,
+              help="With --quality: charlstm starts from PyTorch's initial weights (of --seed), "
+                   "so the runs differ only in the implementation, not in the draw of weights.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads, blas, repeat,
+          quality, seed, same_init, as_json):
+    """Measure training and sampling speed for S, M, L and R (see docs/BENCHMARKS.md)."""
+    import os
+
+    from charlstm.bench import run_bench, run_quality
+
+    echo = (lambda text: click.echo(text, err=True)) if as_json else click.echo
+    torch_threads = torch_threads or os.cpu_count()
+    if quality is not None:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise UserError("--quality compares against PyTorch, which is not installed "
+                            "(pip install torch==2.13.0 for a CPU build)") from None
+        results = run_quality((configs or ("M",))[0], corpus, quality, max(quality / 10, 5.0),
+                              torch_threads, echo=echo, seed=seed, same_init=same_init,
+                              threads=threads, blas=blas)
+    else:
+        results = run_bench(configs or ("S", "M", "L", "R"), corpus, steps, warmup, compare_torch,
+                            torch_threads, echo=echo, repeat=repeat, threads=threads,
+                            blas=blas)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+
+
+@main.command()
+@click.option("--cell", type=click.Choice(CELLS + ("all",)), default="all",
+              help="Cell to check; all: every cell.")
+@click.option("--seed", type=NON_NEGATIVE, default=0,
+              help="Seed of the random model, chunk and initial state.")
+@click.option("--dropout", type=Real(0, 1, max_open=True), default=0.0,
+              help="Check the gradient under one fixed dropout mask of this probability.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def gradcheck(cell, seed, dropout, as_json):
+    """Check every gradient against central finite differences.
+
+    Builds a tiny float64 model (vocabulary 5, hidden size 3, 2 layers, batch 2, 3 steps)
+    with a random non-zero initial state, and compares the gradient of the mean loss with
+    respect to every entry of every parameter, and of h0 (and c0 for the LSTM), with
+    central differences (eps 1e-6). Prints the norm-based relative error per tensor;
+    each must be below 1e-6. Exits with status 1 if any is not. With --dropout, the check
+    is of the network under one fixed random mask.
+    """
+    from charlstm import gradcheck as gc
+
+    cells = CELLS if cell == "all" else (cell,)
+    results = [r for c in cells for r in gc.check_gradients(c, seed=seed, dropout=dropout)]
+    if as_json:
+        click.echo(json.dumps(gc.report_json(results, seed, dropout), indent=2))
+    else:
+        click.echo("\n".join(gc.report_lines(results)))
+    if not all(r.ok for r in results):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.argument("text", type=click.Path())
+@click.option("--length", type=POSITIVE, default=DEFAULT_FLOW_LENGTH,
+              help="T: the largest distance; each chunk is T+1 characters read and the one they predict.")
+@click.option("--chunks", type=POSITIVE, default=DEFAULT_FLOW_CHUNKS,
+              help="Chunks (evenly spaced over TEXT) the norms are averaged over.")
+@click.option("--encoding", default="utf-8", help="Text encoding of TEXT.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Also draw the curves to this PNG (log scale; needs matplotlib).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def gradflow(checkpoint, text, length, chunks, encoding, output, as_json):
+    """How far back the gradient of one prediction reaches in CHECKPOINT's model.
+
+    For chunks of TEXT, each read from zero state, L_T is the cross-entropy of the
+    prediction at the chunk's last position T. Prints the norm of dL_T/dh_t (and
+    dL_T/dc_t for the LSTM) of every layer (l0 is the bottom one) against the distance
+    T - t, averaged over the chunks; computed in float64 with charlstm's own kernels.
+    TEXT is a file, or a built-in corpus such as builtin:recall:48.
+    """
+    from charlstm.gradflow import gradflow_report, report_lines
+
+    result = gradflow_report(checkpoint, text, length, chunks, encoding, output)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo("\n".join(report_lines(result)))
+    if output is not None:
+        click.echo(f"# plot written to {output}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="PNG file to write.  [default: RUN_DIR/curve.png]")
+def plot(run_dir, output):
+    """Plot the learning curves of the run in RUN_DIR: training and validation bits per
+    character from its metrics.jsonl, against steps and against elapsed training time,
+    as a PNG (needs matplotlib: pip install 'charlstm[plot]')."""
+    from charlstm.plot import plot_run
+
+    click.echo(str(plot_run(run_dir, output)))
+
+
+if __name__ == "__main__":
+    main()
