@@ -225,26 +225,12 @@ def _exact(dtype, shape):
 
 def _validate_config(config: TrainConfig, vocab_size: int) -> None:
     """Refuse configurations no CLI run could have written, before sizing arrays by them."""
-    from .config import CELLS, GATES, OPTIMIZERS, parse_step_weights
-    from .kernels.blas import parse_blas
-    ints = ("hidden_size", "num_layers", "seq_len", "batch_size", "threads")
-    for name in ints:
-        value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise CheckpointError(f"checkpoint configuration has an invalid {name}: {value!r}")
-    if config.cell not in CELLS or config.cell not in GATES:
-        raise CheckpointError(f"checkpoint is for cell {config.cell!r}, which this charlstm does not know")
-    if config.optimizer not in OPTIMIZERS:
-        raise CheckpointError(f"checkpoint uses optimizer {config.optimizer!r}, which this charlstm does not know")
-    for name, upper in (("dropout", 1.0), ("weight_decay", float("inf"))):
-        value = getattr(config, name)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < upper:
-            raise CheckpointError(f"checkpoint configuration has an invalid {name}: {value!r}")
+    from .config import GATES, InvalidSetting, validate
+
     try:
-        parse_blas(config.blas)
-        parse_step_weights(config.step_weights)
-    except ValueError as e:
-        raise CheckpointError(f"checkpoint configuration: {e}") from None
+        validate(config)
+    except InvalidSetting as e:
+        raise CheckpointError(f"checkpoint configuration has an {e}") from None
     G, H, L = GATES[config.cell], config.hidden_size, config.num_layers
     n_params = L * (G * H * (vocab_size + 2 * H + 2)) + vocab_size * (H + 1)
     if n_params > 2_000_000_000 or L * config.batch_size * H > 2_000_000_000:

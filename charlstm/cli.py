@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from charlstm import __version__
-from charlstm.config import CELLS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_duration
+from charlstm.config import (CELLS, DEFAULTS, LR_SCHEDULES, OPTIMIZERS, InvalidSetting,
+                             TrainConfig, parse_duration, validate)
 from charlstm.errors import UserError
 from charlstm.gradflow import DEFAULT_CHUNKS as DEFAULT_FLOW_CHUNKS, DEFAULT_LENGTH as DEFAULT_FLOW_LENGTH
 from charlstm.options import Real
@@ -54,11 +55,12 @@ def _budget_options(f):
 def _cadence_options(f):
     f = click.option("--quiet", is_flag=True, help="Hide the progress bar.")(f)
     f = click.option("--log-every", type=POSITIVE, default=None,
-                     help="Write a metrics.jsonl line every N steps.  [default: 10]")(f)
+                     help=f"Write a metrics.jsonl line every N steps.  [default: {DEFAULTS.log_every}]")(f)
     f = click.option("--eval-every", type=NON_NEGATIVE, default=None,
-                     help="Validate every N steps; 0: at the end of each epoch and of the run.  [default: 0]")(f)
+                     help="Validate every N steps; 0: at the end of each epoch and of the run.  "
+                          f"[default: {DEFAULTS.eval_every}]")(f)
     f = click.option("--save-every", type=POSITIVE, default=None,
-                     help="Write last.npz every N steps (and always at the end).  [default: 200]")(f)
+                     help=f"Write last.npz every N steps (and always at the end).  [default: {DEFAULTS.save_every}]")(f)
     return f
 
 
@@ -91,35 +93,35 @@ def main(ctx, debug):
 
 @main.command()
 @click.argument("paths", nargs=-1)
-@click.option("--encoding", default="utf-8", help="Text encoding of the corpus files.")
-@click.option("--val-frac", type=Real(0, 1, max_open=True), default=0.1,
+@click.option("--encoding", default=DEFAULTS.encoding, help="Text encoding of the corpus files.")
+@click.option("--val-frac", type=Real(0, 1, max_open=True), default=DEFAULTS.val_frac,
               help="Fraction of the corpus, taken from its end, held out for validation.")
-@click.option("--cell", type=click.Choice(CELLS), default="lstm")
-@click.option("--hidden-size", type=POSITIVE, default=256)
-@click.option("--num-layers", type=POSITIVE, default=2)
-@click.option("--dropout", type=Real(0, 1, max_open=True), default=0.0,
+@click.option("--cell", type=click.Choice(CELLS), default=DEFAULTS.cell)
+@click.option("--hidden-size", type=POSITIVE, default=DEFAULTS.hidden_size)
+@click.option("--num-layers", type=POSITIVE, default=DEFAULTS.num_layers)
+@click.option("--dropout", type=Real(0, 1, max_open=True), default=DEFAULTS.dropout,
               help="Zero each layer's output, as the layer above and the decoder read it, "
                    "with this probability while training (inverted dropout; off in eval and sampling).")
-@click.option("--weight-decay", type=Real(min=0), default=0.0,
+@click.option("--weight-decay", type=Real(min=0), default=DEFAULTS.weight_decay,
               help="Decoupled weight decay (AdamW style): every step shrinks all parameters "
                    "by the factor 1 - lr * weight_decay before the optimizer's update.")
-@click.option("--seq-len", type=POSITIVE, default=64, help="Characters per stream per step (T).")
-@click.option("--batch-size", type=POSITIVE, default=32, help="Parallel streams (B).")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam")
-@click.option("--lr", type=Real(min=0, min_open=True), default=2e-3, help="Learning rate.")
-@click.option("--momentum", type=Real(0, 1, max_open=True), default=0.0, help="Momentum for sgd.")
-@click.option("--clip", type=Real(min=0), default=5.0,
+@click.option("--seq-len", type=POSITIVE, default=DEFAULTS.seq_len, help="Characters per stream per step (T).")
+@click.option("--batch-size", type=POSITIVE, default=DEFAULTS.batch_size, help="Parallel streams (B).")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=DEFAULTS.optimizer)
+@click.option("--lr", type=Real(min=0, min_open=True), default=DEFAULTS.lr, help="Learning rate.")
+@click.option("--momentum", type=Real(0, 1, max_open=True), default=DEFAULTS.momentum, help="Momentum for sgd.")
+@click.option("--clip", type=Real(min=0), default=DEFAULTS.clip,
               help="Clip the global gradient norm to this; 0 disables clipping.")
-@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="constant")
-@click.option("--warmup", type=NON_NEGATIVE, default=0, help="Steps of linear learning-rate warmup.")
-@click.option("--lr-decay", type=Real(0, 1, min_open=True), default=0.5,
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=DEFAULTS.lr_schedule)
+@click.option("--warmup", type=NON_NEGATIVE, default=DEFAULTS.warmup, help="Steps of linear learning-rate warmup.")
+@click.option("--lr-decay", type=Real(0, 1, min_open=True), default=DEFAULTS.lr_decay,
               help="Factor of the 'step' schedule.")
-@click.option("--lr-decay-every", type=NON_NEGATIVE, default=0,
+@click.option("--lr-decay-every", type=NON_NEGATIVE, default=DEFAULTS.lr_decay_every,
               help="Steps between 'step' decays; 0: one epoch.")
-@click.option("--lr-min", type=Real(min=0), default=0.0, help="Floor of the 'cosine' schedule.")
-@click.option("--lr-horizon", type=NON_NEGATIVE, default=0,
+@click.option("--lr-min", type=Real(min=0), default=DEFAULTS.lr_min, help="Floor of the 'cosine' schedule.")
+@click.option("--lr-horizon", type=NON_NEGATIVE, default=DEFAULTS.lr_horizon,
               help="Steps over which 'cosine' anneals; 0: the run's step budget.")
-@click.option("--seed", type=NON_NEGATIVE, default=0, help="Seed of the initialisation.")
+@click.option("--seed", type=NON_NEGATIVE, default=DEFAULTS.seed, help="Seed of the initialisation.")
 @click.option("--threads", type=POSITIVE, default=None,
               help="Cores a training step uses: the batch's streams split into one shard per "
                    "core.  [default: every core this process may use, at most --batch-size]")
@@ -152,7 +154,7 @@ def train(paths, out, force, quiet, blas, step_weights, **options):
     if options["threads"] is None:
         from charlstm.shards import default_threads
         options["threads"] = default_threads(options["batch_size"])
-    config = TrainConfig(corpus=tuple(paths), **options, **cadence)
+    config = checked(TrainConfig(corpus=tuple(paths), **options, **cadence))
     out_dir = Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if (out_dir / "last.npz").exists() and not force:
         raise UserError(
@@ -167,6 +169,15 @@ def train(paths, out, force, quiet, blas, step_weights, **options):
     _announce(trainer, out_dir, quiet)
     status = run_training(trainer, out_dir, quiet=quiet)
     _finish(trainer, out_dir, status, quiet)
+
+
+def checked(config: TrainConfig) -> TrainConfig:
+    """``config`` if config.validate accepts it; else the one-line error naming the setting."""
+    try:
+        return validate(config)
+    except InvalidSetting as e:
+        option = {"time_limit": "time", "corpus": "corpus"}.get(e.name, e.name).replace("_", "-")
+        raise UserError(f"{e}; fix --{option}") from None
 
 
 def token_cache_dir(run_dir: Path) -> Path:
@@ -257,7 +268,7 @@ def resume(run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weigh
         changes["corpus"] = tuple(corpus)
     if threads is not None:
         changes["threads"] = threads
-    config = ckpt.config.replace(**changes)
+    config = checked(ckpt.config.replace(**changes))
     if not corpus:
         current = fingerprint(config.corpus, config.encoding)
         if [(f.path, f.sha256) for f in current] != [(f.path, f.sha256) for f in ckpt.corpus_files]:

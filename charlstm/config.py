@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass
 
@@ -92,6 +93,131 @@ class TrainConfig:
     def step_layouts(self) -> tuple[str, str]:
         """The copies of weight_hh the forward and the backward step products read."""
         return parse_step_weights(self.step_weights)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _int_at_least(low):
+    return lambda v: None if _is_int(v) and v >= low else f"an integer, at least {low}"
+
+
+def _real_in(low, high=math.inf, low_open=False, high_open=True):
+    def check(v):
+        if not _is_real(v):
+            return "a finite number"
+        if (v <= low if low_open else v < low) or (v >= high if high_open else v > high):
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            return f"a number in {left}{low:g}, {high:g}{right}"
+        return None
+    return check
+
+
+def _one_of(choices):
+    return lambda v: None if v in choices else f"one of {', '.join(choices)}"
+
+
+def _optional(check):
+    return lambda v: None if v is None else check(v)
+
+
+def _parses(parse, expected):
+    def check(v):
+        try:
+            parse(v)
+        except ValueError:
+            return expected
+        return None
+    return check
+
+
+def _corpus(v):
+    ok = isinstance(v, tuple) and all(isinstance(p, str) and p for p in v)
+    return None if ok else "a list of paths"
+
+
+def _encoding(v):
+    import codecs
+
+    try:
+        codecs.lookup(v)
+    except (LookupError, TypeError):
+        return "an encoding Python knows, e.g. utf-8 or latin-1"
+    return None
+
+
+# What every setting may be: one rule each, used by the command line (after its option
+# types) and by the checkpoint loader alike. A rule returns None, or what the value
+# should have been.
+RULES = {
+    "corpus": _corpus,
+    "encoding": _encoding,
+    "val_frac": _real_in(0, 1),
+    "cell": _one_of(CELLS),
+    "hidden_size": _int_at_least(1),
+    "num_layers": _int_at_least(1),
+    "dropout": _real_in(0, 1),
+    "weight_decay": _real_in(0),
+    "seq_len": _int_at_least(1),
+    "batch_size": _int_at_least(1),
+    "optimizer": _one_of(OPTIMIZERS),
+    "lr": _real_in(0, low_open=True),
+    "momentum": _real_in(0, 1),
+    "clip": _real_in(0),
+    "lr_schedule": _one_of(LR_SCHEDULES),
+    "warmup": _int_at_least(0),
+    "lr_decay": _real_in(0, 1, low_open=True, high_open=False),
+    "lr_decay_every": _int_at_least(0),
+    "lr_min": _real_in(0),
+    "lr_horizon": _int_at_least(0),
+    "seed": _int_at_least(0),
+    "threads": _int_at_least(1),
+    "blas": None,  # filled in below: its parser lives with the kernels
+    "step_weights": None,
+    "steps": _optional(_int_at_least(0)),
+    "epochs": _optional(_real_in(0, low_open=True)),
+    "time_limit": _optional(_real_in(0, low_open=True)),
+    "save_every": _int_at_least(1),
+    "eval_every": _int_at_least(0),
+    "log_every": _int_at_least(1),
+}
+
+
+class InvalidSetting(ValueError):
+    """A setting outside what charlstm can run; ``name`` is the TrainConfig field."""
+
+    def __init__(self, name: str, value, expected: str):
+        super().__init__(f"invalid {name}: {value!r} (expected {expected})")
+        self.name, self.value, self.expected = name, value, expected
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Return ``config`` if every setting is one charlstm can run; raise InvalidSetting
+    for the first that is not (its message names the setting, the value and what it
+    should be)."""
+    rules = dict(RULES, step_weights=_parses(parse_step_weights, "FORWARD/BACKWARD, each "
+                                             + " or ".join(STEP_WEIGHT_COPIES)),
+                 blas=_parses(_parse_blas, "LIBRARY or STEP/CHUNK, e.g. openblas or mkl/openblas"))
+    for f in dataclasses.fields(config):
+        problem = rules[f.name](getattr(config, f.name))
+        if problem is not None:
+            raise InvalidSetting(f.name, getattr(config, f.name), problem)
+    return config
+
+
+def _parse_blas(text):
+    from .kernels.blas import parse_blas
+
+    return parse_blas(text)
+
+
+DEFAULTS = TrainConfig()  # the one place each default is written
 
 
 def parse_step_weights(text: str) -> tuple[str, str]:

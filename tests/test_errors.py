@@ -195,12 +195,43 @@ def test_checkpoint_of_unknown_format_version(trained, tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("dropout", 1.0), ("dropout", -0.5), ("dropout", "half"),
-                                       ("weight_decay", -1.0), ("weight_decay", None)])
-def test_checkpoint_with_invalid_regularisation(trained, tmp_path, key, value):
+                                       ("weight_decay", -1.0), ("weight_decay", None),
+                                       ("save_every", 0), ("lr", -1.0), ("val_frac", 5.0),
+                                       ("clip", float("nan")), ("lr_schedule", "cosin"),
+                                       ("log_every", 0), ("steps", -3), ("encoding", "no-such"),
+                                       ("momentum", float("inf")), ("time_limit", 0)])
+def test_checkpoint_with_invalid_settings(trained, tmp_path, key, value):
+    """Settings are checked by the one validator the command line uses too: a checkpoint
+    whose configuration no CLI run could have written is refused on load, by every
+    command, in one line (before, save_every 0 loaded and resume died dividing by it)."""
     meta = json.loads(np.load(trained / "last.npz")["config"].item())
     meta["hyperparameters"][key] = value
     p = rewrite(trained / "last.npz", tmp_path / "r.npz", change={"config": np.array(json.dumps(meta))})
     assert_user_error(run_cli("info", p, check=False), 1, rf"invalid {key}")
+
+
+def test_resume_of_a_run_whose_checkpoint_says_save_every_0(trained, tmp_path):
+    """resume, like info, refuses it in one line (it used to die dividing by zero)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    meta = json.loads(np.load(run / "last.npz")["config"].item())
+    meta["hyperparameters"]["save_every"] = 0
+    rewrite(trained / "last.npz", run / "last.npz", change={"config": np.array(json.dumps(meta))})
+    before = (run / "last.npz").read_bytes()
+    assert_user_error(run_cli("resume", run, "--steps", "5", check=False), 1,
+                      r"invalid save_every: 0 \(expected an integer, at least 1\)")
+    assert (run / "last.npz").read_bytes() == before
+
+
+def test_the_command_line_and_the_loader_share_one_validator(tmp_path):
+    """What click's option types let through is checked by the same rules (an encoding
+    no codec knows, say), with the option to fix named."""
+    corpus = corpus_file(tmp_path)
+    proc = run_cli("train", corpus, *TINY, "--encoding", "no-such-codec", "--steps", "1",
+                   "--out", tmp_path / "r", check=False)
+    assert_user_error(proc, 1, r"invalid encoding: 'no-such-codec'.*fix --encoding")
 
 
 @pytest.mark.parametrize("value", [0, -2, 1.5, "two", True])
@@ -218,7 +249,7 @@ def test_checkpoint_with_invalid_blas_choice(trained, tmp_path, key, value):
     meta = json.loads(np.load(trained / "last.npz")["config"].item())
     meta["hyperparameters"][key] = value
     p = rewrite(trained / "last.npz", tmp_path / "b.npz", change={"config": np.array(json.dumps(meta))})
-    assert_user_error(run_cli("info", p, check=False), 1, r"checkpoint configuration: ")
+    assert_user_error(run_cli("info", p, check=False), 1, rf"invalid {key}: .*expected")
 
 
 def test_checkpoint_from_before_regularisation_options_loads(trained, tmp_path):
