@@ -8,19 +8,16 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from charlstm import __version__
-from charlstm.config import (CELLS, DEFAULTS, LR_SCHEDULES, OPTIMIZERS, InvalidSetting,
-                             TrainConfig, parse_duration, validate)
-from charlstm.errors import UserError
+from charlstm.config import CELLS, DEFAULTS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_duration
+from charlstm.errors import UsageProblem, UserError
 from charlstm.gradflow import DEFAULT_CHUNKS as DEFAULT_FLOW_CHUNKS, DEFAULT_LENGTH as DEFAULT_FLOW_LENGTH
 from charlstm.options import Real
 
-DEFAULT_EPOCHS = 10
 
 
 class Duration(click.ParamType):
@@ -71,6 +68,10 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except UsageProblem as e:
+            if (ctx.obj or {}).get("debug"):
+                raise
+            raise click.UsageError(str(e)) from None
         except UserError as e:
             if (ctx.obj or {}).get("debug"):
                 raise
@@ -145,71 +146,19 @@ def train(paths, out, force, quiet, blas, step_weights, **options):
     With no PATHS it trains on the built-in corpus: the Python language reference that
     ships with every CPython. Writes RUN_DIR/last.npz, best.npz and metrics.jsonl.
     """
-    from charlstm.train import Trainer, prepare_data, run_training
+    from charlstm.run import start_run
+    from charlstm.train import run_training
 
     cadence = {k: options.pop(k) for k in ("save_every", "eval_every", "log_every")}
     cadence = {k: v for k, v in cadence.items() if v is not None}
-    if options["steps"] is None and options["epochs"] is None and options["time_limit"] is None:
-        options["epochs"] = DEFAULT_EPOCHS
     if options["threads"] is None:
         from charlstm.shards import default_threads
         options["threads"] = default_threads(options["batch_size"])
-    config = checked(TrainConfig(corpus=tuple(paths), **options, **cadence))
-    out_dir = Path(out) if out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    if (out_dir / "last.npz").exists() and not force:
-        raise UserError(
-            f"{out_dir} already holds a run; continue it with `charlstm resume {out_dir}` "
-            f"or pass --force to start over")
-    data = prepare_data(config, cache_dir=token_cache_dir(out_dir))
-    config = _resolve_horizon(config, data.batches.steps_per_epoch)
-    from charlstm.tune import resolve
-    config, _ = resolve(config, len(data.vocab), blas, step_weights)
-    _prepare_out_dir(out_dir)
-    trainer = Trainer(config, data)
+    trainer, out_dir = start_run(TrainConfig(corpus=tuple(paths), **options, **cadence),
+                                 Path(out) if out else None, force, blas, step_weights)
     _announce(trainer, out_dir, quiet)
     status = run_training(trainer, out_dir, quiet=quiet)
     _finish(trainer, out_dir, status, quiet)
-
-
-def checked(config: TrainConfig) -> TrainConfig:
-    """``config`` if config.validate accepts it; else the one-line error naming the setting."""
-    try:
-        return validate(config)
-    except InvalidSetting as e:
-        option = {"time_limit": "time", "corpus": "corpus"}.get(e.name, e.name).replace("_", "-")
-        raise UserError(f"{e}; fix --{option}") from None
-
-
-def token_cache_dir(run_dir: Path) -> Path:
-    """Encoded corpora are cached beside the run, shared by the runs of one parent."""
-    from charlstm.tokens import CACHE_DIR_NAME
-    return run_dir.resolve().parent / CACHE_DIR_NAME
-
-
-def _prepare_out_dir(out_dir: Path) -> None:
-    """Create the run directory and prove it is writable before any training time is spent."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".charlstm-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write to {out_dir} ({e.strerror or e}); choose another --out") from None
-
-
-def _resolve_horizon(config: TrainConfig, steps_per_epoch: int) -> TrainConfig:
-    """Fix the cosine schedule's horizon at the start of a run, so resuming (with any
-    budget) continues the same schedule."""
-    if config.lr_schedule != "cosine" or config.lr_horizon > 0:
-        return config
-    limits = []
-    if config.steps is not None:
-        limits.append(config.steps)
-    if config.epochs is not None:
-        limits.append(math.ceil(config.epochs * steps_per_epoch))
-    if not limits:
-        raise click.UsageError("--lr-schedule cosine needs --steps, --epochs or --lr-horizon")
-    return config.replace(lr_horizon=min(limits))
 
 
 def _announce(trainer, out_dir: Path, quiet: bool) -> None:
@@ -255,12 +204,9 @@ def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
 def resume(run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weights, quiet,
            **cadence):
     """Continue the run in RUN_DIR from its last.npz, exactly where it stopped."""
-    from charlstm import checkpoint as ckpt_io
-    from charlstm.tokens import fingerprint
-    from charlstm.train import Trainer, prepare_data, run_training
+    from charlstm.run import resume_run
+    from charlstm.train import run_training
 
-    run_dir = Path(run_dir)
-    ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(run_dir))
     changes = {k: v for k, v in cadence.items() if v is not None}
     if steps is not None or epochs is not None or time_limit is not None:
         changes.update(steps=steps, epochs=epochs, time_limit=time_limit)
@@ -268,29 +214,9 @@ def resume(run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weigh
         changes["corpus"] = tuple(corpus)
     if threads is not None:
         changes["threads"] = threads
-    config = checked(ckpt.config.replace(**changes))
-    if not corpus:
-        current = fingerprint(config.corpus, config.encoding)
-        if [(f.path, f.sha256) for f in current] != [(f.path, f.sha256) for f in ckpt.corpus_files]:
-            raise UserError(
-                "the corpus changed since the checkpoint was written (its SHA-256 differs); "
-                "restore it, or pass --corpus PATH to continue on new text")
-    data = prepare_data(config, vocab=ckpt.vocab, cache_dir=token_cache_dir(run_dir))
-    from charlstm.tune import fall_back_if_missing, resolve
-    if blas is not None or step_weights is not None:
-        config, _ = resolve(config, len(data.vocab), blas or config.blas,
-                            step_weights or (None if blas == "auto" else config.step_weights))
-    else:
-        config, warning = fall_back_if_missing(config)
-        if warning:
-            click.echo(f"Warning: {warning}", err=True)
-    trainer = Trainer(config, data, resume_from=ckpt)
-    limit = trainer.step_limit()
-    if limit is not None and trainer.step >= limit and time_limit is None:
-        raise click.UsageError(
-            f"the run already reached its budget (step {trainer.step}); "
-            f"give a larger --steps or --epochs, or --time, to train further")
-    _prepare_out_dir(run_dir)
+    run_dir = Path(run_dir)
+    trainer = resume_run(run_dir, changes, blas, step_weights,
+                         warn=lambda line: click.echo(f"Warning: {line}", err=True))
     _announce(trainer, run_dir, quiet)
     status = run_training(trainer, run_dir, quiet=quiet)
     _finish(trainer, run_dir, status, quiet)

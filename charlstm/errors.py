@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used: missing, damaged, or not charlstm's."""
+
+
+class UsageProblem(UserError):
+    """Options that cannot run together (a cosine schedule with no horizon, a resume with
+    no budget left); the command line exits with 2, as for any usage error."""

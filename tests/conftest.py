@@ -77,13 +77,12 @@ def train(config, out_dir):
 
 
 def resume(run_dir, **changes):
-    """Resume ``run_dir``'s last.npz in-process with the configuration ``changes``."""
-    from charlstm import checkpoint as ckpt_io
-    from charlstm.train import Trainer, prepare_data, run_training
+    """Resume ``run_dir``'s last.npz in-process with the configuration ``changes``, the
+    way `charlstm resume` does (charlstm.run.resume_run: corpus check included)."""
+    from charlstm.run import resume_run
+    from charlstm.train import run_training
 
-    ckpt = ckpt_io.load(run_dir / "last.npz")
-    config = ckpt.config.replace(**changes)
-    trainer = Trainer(config, prepare_data(config, vocab=ckpt.vocab), resume_from=ckpt)
+    trainer = resume_run(run_dir, changes)
     assert run_training(trainer, run_dir, quiet=True) == 0
     return trainer
 
