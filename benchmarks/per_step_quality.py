@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charlstm.bench import CONFIGS  # noqa: E402
-from charlstm.bench_torch import _TorchTwin  # noqa: E402
+from charlstm.bench_torch import TorchTwin  # noqa: E402
 from charlstm.config import TrainConfig  # noqa: E402
 from charlstm.shards import default_threads  # noqa: E402
 from charlstm.train import Trainer, prepare_data  # noqa: E402
@@ -35,7 +35,7 @@ def train_charlstm(config, data, steps, init=None):
 
 
 def train_torch(spec, corpus, steps, seed):
-    twin = _TorchTwin(spec, corpus, threads=2, seed=seed)
+    twin = TorchTwin(spec, corpus, threads=2, seed=seed)
     spe = twin.data.batches.steps_per_epoch
     state = twin.zero(twin.B)
     for s in range(steps):
@@ -65,7 +65,7 @@ def main():
     data = prepare_data(config)
     results = {"PyTorch": [], "charlstm, own init": [], "charlstm, PyTorch's init": []}
     for seed in a.seeds:
-        torch_init = _TorchTwin(spec, a.corpus, threads=2, seed=seed).state_dict()
+        torch_init = TorchTwin(spec, a.corpus, threads=2, seed=seed).state_dict()
         row = {
             "PyTorch": train_torch(spec, a.corpus, a.steps, seed),
             "charlstm, own init": train_charlstm(config.replace(seed=seed), data, a.steps),

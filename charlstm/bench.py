@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import GATES
+
 CONFIGS = {
     "S": dict(cell="lstm", hidden_size=128, num_layers=1, seq_len=64, batch_size=32),
     "M": dict(cell="lstm", hidden_size=256, num_layers=2, seq_len=64, batch_size=32),
     "L": dict(cell="lstm", hidden_size=512, num_layers=2, seq_len=100, batch_size=64),
     "R": dict(cell="rnn", hidden_size=256, num_layers=1, seq_len=64, batch_size=32),
 }
-GATES = {"lstm": 4, "rnn": 1, "gru": 3}
 SAMPLE_CHARS = 2000
 
 
@@ -175,9 +176,9 @@ def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_ever
     config, _ = resolve(config, len(data.vocab), blas)
     trainer = Trainer(config, data)
     if torch_init:
-        from .bench_torch import _TorchTwin
+        from .bench_torch import TorchTwin
 
-        for name, value in _TorchTwin(spec, corpus, threads=1, seed=seed).state_dict().items():
+        for name, value in TorchTwin(spec, corpus, threads=1, seed=seed).state_dict().items():
             trainer.net.params[name][...] = value
     curve, trained, next_eval = [], 0.0, eval_every_s
     while trained < seconds:

@@ -9,8 +9,10 @@ import time
 
 import numpy as np
 
+from .cells import CELL_TABLE
 
-class _TorchTwin:
+
+class TorchTwin:
     """charlstm's model and training step, written in PyTorch, on charlstm's own data."""
 
     def __init__(self, spec: dict, corpus: str | None, threads: int, seed: int = 0):
@@ -26,9 +28,9 @@ class _TorchTwin:
         self.data = prepare_data(self.config)
         self.V = V = len(self.data.vocab)
         self.T, self.B, self.H, self.L = spec["seq_len"], spec["batch_size"], spec["hidden_size"], spec["num_layers"]
-        self.lstm = spec["cell"] == "lstm"
+        self.lstm = CELL_TABLE[spec["cell"]].has_cell_state
         self.streams = torch.from_numpy(self.data.batches.streams.astype(np.int64))
-        cls = {"lstm": torch.nn.LSTM, "rnn": torch.nn.RNN, "gru": torch.nn.GRU}[spec["cell"]]
+        cls = getattr(torch.nn, CELL_TABLE[spec["cell"]].torch_module)
         self.module = cls(V, self.H, self.L)
         self.decoder = torch.nn.Linear(self.H, V)
         self.eye = torch.eye(V)
@@ -72,7 +74,7 @@ class _TorchTwin:
 
 def worker_torch(spec: dict, corpus: str | None, steps: int, warmup: int, threads: int,
                  sample_chars: int) -> dict:
-    twin = _TorchTwin(spec, corpus, threads)
+    twin = TorchTwin(spec, corpus, threads)
     torch = twin.torch
     state, times = twin.zero(twin.B), []
     for k in range(warmup + steps):
@@ -98,7 +100,7 @@ def train_torch_for(spec: dict, corpus: str | None, seconds: float, eval_every_s
     """Train for ``seconds`` of training time, validating every ``eval_every_s`` seconds
     (validation time not counted) the way charlstm does: the whole validation text as one
     stream from zero state. Returns [(seconds, val_bpc), ...]."""
-    twin = _TorchTwin(spec, corpus, threads, seed)
+    twin = TorchTwin(spec, corpus, threads, seed)
     steps_per_epoch = twin.data.batches.steps_per_epoch
     validate = twin.validate
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CHECKPOINT_FORMAT, __version__
+from .cells import CELL_TABLE
 from .config import TrainConfig
 from .corpus import CorpusFile, Vocab
 from .errors import CheckpointError
@@ -271,7 +272,7 @@ def _read_checkpoint_arrays(reader: _NpzReader) -> dict[str, np.ndarray]:
             if key in reader or stat != "momentum_buffer":
                 arrays[key] = reader.read(key, _exact(np.float32, shape))
     state_shape = (config.num_layers, config.batch_size, config.hidden_size)
-    for key in (("h", "c") if config.cell == "lstm" else ("h",)):
+    for key in CELL_TABLE[config.cell].state:
         arrays[f"state.{key}"] = reader.read(f"state.{key}", _exact(np.float32, state_shape))
     for key in ("optim.step", "step", "epoch", "epoch_step"):
         arrays[key] = reader.read(key, _expect("iu", ()))
@@ -337,7 +338,7 @@ def from_arrays(arrays: dict[str, np.ndarray]) -> Checkpoint:
 
     L, B, H = config.num_layers, config.batch_size, config.hidden_size
     state = {}
-    for key in (("h", "c") if config.cell == "lstm" else ("h",)):
+    for key in CELL_TABLE[config.cell].state:
         state[key] = np.empty((L, B, H), np.float32)
         _fill(state[key], need(f"state.{key}"), f"state.{key}")
 

@@ -7,13 +7,15 @@ import math
 import re
 from dataclasses import dataclass
 
-CELLS = ("lstm", "rnn", "gru")
+from .cells import CELL_TABLE
+
+CELLS = tuple(CELL_TABLE)
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
 LR_SCHEDULES = ("constant", "cosine", "step")
 STEP_WEIGHT_COPIES = ("stored", "transposed", "packed")
 
 # Gates per cell: the G in PyTorch's [G*H, in] weight layout.
-GATES = {"lstm": 4, "rnn": 1, "gru": 3}
+GATES = {name: cell.gates for name, cell in CELL_TABLE.items()}
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from .cells import CELL_TABLE
 from .config import TrainConfig
 
 # NumPy, the model and its kernels (Numba) are imported when a check runs, not when the
@@ -70,7 +71,7 @@ def check_gradients(cell: str, seed: int = 0, eps: float = EPS, tol: float = REL
     inputs = rng.integers(0, V, size=(B, T))
     targets = rng.integers(0, V, size=(B, T))
     state0 = {"h": rng.uniform(-0.9, 0.9, size=(L, B, H))}
-    if cell == "lstm":
+    if CELL_TABLE[cell].has_cell_state:
         state0["c"] = rng.uniform(-1.5, 1.5, size=(L, B, H))
     masks = None
     if dropout > 0:
@@ -85,7 +86,7 @@ def check_gradients(cell: str, seed: int = 0, eps: float = EPS, tol: float = REL
     analytic["h0"] = ws.dh0.copy()
     tensors = {name: params[name] for name in params}
     tensors["h0"] = state0["h"]
-    if cell == "lstm":
+    if CELL_TABLE[cell].has_cell_state:
         analytic["c0"] = ws.dc0.copy()
         tensors["c0"] = state0["c"]
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
+from .cells import CELL_TABLE
 from .errors import UserError
 
 # NumPy, the network and its kernels (Numba) are imported when the command runs, not when
@@ -43,12 +44,7 @@ PLOT_HINT = "plotting needs matplotlib: pip install 'charlstm[plot]'"
 
 def quantity_names(cell: str, num_layers: int) -> list[str]:
     """Column names: h_l0 (c_l0), h_l1 (c_l1), ... from the bottom layer up."""
-    names = []
-    for k in range(num_layers):
-        names.append(f"h_l{k}")
-        if cell == "lstm":
-            names.append(f"c_l{k}")
-    return names
+    return [f"{key}_l{k}" for k in range(num_layers) for key in CELL_TABLE[cell].state]
 
 
 def flow_gradients(net: Network, inputs: np.ndarray, targets: np.ndarray,

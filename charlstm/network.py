@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .cells import CELL_TABLE
 from .config import TrainConfig
 from .errors import UserError
 from .kernels.blas import BLAS, STEP_LAYOUTS, TRANSPOSED_PAD, matmul_nn, matmul_nt, matmul_tn, transpose_into
@@ -95,10 +96,10 @@ class Network:
         self._packed: dict[tuple, np.ndarray] = {}  # (layer, forward, rows) -> buffer
 
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
-        state = {"h": np.zeros((self.num_layers, batch, self.H), self.dtype)}
-        if self.lstm:
-            state["c"] = np.zeros((self.num_layers, batch, self.H), self.dtype)
-        return state
+        """The carried state of ``batch`` streams at zero: [num_layers, batch, H] per key
+        of the cell's state (cells.py)."""
+        return {key: np.zeros((self.num_layers, batch, self.H), self.dtype)
+                for key in CELL_TABLE[self.cell].state}
 
     def workspace(self, T: int, B: int) -> Workspace:
         key = (T, B)

@@ -6,7 +6,8 @@ import numpy as np
 from .checkpoint import Checkpoint
 from .corpus import describe_chars
 from .errors import UserError
-from .kernels.sampling import CELL_CODES, generate
+from .cells import CELL_TABLE
+from .kernels.sampling import generate
 
 STREAM_CHUNK = 32  # characters per kernel call: small enough to stream, large enough to be cheap
 
@@ -20,20 +21,20 @@ class Sampler:
         p = ckpt.params
         L, H, G = cfg.num_layers, cfg.hidden_size, cfg.gates
         self.vocab = ckpt.vocab
-        self.cell = CELL_CODES[cfg.cell]
+        self.cell = CELL_TABLE[cfg.cell].sampling_code
         # The GRU's bias_hh n rows sit inside r * (h W_hn^T + b_hn): they cannot be folded
         # into the input side with the other biases, so they are kept apart in bias_hn
         # (zeros and unused for the other cells).
-        gru = cfg.cell == "gru"
+        inside = CELL_TABLE[cfg.cell].bias_hh_rows_inside
         self.bias_hn = np.zeros((L, H), np.float32)
-        if gru:
+        if inside:
             for k in range(L):
                 self.bias_hn[k] = p[f"rnn.bias_hh_l{k}"][2 * H:]
 
         def bias_hh_input_side(k):
             """bias_hh as the input side adds it: all of it, for the GRU without n rows."""
             b_hh = p[f"rnn.bias_hh_l{k}"]
-            if gru:
+            if inside:
                 b_hh = b_hh.copy()
                 b_hh[2 * H:] = 0.0
             return b_hh

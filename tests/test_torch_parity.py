@@ -68,7 +68,7 @@ def test_readme_snippet_loads_a_checkpoint_into_torch(tmp_path, small_corpus):
 def test_benchmark_twin_weights_load_into_charlstm(tmp_path, cell):
     """`bench --quality --same-init` copies the PyTorch twin's initial weights into
     charlstm by name: every charlstm parameter gets one of the right shape."""
-    from charlstm.bench_torch import _TorchTwin
+    from charlstm.bench_torch import TorchTwin
     from charlstm.model import param_shapes
 
     from conftest import make_text
@@ -76,9 +76,9 @@ def test_benchmark_twin_weights_load_into_charlstm(tmp_path, cell):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(3000))
     spec = dict(cell=cell, hidden_size=8, num_layers=2, seq_len=8, batch_size=2)
-    twin = _TorchTwin(spec, str(corpus), threads=1, seed=3)
+    twin = TorchTwin(spec, str(corpus), threads=1, seed=3)
     weights = twin.state_dict()
     shapes = param_shapes(TrainConfig(**spec), twin.V)
     assert {k: v.shape for k, v in weights.items()} == shapes
-    again = _TorchTwin(spec, str(corpus), threads=1, seed=3).state_dict()
+    again = TorchTwin(spec, str(corpus), threads=1, seed=3).state_dict()
     assert all(np.array_equal(weights[k], again[k]) for k in weights)

@@ -2,20 +2,19 @@
 
 The cell step functions are the same ones the training kernels use, so sampling cannot
 drift from training. The weights arrive stacked per layer (see ``charlstm.sample``).
-The cell is chosen by an integer code (``CELL_CODES``) so one compiled ``generate``
-serves every cell.
+The cell is chosen by an integer code (kernels/codes.py; charlstm/cells.py gives each
+cell its own) so one compiled ``generate`` serves every cell.
 """
 import math
 
 from .jit import kernel
 import numpy as np
 
+from .codes import CELL_GRU, CELL_LSTM
 from .gru import gru_step
 from .lstm import lstm_step
 from .rnn import rnn_step
 
-CELL_LSTM, CELL_RNN, CELL_GRU = 0, 1, 2
-CELL_CODES = {"lstm": CELL_LSTM, "rnn": CELL_RNN, "gru": CELL_GRU}
 
 
 @kernel
@@ -127,7 +126,7 @@ def generate(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, dec_w_t, dec_b, h, c,
 
     Parameters
     ----------
-    cell : one of ``CELL_CODES``' values.
+    cell : a cell's code (kernels/codes.py).
     table0 : [V, G*H] layer 0's weight_ih.T plus both biases (one-hot input as a lookup);
         for the GRU without bias_hh's n rows.
     w_ih_t : [max(L-1, 1), H, G*H] upper layers' weight_ih.T; bias : [max(L-1,1), G*H]
