@@ -92,8 +92,25 @@ def main(ctx, debug):
     ctx.obj = {"debug": debug}
 
 
+def _read_run_file(ctx, param, value):
+    """--config FILE: its [train] table becomes the defaults of this invocation, so any
+    option given on the command line wins over the file."""
+    if value is None:
+        return None
+    from charlstm.config_file import read
+
+    options = read(value)
+    ctx.meta["run_file_corpus"] = options.pop("corpus", ())
+    ctx.default_map = {**(ctx.default_map or {}), **options}
+    return value
+
+
 @main.command()
 @click.argument("paths", nargs=-1)
+@click.option("--config", "run_file", type=click.Path(dir_okay=False), default=None,
+              is_eager=True, expose_value=False, callback=_read_run_file,
+              help="Read options from this TOML file's [train] table (as `charlstm info RUN "
+                   "--toml` writes one); options on the command line win over it.")
 @click.option("--encoding", default=DEFAULTS.encoding, help="Text encoding of the corpus files.")
 @click.option("--val-frac", type=Real(0, 1, max_open=True), default=DEFAULTS.val_frac,
               help="Fraction of the corpus, taken from its end, held out for validation.")
@@ -140,14 +157,18 @@ def main(ctx, debug):
               help="Run directory.  [default: runs/<timestamp>]")
 @click.option("--force", is_flag=True, help="Start over in an --out directory that already holds a run.")
 @_cadence_options
-def train(paths, out, force, quiet, blas, step_weights, **options):
+@click.pass_context
+def train(ctx, paths, out, force, quiet, blas, step_weights, **options):
     """Train a model on the text in PATHS (files, directories, globs).
 
-    With no PATHS it trains on the built-in corpus: the Python language reference that
-    ships with every CPython. Writes RUN_DIR/last.npz, best.npz and metrics.jsonl.
+    With no PATHS it trains on the corpus of --config's file, if it names one, else on
+    the built-in corpus: the Python language reference that ships with every CPython.
+    Writes RUN_DIR/last.npz, best.npz and metrics.jsonl.
     """
     from charlstm.run import start_run
     from charlstm.train import run_training
+
+    paths = paths or ctx.meta.get("run_file_corpus", ())
 
     cadence = {k: options.pop(k) for k in ("save_every", "eval_every", "log_every")}
     cadence = {k: v for k, v in cadence.items() if v is not None}
@@ -315,13 +336,22 @@ def eval_(checkpoint, file, encoding, skip_unknown, as_json):
 @main.command()
 @click.argument("checkpoint", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the information as JSON.")
-def info(checkpoint, as_json):
+@click.option("--toml", "as_toml", is_flag=True,
+              help="Print the run's configuration as a file for `charlstm train --config`.")
+def info(checkpoint, as_json, as_toml):
     """Configuration, size and progress of CHECKPOINT (a .npz file or a run directory)."""
     from charlstm import checkpoint as ckpt_io
     from charlstm.model import count_params
 
     path = ckpt_io.resolve_checkpoint(checkpoint)
     ckpt = ckpt_io.load(path)
+    if as_toml:
+        from charlstm.config_file import write
+
+        click.echo(write(ckpt.config, f"The configuration of {path} (step {ckpt.step}).\n"
+                                      f"Repeat the run: charlstm train --config FILE --out DIR"),
+                   nl=False)
+        return
     best = ckpt.best_val_bpc
     summary = {
         "checkpoint": str(path),

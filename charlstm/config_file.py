@@ -1,0 +1,119 @@
+"""Run configuration files: a run's training options as a TOML ``[train]`` table.
+
+    [train]
+    corpus = ["input.txt"]
+    hidden_size = 512
+    lr = 3e-3
+    time = "30m"
+
+``charlstm train --config FILE`` reads one (options on the command line win over it);
+``charlstm info RUN --toml`` writes a run's own, so a run is repeated with one command.
+The keys are TrainConfig's field names (train's options with ``_`` for ``-``), plus
+``time`` (a duration, as ``--time`` takes it) and ``blas``/``step_weights``; relative
+corpus paths are read from the current directory, as on the command line. Read with
+the standard library's tomllib (tomli before Python 3.11).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+
+from .config import TrainConfig, parse_duration
+from .errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on older Pythons only
+    import tomli as tomllib
+
+TABLE = "train"
+# TrainConfig fields a file may not set: none. Keys a file may set that are not fields:
+EXTRA_KEYS = {"time": "time_limit"}
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _expected_type(name: str) -> str:
+    hint = str(_HINTS[name])
+    if name == "corpus":
+        return "a list of paths"
+    if "int" in hint and "float" not in hint:
+        return "an integer"
+    if "float" in hint:
+        return "a number"
+    return "a string"
+
+
+def _check_type(name: str, value, where: str):
+    """``value`` for field ``name``, or UserError naming the key and the type it needs."""
+    kind = _expected_type(name)
+    ok = {
+        "a list of paths": lambda v: isinstance(v, list) and all(isinstance(p, str) for p in v),
+        "an integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "a number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        "a string": lambda v: isinstance(v, str),
+    }[kind](value)
+    if not ok:
+        raise UserError(f"{where}: key {name!r} must be {kind}, not {value!r}")
+    return tuple(value) if name == "corpus" else value
+
+
+def read(path) -> dict:
+    """The training options of the ``[train]`` table in ``path``, as TrainConfig field
+    names and values. Raises UserError (one line, naming the file and the key) for a
+    missing or unreadable file, TOML syntax errors, a missing table, unknown keys and
+    values of the wrong type."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path} is not valid TOML: {e}") from None
+    table = document.get(TABLE)
+    if not isinstance(table, dict):
+        raise UserError(f"{path} has no [{TABLE}] table; put the training options under [{TABLE}]")
+    other = sorted(k for k in document if k != TABLE)
+    if other:
+        raise UserError(f"{path}: unknown table or key {other[0]!r} outside [{TABLE}]")
+    options = {}
+    for key, value in table.items():
+        where = f"{path} [{TABLE}]"
+        if key in EXTRA_KEYS:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise UserError(f"{where}: key {key!r} must be a duration such as \"30m\", not {value!r}")
+            try:
+                options[EXTRA_KEYS[key]] = parse_duration(str(value))
+            except ValueError as e:
+                raise UserError(f"{where}: key {key!r}: {e}") from None
+        elif key in _FIELDS:
+            options[key] = _check_type(key, value, where)
+        else:
+            raise UserError(f"{where}: unknown key {key!r}; the keys are train's options: "
+                            f"{', '.join(sorted([*_FIELDS, *EXTRA_KEYS]))}")
+    return options
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    # JSON's string escapes are TOML's basic-string escapes.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def write(config: TrainConfig, comment: str = "") -> str:
+    """``config`` as a ``[train]`` table that ``read`` returns unchanged (settings that
+    are unset, None, are left out: unset is their default)."""
+    lines = [f"# {line}" for line in comment.splitlines()] + [f"[{TABLE}]"]
+    for name, value in config.to_json_dict().items():
+        if value is not None:
+            lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
