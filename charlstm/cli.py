@@ -317,12 +317,11 @@ def eval_(checkpoint, file, encoding, skip_unknown, as_json):
     if unknown and skip_unknown:
         drop = set(unknown)
         kept = "".join(c for c in text if c not in drop)
-        click.echo(f"skipped {len(text) - len(kept)} characters outside the vocabulary: "
-                   f"{describe_chars(unknown)}", err=True)
+        click.echo(f"skipped {len(text) - len(kept)} characters outside the model's "
+                   f"vocabulary: {describe_chars(unknown)}", err=True)
         text = kept
-    elif unknown:
-        raise UserError(f"{file} has characters outside the model's vocabulary: "
-                        f"{describe_chars(unknown)}; pass --skip-unknown to drop them")
+    else:
+        ckpt.vocab.require_covers(text, str(file), "pass --skip-unknown to drop them")
     if len(text) < 2:
         raise UserError(f"{file} needs at least two characters (of the vocabulary) to evaluate")
     net = Network(ckpt.config, len(ckpt.vocab), ckpt.params)

@@ -6,8 +6,8 @@ an epoch reads ``streams[:, k*T:(k+1)*T]`` and predicts the characters one later
 """
 from __future__ import annotations
 
+import codecs
 import glob
-import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+
+BLOCK_BYTES = 4 << 20  # files are decoded this many bytes at a time
 
 BUILTIN = "builtin:pydoc"
 BUILTIN_PREFIX = "builtin:"  # specs so prefixed name built-in corpora, never files
@@ -62,12 +64,6 @@ def builtin_corpus(specs):
 class CorpusFile:
     path: str
     sha256: str
-
-
-@dataclass
-class Corpus:
-    text: str
-    files: list  # of CorpusFile, in reading order
 
 
 def _looks_like_text(path: Path) -> bool:
@@ -133,61 +129,65 @@ def check_bytes_head(path: Path, head: bytes, encoding: str) -> None:
                         f"give charlstm text files")
 
 
-def decode_file(path: Path, data: bytes, encoding: str, several: bool = False) -> str:
-    """Decode one file's bytes, with an error that names the file, the byte and the fix."""
-    check_bytes_head(path, data[:_SNIFF_BYTES], encoding)
+def decoded_blocks(path: Path, encoding: str, several: bool = False):
+    """Yield the text of ``path`` block by block (BLOCK_BYTES at a time), without its
+    byte-order mark: the one decoder of every file charlstm reads. Raises UserError,
+    naming the file and the fix, for an unknown encoding, an unreadable file, UTF-16/32
+    or binary content read as UTF-8 (check_bytes_head), and bytes the encoding cannot
+    decode (their offset in the file). ``several``: the file is one of several, which
+    must share one encoding."""
     try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as e:
-        hint = "; all files must share one encoding" if several else ""
-        raise UserError(
-            f"{path}: not valid {encoding} at byte {e.start}; pass --encoding with the "
-            f"file's encoding (e.g. --encoding latin-1){hint}") from None
+        decoder = codecs.getincrementaldecoder(encoding)()
     except LookupError:
         raise UserError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8") from None
-    if text.startswith("\ufeff"):
-        text = text[1:]  # a byte-order mark is not part of the text
-    return text
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror})") from None
+    with f:
+        offset = 0
+        at_start = True
+        while True:
+            try:
+                block = f.read(BLOCK_BYTES)
+            except OSError as e:
+                raise UserError(f"{path}: cannot read it ({e.strerror})") from None
+            if offset == 0:
+                check_bytes_head(path, block, encoding)
+            final = len(block) == 0
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(block, final=final)
+            except UnicodeDecodeError as e:
+                hint = "; all files must share one encoding" if several else ""
+                raise UserError(
+                    f"{path}: not valid {encoding} at byte {offset - pending + e.start}; pass "
+                    f"--encoding with the file's encoding (e.g. --encoding latin-1){hint}") from None
+            except UnicodeError as e:  # not a decode error: UTF-16/32 without a byte-order mark
+                raise UserError(
+                    f"{path}: not valid {encoding} ({e}); name the byte order, e.g. "
+                    f"--encoding {encoding}-le, or pass the file's encoding") from None
+            if at_start and text:
+                at_start = False
+                if text.startswith("\ufeff"):
+                    text = text[1:]  # a byte-order mark is not part of the text
+            if text:
+                yield text
+            offset += len(block)
+            if final:
+                return
 
 
 def read_text_file(file, encoding: str = "utf-8") -> str:
-    """One text file, decoded, with the errors of ``decode_file`` and one for a missing
-    file; a ``builtin:...`` spec (see ``builtin_corpus``) gives that corpus's text."""
+    """One text file, decoded by ``decoded_blocks`` (so with its errors), and an error for
+    a missing file; a ``builtin:...`` spec (see ``builtin_corpus``) gives that corpus's
+    text."""
     if str(file).startswith(BUILTIN_PREFIX):
         return builtin_corpus([file])[1]
     path = Path(file)
     if not path.is_file():
         raise UserError(f"{file}: no such file")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{file}: cannot read it ({e.strerror})") from None
-    return decode_file(path, data, encoding)
-
-
-def read_corpus(specs, encoding: str = "utf-8") -> Corpus:
-    """Read and join the files named by ``specs``; no specs means the built-in corpus, and
-    a single ``builtin:...`` spec a named built-in one (see ``builtin_corpus``)."""
-    builtin = builtin_corpus(specs)
-    if builtin is not None:
-        name, text = builtin
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        return Corpus(text, [CorpusFile(name, digest)])
-    parts, files = [], []
-    paths = resolve_paths(specs)
-    for path in paths:
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise UserError(f"{path}: cannot read it ({e.strerror})") from None
-        if not data and len(paths) == 1:
-            raise UserError(f"{path} is empty; give a file that contains text")
-        parts.append(decode_file(path, data, encoding, several=len(paths) > 1))
-        files.append(CorpusFile(str(path), hashlib.sha256(data).hexdigest()))
-    text = "".join(parts)
-    if not text:
-        raise UserError("the corpus is empty: every file given is empty; give files that contain text")
-    return Corpus(text, files)
+    return "".join(decoded_blocks(path, encoding))
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -222,6 +222,13 @@ class Vocab:
     def unknown_chars(self, text: str) -> list[str]:
         return sorted(set(text) - set(self.index))
 
+    def require_covers(self, text: str, what: str, fix: str) -> None:
+        """Raise outside_vocabulary(what, ..., fix) if ``text`` has characters this
+        vocabulary lacks."""
+        unknown = self.unknown_chars(text)
+        if unknown:
+            raise outside_vocabulary(what, unknown, fix)
+
     def encode(self, text: str) -> np.ndarray:
         """Ids of ``text``; every character must be in the vocabulary."""
         codes = _code_points(text)
@@ -231,8 +238,7 @@ class Vocab:
             lut[ord(c)] = i
         ids = lut[codes]
         if ids.size and ids.min() < 0:
-            missing = self.unknown_chars(text)
-            raise UserError(f"characters outside the vocabulary: {describe_chars(missing)}")
+            raise outside_vocabulary("the text", self.unknown_chars(text), "")
         return ids.astype(self.dtype)
 
     def decode(self, ids) -> str:
@@ -240,6 +246,13 @@ class Vocab:
 
     def as_array(self) -> np.ndarray:
         return np.array(self.chars, dtype="<U1") if self.chars else np.zeros(0, "<U1")
+
+
+def outside_vocabulary(what: str, unknown, fix: str) -> UserError:
+    """The one error for text with characters a model's vocabulary lacks: ``what`` names
+    the text ("the corpus", "the prime text", a file), ``fix`` says what to do."""
+    return UserError(f"{what} has characters outside the model's vocabulary: "
+                     f"{describe_chars(sorted(unknown))}" + (f"; {fix}" if fix else ""))
 
 
 def describe_chars(chars, limit: int = 10) -> str:

@@ -216,7 +216,7 @@ def gradflow_report(checkpoint, text: str, length: int = DEFAULT_LENGTH,
     import numpy as np
 
     from . import checkpoint as ckpt_io
-    from .corpus import describe_chars, read_text_file
+    from .corpus import read_text_file
     from .network import Network
 
     if output is not None:
@@ -227,10 +227,7 @@ def gradflow_report(checkpoint, text: str, length: int = DEFAULT_LENGTH,
     path = ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True)
     ckpt = ckpt_io.load(path)
     content = read_text_file(text, encoding)
-    unknown = ckpt.vocab.unknown_chars(content)
-    if unknown:
-        raise UserError(f"{text} has characters outside the model's vocabulary: "
-                        f"{describe_chars(unknown)}")
+    ckpt.vocab.require_covers(content, str(text), "give text the model was trained on")
     if len(content) < length + 2:
         raise UserError(f"{text} has {len(content)} characters; --length {length} needs at "
                         f"least {length + 2}: give a longer text or a smaller --length")

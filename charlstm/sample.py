@@ -4,8 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from .checkpoint import Checkpoint
-from .corpus import describe_chars
-from .errors import UserError
 from .cells import CELL_TABLE
 from .kernels.sampling import generate
 
@@ -57,11 +55,7 @@ class Sampler:
         self.next_input = None
 
     def encode(self, text: str) -> np.ndarray:
-        unknown = self.vocab.unknown_chars(text)
-        if unknown:
-            raise UserError(
-                f"the prime text has characters outside the model's vocabulary: "
-                f"{describe_chars(unknown)}; remove them or choose another prime")
+        self.vocab.require_covers(text, "the prime text", "remove them or choose another prime")
         return self.vocab.encode(text).astype(np.int64)
 
     def reset(self) -> None:
@@ -91,11 +85,7 @@ class Sampler:
 
     def check_stop(self, stop: str) -> None:
         """Refuse a stop string the model could never generate."""
-        unknown = self.vocab.unknown_chars(stop)
-        if unknown:
-            raise UserError(
-                f"the stop string has characters outside the model's vocabulary: "
-                f"{describe_chars(unknown)}; it could never be generated")
+        self.vocab.require_covers(stop, "the stop string", "it could never be generated")
 
     def stream(self, length: int, temperature: float, top_k: int, rng: np.random.Generator,
                top_p: float = 1.0):

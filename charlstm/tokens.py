@@ -11,7 +11,6 @@ over the same text, maps them from disk instead of encoding again.
 """
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -21,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpus import (CorpusFile, Vocab, _code_points, builtin_corpus, check_bytes_head,
-                     describe_chars, resolve_paths)
+from .corpus import (BLOCK_BYTES, CorpusFile, Vocab, _code_points, builtin_corpus, decoded_blocks,
+                     outside_vocabulary, resolve_paths)
 from .errors import UserError
 
-BLOCK_BYTES = 4 << 20
+VOCAB_FIX = "fine-tuning needs text in the characters the model was trained on"
+
 MAX_CODE_POINT = 0x10FFFF
 CACHE_DIR_NAME = ".charlstm-tokens"
 
@@ -35,46 +35,6 @@ class EncodedCorpus:
     files: list  # of CorpusFile, in reading order
     vocab: Vocab
     ids: np.ndarray  # possibly a read-only memory map
-
-
-def _decoded_blocks(path: Path, encoding: str, several: bool):
-    """Yield the text of ``path`` block by block, with the errors of ``decode_file``."""
-    try:
-        decoder = codecs.getincrementaldecoder(encoding)()
-    except LookupError:
-        raise UserError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8") from None
-    try:
-        f = open(path, "rb")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read it ({e.strerror})") from None
-    with f:
-        offset = 0
-        at_start = True
-        while True:
-            try:
-                block = f.read(BLOCK_BYTES)
-            except OSError as e:
-                raise UserError(f"{path}: cannot read it ({e.strerror})") from None
-            if offset == 0:
-                check_bytes_head(path, block, encoding)
-            final = len(block) == 0
-            pending = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(block, final=final)
-            except UnicodeDecodeError as e:
-                hint = "; all files must share one encoding" if several else ""
-                raise UserError(
-                    f"{path}: not valid {encoding} at byte {offset - pending + e.start}; pass "
-                    f"--encoding with the file's encoding (e.g. --encoding latin-1){hint}") from None
-            if at_start and text:
-                at_start = False
-                if text.startswith("\ufeff"):
-                    text = text[1:]  # a byte-order mark is not part of the text
-            if text:
-                yield text
-            offset += len(block)
-            if final:
-                return
 
 
 def _file_sha256(path: Path) -> str:
@@ -142,7 +102,7 @@ def load_corpus(specs, encoding: str = "utf-8", vocab: Vocab | None = None,
     counts, total = np.zeros(MAX_CODE_POINT + 1, np.int64), 0
     for path in paths:
         n_file = 0
-        for text in _decoded_blocks(path, encoding, several):
+        for text in decoded_blocks(path, encoding, several):
             codes = _code_points(text)
             counts += np.bincount(codes, minlength=MAX_CODE_POINT + 1)
             n_file += len(codes)
@@ -155,10 +115,9 @@ def load_corpus(specs, encoding: str = "utf-8", vocab: Vocab | None = None,
     if vocab is None:
         vocab = Vocab(chr(int(c)) for c in present)
     else:
-        unknown = sorted(set(chr(int(c)) for c in present) - set(vocab.index))
+        unknown = set(chr(int(c)) for c in present) - set(vocab.index)
         if unknown:
-            raise UserError(f"the corpus has characters outside the checkpoint's vocabulary: "
-                            f"{describe_chars(unknown)}")
+            raise outside_vocabulary("the corpus", unknown, VOCAB_FIX)
         if [chr(int(c)) for c in present] == vocab.chars:
             key = own_key
     lut = _lookup_table(vocab)
@@ -166,7 +125,7 @@ def load_corpus(specs, encoding: str = "utf-8", vocab: Vocab | None = None,
     def fill(ids):
         pos = 0
         for path in paths:
-            for text in _decoded_blocks(path, encoding, several):
+            for text in decoded_blocks(path, encoding, several):
                 codes = _code_points(text)
                 ids[pos:pos + len(codes)] = lut[codes]
                 pos += len(codes)
@@ -191,10 +150,7 @@ def _encode_in_memory(text: str, files, vocab: Vocab | None) -> EncodedCorpus:
     if vocab is None:
         vocab = Vocab.from_text(text)
     else:
-        unknown = vocab.unknown_chars(text)
-        if unknown:
-            raise UserError(f"the corpus has characters outside the checkpoint's vocabulary: "
-                            f"{describe_chars(unknown)}")
+        vocab.require_covers(text, "the corpus", VOCAB_FIX)
     return EncodedCorpus(files, vocab, vocab.encode(text))
 
 

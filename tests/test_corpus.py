@@ -1,11 +1,18 @@
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from charlstm.corpus import (BUILTIN, Batches, Vocab, builtin_text, id_dtype, read_corpus,
-                             resolve_paths, split)
+from charlstm.corpus import BUILTIN, Batches, Vocab, builtin_text, id_dtype, resolve_paths, split
 from charlstm.errors import UserError
+from charlstm.tokens import load_corpus
+
+
+def read_corpus(specs, encoding="utf-8"):
+    """What training reads (tokens.load_corpus), as text and files."""
+    encoded = load_corpus(specs, encoding)
+    return SimpleNamespace(text=encoded.vocab.decode(encoded.ids), files=encoded.files)
 
 
 def test_files_dirs_and_globs_read_in_sorted_order(tmp_path):
@@ -38,6 +45,15 @@ def test_bom_dropped_and_encoding_option(tmp_path):
         read_corpus([str(tmp_path / "latin.txt")])
 
 
+def test_utf16_without_a_byte_order_mark_is_a_user_error(tmp_path):
+    """Found by fuzzing the reader training uses: the incremental UTF-16 decoder raises a
+    bare UnicodeError for a stream without a byte-order mark."""
+    (tmp_path / "u16.txt").write_bytes("hi".encode("utf-16-le"))
+    with pytest.raises(UserError, match=r"u16\.txt: not valid utf-16 .*--encoding utf-16-le"):
+        read_corpus([str(tmp_path / "u16.txt")], encoding="utf-16")
+    assert read_corpus([str(tmp_path / "u16.txt")], encoding="utf-16-le").text == "hi"
+
+
 def test_missing_path_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         read_corpus([str(tmp_path / "nope.txt")])
@@ -62,7 +78,7 @@ def test_vocab_sorted_distinct_and_smallest_dtype():
     assert id_dtype(256) == np.uint8 and id_dtype(257) == np.uint16 and id_dtype(70000) == np.uint32
     wide = "".join(chr(0x4E00 + i) for i in range(300))
     assert Vocab.from_text(wide).dtype == np.uint16
-    with pytest.raises(UserError, match="outside the vocabulary"):
+    with pytest.raises(UserError, match="outside the model's vocabulary"):
         v.encode("xyz")
 
 

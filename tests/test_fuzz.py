@@ -10,11 +10,13 @@ from hypothesis import strategies as st
 
 from charlstm import checkpoint as ckpt_io
 from charlstm.config import TrainConfig
-from charlstm.corpus import read_corpus
+from charlstm import corpus as corpus_module
 from charlstm.errors import CheckpointError, UserError
 from charlstm.model import init_params
 from charlstm.optim import Optimizer
 from charlstm.corpus import Vocab, CorpusFile
+from charlstm.tokens import load_corpus
+from corpus_oracle import read_whole
 
 FUZZ = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -44,16 +46,22 @@ def _load(tmp_path, data: bytes):
 
 
 @FUZZ
-@given(data=st.binary(max_size=3000), encoding=st.sampled_from(["utf-8", "latin-1", "utf-16", "ascii", "cp1252"]))
-def test_corpus_reader_on_random_bytes(tmp_path, data, encoding):
+@given(data=st.binary(max_size=3000), encoding=st.sampled_from(["utf-8", "latin-1", "utf-16", "ascii", "cp1252"]),
+       block=st.integers(min_value=1, max_value=64))
+def test_corpus_reader_on_random_bytes(tmp_path, data, encoding, block):
+    """charlstm's one reader (decoded in blocks of any size) gives a clean one-line error
+    or the text that decoding the whole file at once gives."""
     p = tmp_path / "f.txt"
     p.write_bytes(data)
-    try:
-        corpus = read_corpus([str(p)], encoding=encoding)
-    except UserError as e:
-        assert str(e) and "\n" not in str(e)
-        return
-    assert isinstance(corpus.text, str) and corpus.text
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(corpus_module, "BLOCK_BYTES", block)
+        try:
+            corpus = load_corpus([str(p)], encoding=encoding)
+        except UserError as e:
+            assert str(e) and "\n" not in str(e)
+            return
+    assert corpus.vocab.decode(corpus.ids) == read_whole([str(p)], encoding).text
+    assert len(corpus.ids) > 0
 
 
 @FUZZ

@@ -6,10 +6,11 @@ import pytest
 
 from charlstm import recall, tokens
 from charlstm.config import TrainConfig
-from charlstm.corpus import BUILTIN, CorpusFile, builtin_text, read_corpus
+from charlstm.corpus import BUILTIN, CorpusFile, builtin_text
 from charlstm.errors import UserError
 from charlstm.train import prepare_data
 from conftest import run_cli
+from corpus_oracle import read_whole
 
 KEYS, FILLERS = set(recall.KEYS), set(recall.FILLERS)
 
@@ -75,7 +76,7 @@ def test_read_corpus_tokens_and_fingerprint_accept_the_spec():
     spec = "builtin:recall:8"
     text = recall.recall_text(8)
     expected = [CorpusFile(spec, sha(text))]
-    corpus = read_corpus([spec])
+    corpus = read_whole([spec])
     assert corpus.text == text and corpus.files == expected
     enc = tokens.load_corpus((spec,))
     assert enc.files == expected
@@ -115,7 +116,7 @@ MALFORMED = ["builtin:recall", "builtin:recall:", "builtin:recall:0", "builtin:r
 
 @pytest.mark.parametrize("spec", MALFORMED)
 def test_malformed_specs_are_one_line_user_errors(spec):
-    for call in (lambda: read_corpus([spec]), lambda: tokens.load_corpus([spec]),
+    for call in (lambda: read_whole([spec]), lambda: tokens.load_corpus([spec]),
                  lambda: tokens.fingerprint([spec], "utf-8")):
         with pytest.raises(UserError, match=r"builtin:recall:N with N an integer from 1 to 1000") as e:
             call()
@@ -127,16 +128,16 @@ def test_a_builtin_spec_cannot_be_combined_with_files(tmp_path):
     p.write_text("abc")
     for specs in (["builtin:recall:8", str(p)], [str(p), "builtin:recall:8"]):
         with pytest.raises(UserError, match="built-in corpus and cannot be combined"):
-            read_corpus(specs)
+            read_whole(specs)
         with pytest.raises(UserError, match="built-in corpus and cannot be combined"):
             tokens.load_corpus(specs)
 
 
 def test_the_default_builtin_corpus_is_unchanged():
-    default = read_corpus([])
+    default = read_whole([])
     assert default.files == [CorpusFile(BUILTIN, sha(builtin_text()))]
     assert tokens.fingerprint((), "utf-8") == default.files
     assert tokens.load_corpus(()).files == default.files
     # and can be named explicitly, as checkpoints record it
-    assert read_corpus([BUILTIN]).files == default.files
+    assert read_whole([BUILTIN]).files == default.files
     assert tokens.fingerprint((BUILTIN,), "utf-8") == default.files

@@ -3,21 +3,23 @@ import numpy as np
 import pytest
 
 from charlstm import tokens
-from charlstm.corpus import Vocab, read_corpus
+from charlstm import corpus
+from charlstm.corpus import Vocab
 from charlstm.errors import UserError
 from conftest import make_text
+from corpus_oracle import read_whole
 
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(tokens, "BLOCK_BYTES", 7)  # multi-byte characters straddle blocks
+    monkeypatch.setattr(corpus, "BLOCK_BYTES", 7)  # multi-byte characters straddle blocks
 
 
 def test_streaming_matches_plain_decoding(tmp_path, small_blocks):
     (tmp_path / "a.txt").write_bytes("\ufeffcafé ünïcode → ✓ 漢字\n".encode("utf-8") * 5)
     (tmp_path / "b.txt").write_text(make_text(500), encoding="utf-8")
     specs = [str(tmp_path)]
-    plain = read_corpus(specs)
+    plain = read_whole(specs)
     enc = tokens.load_corpus(specs)
     assert enc.vocab.chars == Vocab.from_text(plain.text).chars
     assert enc.vocab.decode(enc.ids) == plain.text
@@ -64,5 +66,5 @@ def test_fine_tuning_vocabulary(tmp_path):
     vocab = Vocab("abcdef")
     enc = tokens.load_corpus([str(p)], vocab=vocab, cache_dir=tmp_path / "cache")
     assert list(enc.ids) == [0, 1, 2, 0, 1, 2]
-    with pytest.raises(UserError, match="outside the checkpoint's vocabulary: 'c'"):
+    with pytest.raises(UserError, match="outside the model's vocabulary: 'c'"):
         tokens.load_corpus([str(p)], vocab=Vocab("abz"))
