@@ -12,7 +12,7 @@ mkdir -p "$out"
 head -c 30000 "$corpus" > "$out/small.txt"
 train() {  # name, then options
   local name=$1; shift
-  OPENBLAS_NUM_THREADS=${THREADS:-2} python cli.py train "$out/small.txt" --steps "$steps" --eval-every 25 --seed 0 \
+  python cli.py train "$out/small.txt" --threads "${THREADS:-2}" --steps "$steps" --eval-every 25 --seed 0 \
     --hidden-size 128 --num-layers 2 \
     --quiet --force --out "$out/$name" "$@"
 }

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charlstm.bench import CONFIGS, median_time  # noqa: E402
 from charlstm.config import TrainConfig  # noqa: E402
-from charlstm.model import init_params  # noqa: E402
+from charlstm.parameters import init_params  # noqa: E402
 from charlstm.network import Network  # noqa: E402
 from charlstm.shards import ShardedNetwork, default_threads  # noqa: E402
 

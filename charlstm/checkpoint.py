@@ -19,7 +19,7 @@ from .cells import CELL_TABLE
 from .config import TrainConfig
 from .corpus import CorpusFile, Vocab
 from .errors import CheckpointError
-from .model import FlatParams, param_shapes
+from .parameters import FlatParams, param_shapes
 from .optim import STATISTICS
 
 METRIC_COLUMNS = ("step", "epoch", "train_bpc", "val_bpc", "lr", "grad_norm", "chars_per_s", "elapsed")

@@ -186,7 +186,7 @@ def _announce(trainer, out_dir: Path, quiet: bool) -> None:
     if quiet:
         return
     cfg, data = trainer.config, trainer.data
-    from charlstm.model import count_params
+    from charlstm.parameters import count_params
     click.echo(
         f"charlstm {__version__}: {cfg.cell} {cfg.num_layers}x{cfg.hidden_size}, "
         f"{count_params(trainer.net.params.shapes):,} parameters, vocabulary {len(data.vocab)}, "
@@ -340,7 +340,7 @@ def eval_(checkpoint, file, encoding, skip_unknown, as_json):
 def info(checkpoint, as_json, as_toml):
     """Configuration, size and progress of CHECKPOINT (a .npz file or a run directory)."""
     from charlstm import checkpoint as ckpt_io
-    from charlstm.model import count_params
+    from charlstm.parameters import count_params
 
     path = ckpt_io.resolve_checkpoint(checkpoint)
     ckpt = ckpt_io.load(path)

@@ -4,7 +4,7 @@ The check of tests/test_gradcheck.py, as a command a user can run on any machine
 different CPU, BLAS or Numba build): a tiny float64 model (vocabulary 5, hidden size 3,
 2 layers, batch 2, 3 steps, PyTorch's initialisation) with a random non-zero initial
 state; for every entry of every parameter tensor, and of h0 (and c0 for the LSTM), the
-mean loss ``Network.loss(...) / (B*T)`` is evaluated at +-eps (eps = 1e-6) and
+mean loss ``Network.loss_sum(...) / (B*T)`` is evaluated at +-eps (eps = 1e-6) and
 
     fd = (loss(+eps) - loss(-eps)) / (2 eps)
 
@@ -60,7 +60,7 @@ def check_gradients(cell: str, seed: int = 0, eps: float = EPS, tol: float = REL
     import numpy as np
 
     from .dropout import DropoutMasks
-    from .model import init_params
+    from .parameters import init_params
     from .network import Network
 
     V, H, L, B, T = vocab_size, hidden_size, num_layers, batch_size, seq_len
@@ -91,7 +91,7 @@ def check_gradients(cell: str, seed: int = 0, eps: float = EPS, tol: float = REL
         tensors["c0"] = state0["c"]
 
     def mean_loss():
-        return net.loss(inputs, targets, fresh_state(), masks) / (B * T)
+        return net.loss_sum(inputs, targets, fresh_state(), masks) / (B * T)
 
     results = []
     for name, arr in tensors.items():

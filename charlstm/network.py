@@ -22,7 +22,7 @@ from .kernels.lstm import lstm_backward, lstm_forward
 from .kernels.onehot import onehot_backward, onehot_forward
 from .kernels.rnn import rnn_backward, rnn_forward
 from .kernels.softmax import softmax_xent_grad, softmax_xent_loss
-from .model import FlatParams
+from .parameters import FlatParams
 
 
 class Workspace:
@@ -181,7 +181,7 @@ class Network:
         ws.logits += p["decoder.bias"]
         return ws
 
-    def loss(self, inputs: np.ndarray, targets: np.ndarray, state: dict, masks=None) -> float:
+    def loss_sum(self, inputs: np.ndarray, targets: np.ndarray, state: dict, masks=None) -> float:
         """Summed natural-log cross-entropy of the chunk; carries ``state``; no gradients."""
         ws = self.forward(inputs, state, masks)
         np.copyto(ws.targets, targets.T.reshape(-1))

@@ -10,7 +10,7 @@ import math
 
 from .config import TrainConfig
 from .kernels import optim as kernels
-from .model import FlatParams
+from .parameters import FlatParams
 
 # Defaults of torch.optim for each optimizer.
 ADAM_BETAS = (0.9, 0.999)

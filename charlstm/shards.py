@@ -27,7 +27,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .kernels.blas import BLAS_THREADS
-from .model import FlatParams
+from .parameters import FlatParams
 from .network import Network
 
 
@@ -76,10 +76,10 @@ class ShardedNetwork:
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
         return self.nets[0].zero_state(batch)
 
-    def loss(self, inputs: np.ndarray, targets: np.ndarray, state: dict, masks=None) -> float:
+    def loss_sum(self, inputs: np.ndarray, targets: np.ndarray, state: dict, masks=None) -> float:
         """Summed cross-entropy of the chunk, no gradients, in this thread: evaluation
         reads one stream, which cannot be split."""
-        return self.nets[0].loss(inputs, targets, state, masks)
+        return self.nets[0].loss_sum(inputs, targets, state, masks)
 
     def loss_and_grad(self, inputs: np.ndarray, targets: np.ndarray, state: dict,
                       masks=None) -> float:

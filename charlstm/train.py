@@ -20,7 +20,7 @@ from .dropout import DropoutMasks
 from .tokens import load_corpus
 from .errors import UserError
 from .evaluate import stream_bits_per_char
-from .model import init_params
+from .parameters import init_params
 from .kernels.blas import BLAS
 from .shards import ShardedNetwork
 from .optim import Optimizer, clip_grad_norm, learning_rate

@@ -56,6 +56,27 @@ def run_cli(*args, cwd=None, check=True, timeout=300, env=None) -> subprocess.Co
     return proc
 
 
+def assert_same_future(ckpt_a, ckpt_b):
+    """Everything in two checkpoints that determines how training goes on (parameters,
+    optimizer state, random generator, carried state, step) is bit-identical."""
+    a = np.load(ckpt_a, allow_pickle=False)
+    b = np.load(ckpt_b, allow_pickle=False)
+    for key in a.files:
+        if key.startswith(("rnn.", "decoder.", "optim.", "state.")) or key in ("rng", "step"):
+            assert np.array_equal(a[key], b[key]), key
+
+
+def train_split_and_whole(tmp_path, corpus, args, n):
+    """Through the CLI: train 2n steps in one go, and n steps then `resume` to 2n, with
+    the same ``args``; returns the two run directories (whole, split)."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    run_cli("train", corpus, *args, "--steps", str(2 * n), "--out", whole)
+    run_cli("train", corpus, *args, "--steps", str(n), "--out", split)
+    run_cli("resume", split, "--steps", str(2 * n), "--quiet")
+    assert_same_future(whole / "last.npz", split / "last.npz")
+    return whole, split
+
+
 def tiny_config(corpus, **kw):
     """A tiny training configuration over ``corpus`` (lstm unless ``cell`` is given)."""
     from charlstm.config import TrainConfig

@@ -361,7 +361,7 @@ def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None, masks=N
 
 
 def reference_loss_sum(cell, params, inputs, targets, h0, c0=None, masks=None):
-    """Summed (not mean) cross-entropy, as ``Network.loss`` returns it."""
+    """Summed (not mean) cross-entropy, as ``Network.loss_sum`` returns it."""
     _, logits, _, _ = reference_forward(cell, params, inputs, h0, c0, masks)
     T, B, V = logits.shape
     loss_sum, _ = softmax_xent_ref(logits.reshape(T * B, V), np.asarray(targets).T.reshape(-1))

@@ -45,7 +45,7 @@ import numpy as np
 sys.path.insert(0, {root!r})
 from charlstm.kernels.blas import BACKEND
 from charlstm.config import TrainConfig
-from charlstm.model import init_params
+from charlstm.parameters import init_params
 from charlstm.network import Network
 out = {{"backend": BACKEND}}
 for cell in ("lstm", "rnn", "gru"):
@@ -55,7 +55,7 @@ for cell in ("lstm", "rnn", "gru"):
     rng = np.random.default_rng(2)
     x, y = rng.integers(9, size=(3, 5)), rng.integers(9, size=(3, 5))
     loss = net.loss_and_grad(x, y, net.zero_state(3))
-    stream = net.loss(x[:1], y[:1], net.zero_state(1))  # batch 1 takes the gemv path
+    stream = net.loss_sum(x[:1], y[:1], net.zero_state(1))  # batch 1 takes the gemv path
     out[cell] = [loss, stream] + net.grads.flat.tolist()
 print(json.dumps(out))
 """.format(root=str(ROOT))

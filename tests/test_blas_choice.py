@@ -15,7 +15,7 @@ from charlstm.errors import UserError
 from charlstm.kernels import blas_libraries
 from charlstm.kernels.blas import BLAS, format_blas, matmul_nn, parse_blas
 from charlstm.tune import resolve, tune
-from conftest import ROOT, make_text, run_cli
+from conftest import ROOT, make_text, run_cli, train_split_and_whole
 
 LAYOUTS = ["stored/stored", "transposed/stored", "stored/transposed", "transposed/transposed"]
 PACKED_LAYOUTS = ["packed/packed", "packed/stored", "transposed/packed"]  # oneMKL's only
@@ -85,7 +85,7 @@ import numpy as np
 sys.path.insert(0, {root!r})
 from charlstm.config import TrainConfig
 from charlstm.kernels.blas import BLAS
-from charlstm.model import init_params
+from charlstm.parameters import init_params
 from charlstm.network import Network
 out = {{"bound": BLAS.spec, "runs": []}}
 V, B, T, L = 7, 3, 5, 2
@@ -165,15 +165,7 @@ def test_resume_on_each_library_is_bit_identical(tmp_path, blas, weights):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(3000))
     choice = ["--blas", blas, "--step-weights", weights, "--dropout", "0.2"]
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    run_cli("train", corpus, *TINY, *choice, "--steps", "10", "--out", whole)
-    run_cli("train", corpus, *TINY, *choice, "--steps", "5", "--out", split)
-    run_cli("resume", split, "--steps", "10", "--quiet")
-    a = np.load(whole / "last.npz", allow_pickle=False)
-    b = np.load(split / "last.npz", allow_pickle=False)
-    for key in a.files:
-        if key.startswith(("rnn.", "decoder.", "optim.")) or key in ("rng", "state.h", "state.c"):
-            assert np.array_equal(a[key], b[key]), key
+    _, split = train_split_and_whole(tmp_path, corpus, [*TINY, *choice], 5)
     config = json.loads(run_cli("info", split, "--json").stdout)["config"]
     assert (config["blas"], config["step_weights"]) == (blas, weights)
 

@@ -4,7 +4,7 @@ import pytest
 
 from charlstm.cells import CELL_TABLE
 from charlstm.config import CELLS, TrainConfig
-from charlstm.model import init_params, param_shapes
+from charlstm.parameters import init_params, param_shapes
 from charlstm.network import Network
 
 

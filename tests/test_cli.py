@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from conftest import CHARLSTM, ROOT, make_text, run_cli
+from conftest import CHARLSTM, ROOT, make_text, run_cli, train_split_and_whole
 
 TINY = ["--hidden-size", "16", "--num-layers", "2", "--seq-len", "16", "--batch-size", "4", "--quiet"]
 
@@ -110,15 +110,7 @@ def test_dropout_and_weight_decay_through_the_cli(tmp_path, small_corpus):
     # in each when candidates measure within noise of each other (README, train).
     reg = ["--dropout", "0.25", "--weight-decay", "0.05", "--seed", "3",
            "--blas", "openblas", "--step-weights", "transposed/stored"]
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    run_cli("train", small_corpus, *TINY, *reg, "--steps", "8", "--out", whole)
-    run_cli("train", small_corpus, *TINY, *reg, "--steps", "4", "--out", split)
-    run_cli("resume", split, "--steps", "8", "--quiet")
-    a = np.load(whole / "last.npz", allow_pickle=False)
-    b = np.load(split / "last.npz", allow_pickle=False)
-    for key in a.files:
-        if key.startswith(("rnn.", "decoder.", "optim.")) or key in ("rng", "state.h", "state.c"):
-            assert np.array_equal(a[key], b[key]), key
+    whole, _ = train_split_and_whole(tmp_path, small_corpus, [*TINY, *reg], 4)
     config = json.loads(run_cli("info", whole, "--json").stdout)["config"]
     assert config["dropout"] == 0.25 and config["weight_decay"] == 0.05
     ev = [run_cli("eval", whole / "last.npz", small_corpus).stdout for _ in range(2)]

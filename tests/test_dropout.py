@@ -7,7 +7,7 @@ import pytest
 
 from charlstm.config import TrainConfig
 from charlstm.dropout import DropoutMasks
-from charlstm.model import init_params
+from charlstm.parameters import init_params
 from charlstm.network import Network
 from charlstm.train import Trainer, prepare_data
 
@@ -157,7 +157,7 @@ def test_masked_gradient_matches_finite_differences(cell):
         analytic["c0"] = ws.dc0.copy()
         tensors["c0"] = state0["c"]
     def mean_loss():
-        return net.loss(inputs, targets, fresh(), masks) / (B * T)
+        return net.loss_sum(inputs, targets, fresh(), masks) / (B * T)
 
     for name, arr in tensors.items():
         err = rel_error(central_differences(arr, mean_loss), analytic[name])

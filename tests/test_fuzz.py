@@ -12,7 +12,7 @@ from charlstm import checkpoint as ckpt_io
 from charlstm.config import TrainConfig
 from charlstm import corpus as corpus_module
 from charlstm.errors import CheckpointError, UserError
-from charlstm.model import init_params
+from charlstm.parameters import init_params
 from charlstm.optim import Optimizer
 from charlstm.corpus import Vocab, CorpusFile
 from charlstm.tokens import load_corpus

@@ -1,7 +1,7 @@
 """Central finite differences of the network's mean loss against its analytic gradients.
 
 For every entry of every parameter tensor, and of the initial state h0 (and c0 for the
-LSTM), the loss ``net.loss(inputs, targets, fresh copy of the state) / (B*T)`` is
+LSTM), the loss ``net.loss_sum(inputs, targets, fresh copy of the state) / (B*T)`` is
 evaluated at +eps and -eps (float64) and
 
     fd = (loss(+eps) - loss(-eps)) / (2 eps)
@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from charlstm.config import TrainConfig
-from charlstm.model import init_params, param_shapes
+from charlstm.parameters import init_params, param_shapes
 from charlstm.network import Network
 
 import reference as ref
@@ -83,7 +83,7 @@ class Problem:
 
     def mean_loss(self, state=None):
         state = self.fresh_state() if state is None else state
-        return self.net.loss(self.inputs, self.targets, state) / (self.B * self.T)
+        return self.net.loss_sum(self.inputs, self.targets, state) / (self.B * self.T)
 
     def target_array(self, name):
         """The array that ``name`` lives in (a view into the params, or the state)."""

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from charlstm import gradcheck as gc
 from charlstm.cli import gradcheck as gradcheck_command
 from charlstm.config import CELLS, TrainConfig
-from charlstm.model import param_shapes
+from charlstm.parameters import param_shapes
 from charlstm.network import Network
 
 

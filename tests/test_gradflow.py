@@ -12,7 +12,7 @@ from charlstm import gradflow as gf
 from charlstm.cli import gradflow as gradflow_command
 from charlstm.config import TrainConfig
 from charlstm.errors import UserError
-from charlstm.model import init_params
+from charlstm.parameters import init_params
 from charlstm.network import Network
 from charlstm.train import Trainer, prepare_data
 from conftest import make_text

@@ -18,7 +18,7 @@ from charlstm.config import CELLS, GATES, TrainConfig
 from charlstm.corpus import Vocab
 from charlstm.kernels.blas import matmul_nt
 from charlstm.kernels.gru import gru_backward, gru_forward, gru_step
-from charlstm.model import init_params, param_shapes
+from charlstm.parameters import init_params, param_shapes
 from charlstm.network import Network
 from charlstm.sample import Sampler
 
@@ -114,7 +114,7 @@ def test_network_matches_reference(num_layers, B, T):
 
     # The no-gradient pass: summed loss, same carried state.
     state2 = {"h": h0.copy()}
-    loss_sum = net.loss(inputs, targets, state2)
+    loss_sum = net.loss_sum(inputs, targets, state2)
     close(loss_sum, ref.reference_loss_sum("gru", p, inputs, targets, h0), what="summed loss")
     close(state2["h"], want_hT, what="final h (loss)")
 
@@ -133,7 +133,7 @@ def test_network_repeated_calls_and_carried_state():
     dh01 = net.workspace(4, 3).dh0.copy()
     other_in, other_tg, oh0 = random_chunk(rng, 2, 5, L)
     net.loss_and_grad(other_in, other_tg, {"h": oh0})
-    net.loss(inputs, targets, {"h": h0.copy()})
+    net.loss_sum(inputs, targets, {"h": h0.copy()})
     loss2 = net.loss_and_grad(inputs, targets, {"h": h0.copy()})
     assert loss2 == loss1
     np.testing.assert_array_equal(net.grads.flat, grads1)
@@ -277,7 +277,7 @@ class GradProblem:
         self.names = list(self.analytic)
 
     def mean_loss(self):
-        return self.net.loss(self.inputs, self.targets, {"h": self.h0.copy()}) / (self.B * self.T)
+        return self.net.loss_sum(self.inputs, self.targets, {"h": self.h0.copy()}) / (self.B * self.T)
 
     def finite_difference(self, name, eps=EPS):
         arr = self.h0 if name == "h0" else self.net.params[name]

@@ -9,7 +9,7 @@ from charlstm.kernels.lstm import lstm_backward, lstm_forward
 from charlstm.kernels.onehot import onehot_backward, onehot_forward
 from charlstm.kernels.rnn import rnn_backward, rnn_forward
 from charlstm.kernels.softmax import softmax_xent_grad, softmax_xent_loss
-from charlstm.model import init_params, param_shapes
+from charlstm.parameters import init_params, param_shapes
 from charlstm.network import Network
 
 import reference as ref
@@ -89,9 +89,9 @@ def test_network_matches_reference(cell, num_layers, B, T):
         close(ws.dc0, want_dc0, what="dc0")
         close(state["c"], want_cT, what="final c")
 
-    # Network.loss: the summed loss of the same chunk, carrying the same final state.
+    # Network.loss_sum: the summed loss of the same chunk, carrying the same final state.
     state2 = state_from(h0, c0, np.float64)
-    loss_sum = net.loss(inputs, targets, state2)
+    loss_sum = net.loss_sum(inputs, targets, state2)
     close(loss_sum, want_loss * B * T, what="summed loss")
     close(state2["h"], want_hT, what="final h (loss)")
     if lstm:
@@ -117,7 +117,7 @@ def test_network_repeated_calls_overwrite_not_accumulate(cell):
 
     other_in, other_tg, oh0, oc0 = random_chunk(rng, 2, 5, L, cell)
     net.loss_and_grad(other_in, other_tg, state_from(oh0, oc0, np.float64))
-    net.loss(inputs, targets, state_from(h0, c0, np.float64))
+    net.loss_sum(inputs, targets, state_from(h0, c0, np.float64))
 
     loss2 = net.loss_and_grad(inputs, targets, state_from(h0, c0, np.float64))
     assert loss2 == loss1

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from charlstm.config import TrainConfig
-from charlstm.model import FlatParams
+from charlstm.parameters import FlatParams
 from charlstm.optim import (ADAGRAD_EPS, ADAM_BETAS, ADAM_EPS, RMSPROP_ALPHA, RMSPROP_EPS,
                             Optimizer, clip_grad_norm, learning_rate)
 

@@ -11,7 +11,7 @@ import reference as ref
 from charlstm.config import TrainConfig
 from charlstm.corpus import Vocab
 from charlstm.kernels.sampling import _draw
-from charlstm.model import init_params
+from charlstm.parameters import init_params
 from charlstm.sample import STREAM_CHUNK, Sampler, stop_at
 from conftest import make_text, run_cli
 

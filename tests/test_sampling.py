@@ -8,7 +8,7 @@ import reference as ref
 from charlstm.config import TrainConfig
 from charlstm.corpus import Vocab
 from charlstm.kernels.sampling import vecmat
-from charlstm.model import init_params
+from charlstm.parameters import init_params
 from charlstm.sample import Sampler
 
 CHARS = "abcdefghij\n"

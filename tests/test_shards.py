@@ -9,7 +9,7 @@ import pytest
 
 from charlstm.config import TrainConfig
 from charlstm.kernels.blas import BLAS_THREADS
-from charlstm.model import init_params
+from charlstm.parameters import init_params
 from charlstm.network import Network
 from charlstm.shards import ShardedNetwork, default_threads, shard_bounds
 from charlstm.train import Trainer, prepare_data

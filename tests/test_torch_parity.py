@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from charlstm.config import TrainConfig
-from charlstm.model import init_params
+from charlstm.parameters import init_params
 from charlstm.network import Network
 
 torch = pytest.importorskip("torch")
@@ -69,7 +69,7 @@ def test_benchmark_twin_weights_load_into_charlstm(tmp_path, cell):
     """`bench --quality --same-init` copies the PyTorch twin's initial weights into
     charlstm by name: every charlstm parameter gets one of the right shape."""
     from charlstm.bench_torch import TorchTwin
-    from charlstm.model import param_shapes
+    from charlstm.parameters import param_shapes
 
     from conftest import make_text
 

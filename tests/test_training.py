@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from charlstm import checkpoint as ckpt_io
-from charlstm.model import param_shapes
+from charlstm.parameters import param_shapes
 from charlstm.train import Trainer, prepare_data
 
 from conftest import assert_resume_is_bit_identical, make_text, tiny_config, train
