@@ -11,7 +11,9 @@ them, and keeps the fastest for each role:
 
 - the step products: the forward's ``h @ W_hh.T`` and the backward's ``dpre @ W_hh`` of
   one time step, [B/shards, H] rows, T times per layer and direction; for each library
-  both copies of W_hh (as stored, [G*H, H], and transposed, [H, G*H]) are timed;
+  each copy of W_hh it can read is timed: as stored ([G*H, H]), transposed ([H, G*H],
+  rows padded as Network pads them) and, for oneMKL, packed (the packing, once per
+  chunk, shared out over the chunk's T steps);
 - the chunk products: decoder, input projections and weight gradients over all T*B/shards
   rows.
 
