@@ -22,6 +22,7 @@ from charlstm.bench_torch import TorchTwin  # noqa: E402
 from charlstm.config import TrainConfig  # noqa: E402
 from charlstm.shards import default_threads  # noqa: E402
 from charlstm.train import Trainer, prepare_data  # noqa: E402
+from charlstm.tune import resolve  # noqa: E402
 
 
 def train_charlstm(config, data, steps, init=None):
@@ -58,11 +59,14 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=None,
                     help="charlstm's shards (default: one per core, as the CLI)")
+    ap.add_argument("--blas", default="openblas", help="charlstm's BLAS, as train --blas")
+    ap.add_argument("--step-weights", default=None, help="as train --step-weights")
     a = ap.parse_args()
     spec = CONFIGS[a.config]
     threads = a.threads or default_threads(spec["batch_size"])
     config = TrainConfig(corpus=(a.corpus,) if a.corpus else (), threads=threads, **spec)
     data = prepare_data(config)
+    config, _ = resolve(config, len(data.vocab), a.blas, a.step_weights)
     results = {"PyTorch": [], "charlstm, own init": [], "charlstm, PyTorch's init": []}
     for seed in a.seeds:
         torch_init = TorchTwin(spec, a.corpus, threads=2, seed=seed).state_dict()
