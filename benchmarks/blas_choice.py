@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charlstm.bench import CONFIGS, blas_library_summary, machine_summary  # noqa: E402
 from charlstm.config import TrainConfig  # noqa: E402
-from charlstm.tune import tune  # noqa: E402
+from charlstm.kernels.blas_libraries import available, load  # noqa: E402
+from charlstm.tune import _Product, tune  # noqa: E402
 
 
 def blis_step_seconds(rows, H, GH, reps=200, rounds=5):
@@ -58,6 +59,21 @@ def blis_step_seconds(rows, H, GH, reps=200, rounds=5):
     return float(np.median(times)), arch
 
 
+def unpadded_transposed_seconds(config, rounds=5):
+    """The forward step product with a transposed weight_hh whose rows are not padded
+    (Network pads them: blas.TRANSPOSED_PAD), per installed library."""
+    rows = -(-config.batch_size // min(config.threads, config.batch_size))
+    H, GH = config.hidden_size, config.gates * config.hidden_size
+    product = _Product(rows, GH, H, False, False, np.random.default_rng(0), pad=0)
+    out = {}
+    for name in available():
+        gemm = load(name).gemm("s")
+        product.seconds(gemm, 3)
+        reps = max(1, int(4e-3 * 5e10 / product.flops))
+        out[name] = float(np.median([product.seconds(gemm, reps) for _ in range(rounds)]))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -81,6 +97,8 @@ def main():
             print(f"  step product {key:28s} {seconds * 1e6:8.1f} us")
         for lib, seconds in choice.timings["chunk_s"].items():
             print(f"  chunk products {lib:26s} {seconds * 1e3:8.2f} ms per shard step")
+        for lib, seconds in unpadded_transposed_seconds(config).items():
+            print(f"  step product {lib + '/forward/transposed, unpadded':28s} {seconds * 1e6:8.1f} us")
         blis = blis_step_seconds(rows, spec["hidden_size"], 4 * spec["hidden_size"]
                                  if spec["cell"] == "lstm" else spec["hidden_size"])
         if blis is not None:

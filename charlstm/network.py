@@ -16,7 +16,8 @@ import numpy as np
 from .cells import CELL_TABLE
 from .config import TrainConfig
 from .errors import UserError
-from .kernels.blas import BLAS, STEP_LAYOUTS, TRANSPOSED_PAD, matmul_nn, matmul_nt, matmul_tn, transpose_into
+from .kernels import blas as blas_module
+from .kernels.blas import BLAS, STEP_LAYOUTS, matmul_nn, matmul_nt, matmul_tn, transpose_into
 from .kernels.gru import gru_backward, gru_forward
 from .kernels.lstm import lstm_backward, lstm_forward
 from .kernels.onehot import onehot_backward, onehot_forward
@@ -91,7 +92,8 @@ class Network:
                             f"packs weights (mkl); this process runs {BLAS.spec}")
         self._w_hh_t = None
         if "transposed" in (self.fwd_layout, self.bwd_layout):
-            self._w_hh_t = [np.empty((self.H, self.G * self.H + TRANSPOSED_PAD), self.dtype)
+            pad = blas_module.TRANSPOSED_PAD  # read here so a benchmark can set it
+            self._w_hh_t = [np.empty((self.H, self.G * self.H + pad), self.dtype)
                             for _ in range(self.num_layers)]
         self._packed: dict[tuple, np.ndarray] = {}  # (layer, forward, rows) -> buffer
 

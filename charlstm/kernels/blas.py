@@ -44,10 +44,10 @@ ROLES = ("step", "chunk")
 STEP_LAYOUTS = {"stored": 0, "transposed": 1, "packed": 2}
 _TRANSPOSED, _PACKED = STEP_LAYOUTS["transposed"], STEP_LAYOUTS["packed"]
 # Columns of padding after each row of a transposed weight_hh copy. Its rows are G*H
-# floats, a multiple of 4 KB at M and L, and rows 4 KB apart fall into the same cache
-# sets: OpenBLAS's AVX-512 kernels multiplied [16, 256] rows by the unpadded [256, 1024]
-# copy in 113-119 us and by one padded to 1040 columns in 60-62 us (AMD EPYC Zen 5;
-# L's [32, 512] x [512, 2048]: 604 against 376 us).
+# floats, a multiple of 4 KB at M and L, and rows a multiple of 4 KB apart fall into the
+# same cache sets, more or less depending on where the pages land. Whole training steps
+# with the transposed copy took 38.9-44.4 ms at M unpadded and 33.6-35.7 ms padded, 385-413
+# against 357-367 ms at L (AMD EPYC Zen 5; benchmarks/padding_ab.py, three rounds).
 TRANSPOSED_PAD = 16
 _SYMBOL_SUFFIX = {"step": "_step", "chunk": ""}
 DEFAULT_BLAS = "openblas"
@@ -391,9 +391,9 @@ def recurrent_forward(h, weight, out, layout):
     PyTorch's layout), a [k, n + TRANSPOSED_PAD] copy of its transpose, or packed by the
     step library.
     Which one multiplies fastest depends on the library and the CPU (OpenBLAS's AVX-512
-    kernels took 16 us with the transposed copy against 33 us as stored for [16, 128]
-    rows at S, and 60 against 130 us at M, on an AMD EPYC Zen 5; its Haswell kernels the
-    same in both), so it is measured, not assumed (charlstm/tune.py).
+    kernels took 14-19 us with the transposed copy against 31-35 us as stored for
+    [16, 128] rows at S, and 61-67 against 134-147 us at M, on an AMD EPYC Zen 5:
+    benchmarks/blas_choice.py), so it is measured, not assumed (charlstm/tune.py).
     """
     if layout == _TRANSPOSED:
         step_nn(h, weight, out)
