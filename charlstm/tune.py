@@ -21,9 +21,7 @@ them, and keeps the fastest for each role:
 Candidates are timed interleaved, round after round, and compared by their medians; a
 layout other than weights as stored must win by ``LAYOUT_MARGIN`` and a library other
 than OpenBLAS by ``LIBRARY_MARGIN`` to be chosen, so noise does not flip a choice that
-makes no difference. (Timing the shards' products at once, one thread each, predicted
-whole steps worse than timing them alone: it ranked the transposed copy last at M,
-where whole steps ran fastest with it.)
+makes no difference.
 """
 from __future__ import annotations
 
