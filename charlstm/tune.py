@@ -2,7 +2,7 @@
 
 No library and no operand layout is fastest on every CPU. Measured on a 2-core AMD EPYC
 (Zen 5, AVX-512; docs/BENCHMARKS.md): NumPy's OpenBLAS, with the AVX-512 kernels it picks
-there, multiplies a shard's chunk products at about 250 GFLOP/s, twice oneMKL's rate (MKL
+there, multiplies a shard's chunk products at about twice oneMKL's rate (MKL
 takes its generic path on AMD CPUs), while one time step's [16, 128] x [128, 512] product
 took 14-19 us with weight_hh transposed against 31-35 us as stored
 (benchmarks/blas_choice.py). On Intel CPUs MKL is
