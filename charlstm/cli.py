@@ -90,6 +90,13 @@ class _Group(click.Group):
 def main(ctx, debug):
     """Train character-level LSTM, GRU and RNN language models, sample from them, resume them."""
     ctx.obj = {"debug": debug}
+    # Text goes out as UTF-8 whatever the locale: a redirected stdout on a western Windows
+    # machine (cp1252) or under LC_ALL=C (ASCII) cannot encode most generated text, and a
+    # UnicodeEncodeError halfway through a sample left an empty or cut file.
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None and hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8", errors="strict" if stream is sys.stdout
+                               else "backslashreplace")
 
 
 def _read_run_file(ctx, param, value):
@@ -254,6 +261,9 @@ def resume(run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weigh
               help="Nucleus sampling: draw only from the fewest most likely characters whose "
                    "probability (after temperature and --top-k) adds up to P; 1: all.")
 @click.option("--prime", default="", help="Text that warms up the state; printed first.")
+@click.option("--prime-file", type=click.File("rb"), default=None,
+              help="Read the prime from this file (- for standard input), verbatim: as UTF-8, "
+                   "trailing newlines kept. For primes too long for the command line.")
 @click.option("--num-samples", type=POSITIVE, default=1,
               help="Samples to generate, each from the prime, the draws continuing; "
                    "printed one after another with a line '---' between them.")
@@ -261,7 +271,8 @@ def resume(run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weigh
               help="End a sample as soon as its generated text (not the prime) contains STRING, "
                    "which is printed.")
 @click.option("--seed", type=NON_NEGATIVE, default=None, help="Seed for the draws; the same seed gives the same text.")
-def sample(checkpoint, length, temperature, top_k, top_p, prime, num_samples, stop, seed):
+def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num_samples, stop,
+           seed):
     """Generate text from CHECKPOINT (a .npz file, or a run directory: its best.npz, else
     last.npz), streaming it to stdout."""
     import numpy as np
@@ -272,6 +283,17 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, num_samples, st
     ctx = click.get_current_context()
     if stop == "":
         raise click.BadParameter("must not be empty", ctx, param_hint="'--stop'")
+    prime, stop = _argument_text(prime, "--prime"), _argument_text(stop, "--stop")
+    if prime_file is not None:
+        if prime:
+            raise click.UsageError("give the prime as --prime or as --prime-file, not both")
+        name = getattr(prime_file, "name", "-")
+        try:
+            prime = prime_file.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{name}: not valid UTF-8 at byte {e.start}; save the prime as UTF-8") from None
+        if prime.startswith("\ufeff"):
+            prime = prime[1:]  # a byte-order mark is not part of the text
     ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))
     sampler = Sampler(ckpt)
     if stop is not None:
@@ -294,6 +316,25 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, num_samples, st
         # The reader went away (e.g. `| head`): that is the user's way to stop, not an error.
         sys.stdout = None
         sys.exit(0)
+    except KeyboardInterrupt:
+        # Ctrl-C ends a sample as it ends training: quietly, with 128 + SIGINT, and what
+        # was generated so far stays written.
+        out.write("\n")
+        out.flush()
+        sys.exit(130)
+
+
+def _argument_text(value: str | None, option: str) -> str | None:
+    """Text from the command line as the user typed it. Under a locale Python cannot
+    decode UTF-8 with (LC_ALL=C, say), argv arrives with the bytes it could not decode
+    escaped as lone surrogates; they are turned back into bytes and read as UTF-8."""
+    if value is None or not any("\udc80" <= c <= "\udcff" for c in value):
+        return value
+    raw = value.encode(sys.getfilesystemencoding(), "surrogateescape")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{option} is not valid UTF-8; give it in UTF-8 or use --prime-file") from None
 
 
 @main.command("eval")

@@ -269,8 +269,9 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False) -> int:
         trainer.metrics.append(row)
         log.write(row)
         window.update(bits=0.0, steps=0, seconds=0.0)
+        val_text = "-" if math.isnan(last_val) else f"{last_val:.3f}"  # none yet, not "nan"
         bar.set_postfix_str(
-            f"train {row[2]:.3f} bpc, val {last_val:.3f} bpc, {cps:,.0f} chars/s", refresh=False)
+            f"train {row[2]:.3f} bpc, val {val_text} bpc, {cps:,.0f} chars/s", refresh=False)
 
     signals = _StopSignals()
 
