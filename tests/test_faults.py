@@ -26,7 +26,8 @@ def wait_for_step(run, step, timeout=120):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if metrics.exists():
-            lines = metrics.read_text().splitlines()
+            # Only whole lines: the process may be writing the last one right now.
+            lines = metrics.read_text().split("\n")[:-1]
             if lines and json.loads(lines[-1])["step"] >= step:
                 return
         time.sleep(0.05)
