@@ -66,15 +66,12 @@ class CorpusFile:
     sha256: str
 
 
-def _looks_like_text(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(_SNIFF_BYTES)
-    return b"\x00" not in head
-
-
-def resolve_paths(specs) -> list[Path]:
-    """Files named by ``specs``: files, directories (recursed, hidden entries and
-    non-text files skipped) and glob patterns; sorted, without duplicates."""
+def resolve_paths(specs, skipped: list | None = None) -> list[Path]:
+    """Files named by ``specs``: files, directories (recursed) and glob patterns; sorted,
+    without duplicates. A directory walk leaves out hidden entries and files that look
+    binary (see ``binary_reason``); each one it leaves out is appended to ``skipped``, if
+    given, as "PATH: why", so the caller can say so. A file named directly is never
+    left out: it is read, or refused with its own error."""
     found: set[Path] = set()
     for spec in specs:
         path = Path(spec)
@@ -90,7 +87,7 @@ def resolve_paths(specs) -> list[Path]:
             raise UserError(f"{spec}: no such file or directory")
         for m in matches:
             if m.is_dir():
-                files = [f for f in _walk_text_files(m)]
+                files = list(_walk_text_files(m, skipped if skipped is not None else []))
                 if not files:
                     raise UserError(f"{m}: directory holds no text files")
                 found.update(files)
@@ -99,45 +96,112 @@ def resolve_paths(specs) -> list[Path]:
     return sorted(found, key=lambda p: str(p))
 
 
-def _walk_text_files(root: Path):
+def _walk_text_files(root: Path, skipped: list):
     for dirpath, dirnames, filenames in os.walk(root):
+        for d in sorted(dirnames):
+            if d.startswith("."):
+                skipped.append(f"{Path(dirpath) / d}{os.sep}: a hidden directory")
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if name.startswith("."):
-                continue
             p = Path(dirpath) / name
-            if p.is_file() and _looks_like_text(p):
-                yield p
+            if name.startswith("."):
+                skipped.append(f"{p}: a hidden file")
+                continue
+            if not p.is_file():
+                skipped.append(f"{p}: not a regular file")
+                continue
+            try:
+                with open(p, "rb") as f:
+                    head = f.read(_SNIFF_BYTES)
+            except OSError as e:
+                skipped.append(f"{p}: cannot read it ({e.strerror})")
+                continue
+            reason = binary_reason(head)
+            if reason is not None and _bom_encoding(head) is None:
+                skipped.append(f"{p}: looks binary ({reason})")
+                continue
+            yield p
 
 
 _BOMS = (
     (b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
     (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"),
 )
+# Text holds few control bytes other than layout ones (a log may hold a handful of NULs
+# or escapes); binary files, and text saved as UTF-16/32 without a byte-order mark, are
+# full of them.
+_BINARY_SHARE = 1 / 32
+_CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\f\v\x1b")
 
 
-def check_bytes_head(path: Path, head: bytes, encoding: str) -> None:
-    """Refuse, by their first bytes, files that are UTF-16/32 read as UTF-8, or binary."""
-    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
-        for bom, name in _BOMS:
-            if head.startswith(bom):
-                raise UserError(f"{path} is {name.upper()} (it starts with a byte-order mark); "
-                                f"pass --encoding {name}")
-    nul = head.find(b"\x00", 0, _SNIFF_BYTES)
-    if nul >= 0 and "16" not in encoding and "32" not in encoding:
-        raise UserError(f"{path} looks binary (a NUL byte at offset {nul}), not text; "
-                        f"give charlstm text files")
+def _bom_encoding(head: bytes) -> str | None:
+    """"utf-16" or "utf-32" if ``head`` starts with that byte-order mark."""
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            return name
+    return None
+
+
+def binary_reason(head: bytes) -> str | None:
+    """Why the first bytes of a file say it is not 8-bit text (more than 1/32 of them
+    NUL or other control bytes that text does not use for layout), or None. A few such
+    bytes are characters like any other: they are read, and reported with the other
+    control characters (``control_chars_note``)."""
+    controls = len(head) - len(head.translate(None, _CONTROL_BYTES))
+    if head and controls > len(head) * _BINARY_SHARE:
+        return f"{controls} of its first {len(head)} bytes are NUL or other control bytes"
+    return None
+
+
+def _is_utf8(encoding: str) -> bool:
+    return encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig")
+
+
+def file_encoding(path: Path, head: bytes, encoding: str) -> str:
+    """The codec that reads ``path``, given its first bytes: ``encoding``, except that a
+    UTF-16 or UTF-32 byte-order mark (as Windows editors save "Unicode") is obeyed when
+    the encoding asked for is UTF-8, which such a file can never be. Raises UserError for
+    content that looks binary under an 8-bit encoding."""
+    bom = _bom_encoding(head)
+    if bom is not None and _is_utf8(encoding):
+        return bom
+    if "16" not in encoding and "32" not in encoding:
+        reason = binary_reason(head)
+        if reason is not None:
+            raise UserError(
+                f"{path} looks binary ({reason}), not text; give charlstm text files "
+                f"(text saved as UTF-16 without a byte-order mark needs --encoding utf-16-le)")
+    return encoding
+
+
+# Codecs offered when a file is not valid in the encoding asked for: the first that
+# decodes the bytes is named. cp1252 before latin-1: Windows "ANSI" text uses 0x80-0x9F
+# for quotes and dashes, which latin-1 would turn into invisible control characters.
+_HINT_CODECS = ("cp1252", "shift_jis", "euc-kr", "gb18030", "big5")
+
+
+def suggest_encoding(data: bytes) -> str:
+    """An encoding that decodes ``data`` to what its writer most likely meant, for an
+    error message: the first of cp1252 and a few East Asian codecs that decodes it
+    without error, else latin-1 (which decodes any bytes)."""
+    for codec in _HINT_CODECS:
+        try:
+            data.decode(codec)
+        except UnicodeDecodeError:
+            continue
+        return codec
+    return "latin-1"
 
 
 def decoded_blocks(path: Path, encoding: str, several: bool = False):
     """Yield the text of ``path`` block by block (BLOCK_BYTES at a time), without its
-    byte-order mark: the one decoder of every file charlstm reads. Raises UserError,
-    naming the file and the fix, for an unknown encoding, an unreadable file, UTF-16/32
-    or binary content read as UTF-8 (check_bytes_head), and bytes the encoding cannot
-    decode (their offset in the file). ``several``: the file is one of several, which
-    must share one encoding."""
+    byte-order mark: the one decoder of every file charlstm reads. The codec is
+    ``file_encoding``'s. Raises UserError, naming the file and the fix, for an unknown
+    encoding, an unreadable file, binary content, and bytes the encoding cannot decode
+    (their offset in the file, and an encoding that decodes them). ``several``: the file
+    is one of several, which must share one encoding (byte-order marks aside)."""
     try:
-        decoder = codecs.getincrementaldecoder(encoding)()
+        codecs.lookup(encoding)
     except LookupError:
         raise UserError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8") from None
     try:
@@ -147,13 +211,15 @@ def decoded_blocks(path: Path, encoding: str, several: bool = False):
     with f:
         offset = 0
         at_start = True
+        decoder = None
         while True:
             try:
                 block = f.read(BLOCK_BYTES)
             except OSError as e:
                 raise UserError(f"{path}: cannot read it ({e.strerror})") from None
-            if offset == 0:
-                check_bytes_head(path, block, encoding)
+            if decoder is None:
+                used = file_encoding(path, block[:_SNIFF_BYTES], encoding)
+                decoder = codecs.getincrementaldecoder(used)()
             final = len(block) == 0
             pending = len(decoder.getstate()[0])
             try:
@@ -161,12 +227,13 @@ def decoded_blocks(path: Path, encoding: str, several: bool = False):
             except UnicodeDecodeError as e:
                 hint = "; all files must share one encoding" if several else ""
                 raise UserError(
-                    f"{path}: not valid {encoding} at byte {offset - pending + e.start}; pass "
-                    f"--encoding with the file's encoding (e.g. --encoding latin-1){hint}") from None
+                    f"{path}: not valid {used} at byte {offset - pending + e.start}; pass "
+                    f"--encoding with the file's encoding (its bytes decode as "
+                    f"--encoding {suggest_encoding(block)}){hint}") from None
             except UnicodeError as e:  # not a decode error: UTF-16/32 without a byte-order mark
                 raise UserError(
-                    f"{path}: not valid {encoding} ({e}); name the byte order, e.g. "
-                    f"--encoding {encoding}-le, or pass the file's encoding") from None
+                    f"{path}: not valid {used} ({e}); name the byte order, e.g. "
+                    f"--encoding {used}-le, or pass the file's encoding") from None
             if at_start and text:
                 at_start = False
                 if text.startswith("\ufeff"):
@@ -176,6 +243,25 @@ def decoded_blocks(path: Path, encoding: str, several: bool = False):
             offset += len(block)
             if final:
                 return
+
+
+def corpus_blocks(paths, encoding: str):
+    """The text of ``paths`` in order, block by block, as training reads it: each file
+    decoded by ``decoded_blocks``, and a newline put between a file that does not end
+    in one and the next file, so files never run into each other mid-line (README,
+    "Data layout")."""
+    several = len(paths) > 1
+    needs_newline = False
+    for path in paths:
+        last = None
+        for text in decoded_blocks(path, encoding, several):
+            if needs_newline:
+                yield "\n"
+                needs_newline = False
+            yield text
+            last = text
+        if last is not None:
+            needs_newline = not last.endswith("\n")
 
 
 def read_text_file(file, encoding: str = "utf-8") -> str:
@@ -188,6 +274,28 @@ def read_text_file(file, encoding: str = "utf-8") -> str:
     if not path.is_file():
         raise UserError(f"{file}: no such file")
     return "".join(decoded_blocks(path, encoding))
+
+
+# Control characters a text file may hold for its layout; any other that lands in a
+# vocabulary is reported, as a hint of text that is not what the user meant.
+LAYOUT_CONTROLS = frozenset("\t\n\r\f\v")
+
+
+def control_chars_note(vocab: "Vocab", counts=None) -> str | None:
+    """A line naming the control characters (Unicode category Cc, layout ones aside) in
+    ``vocab``, with how often each occurs if ``counts`` (an array indexed by code point)
+    is given; None if there are none."""
+    import unicodedata
+
+    found = [c for c in vocab.chars if unicodedata.category(c) == "Cc" and c not in LAYOUT_CONTROLS
+             and (counts is None or counts[ord(c)] > 0)]
+    if not found:
+        return None
+    shown = ", ".join(repr(c) + (f" x{int(counts[ord(c)]):,}" if counts is not None else "")
+                      for c in found[:10])
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    return (f"the corpus holds control characters {shown}{more}; they are trained on like "
+            f"any other character (remove them from the text if they are noise)")
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -244,8 +352,10 @@ class Vocab:
     def decode(self, ids) -> str:
         return "".join(self.chars[int(i)] for i in ids)
 
-    def as_array(self) -> np.ndarray:
-        return np.array(self.chars, dtype="<U1") if self.chars else np.zeros(0, "<U1")
+    def code_points(self) -> np.ndarray:
+        """The characters as uint32 code points [V], increasing: how checkpoints store
+        the vocabulary (a string array would turn U+0000 into an empty string)."""
+        return np.array([ord(c) for c in self.chars], dtype="<u4")
 
 
 def outside_vocabulary(what: str, unknown, fix: str) -> UserError:

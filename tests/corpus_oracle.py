@@ -14,8 +14,9 @@ class PlainCorpus:
 
 
 def read_whole(specs, encoding: str = "utf-8") -> PlainCorpus:
-    """The text and files of ``specs`` (no specs: the built-in corpus), decoded whole.
-    Raises UnicodeDecodeError for bytes the encoding cannot decode."""
+    """The text and files of ``specs`` (no specs: the built-in corpus), decoded whole and
+    joined as the README's data layout says. Raises UnicodeDecodeError for bytes the
+    encoding cannot decode."""
     builtin = builtin_corpus(specs)
     if builtin is not None:
         name, text = builtin
@@ -23,7 +24,20 @@ def read_whole(specs, encoding: str = "utf-8") -> PlainCorpus:
     parts, files = [], []
     for path in resolve_paths(specs):
         data = path.read_bytes()
-        text = data.decode(encoding)
-        parts.append(text[1:] if text.startswith("\ufeff") else text)
+        codec = encoding
+        if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+            # A UTF-16/32 byte-order mark names the file's encoding (README, --encoding).
+            for bom, name in ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+                              (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16")):
+                if data.startswith(bom):
+                    codec = name
+                    break
+        text = data.decode(codec)
+        text = text[1:] if text.startswith("\ufeff") else text
+        if text:
+            parts.append(text)
         files.append(CorpusFile(str(path), hashlib.sha256(data).hexdigest()))
-    return PlainCorpus("".join(parts), files)
+    # Files are joined with a newline after each one that lacks one, the last excepted.
+    joined = "".join(part if part.endswith("\n") or i == len(parts) - 1 else part + "\n"
+                     for i, part in enumerate(parts))
+    return PlainCorpus(joined, files)

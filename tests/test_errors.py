@@ -92,12 +92,20 @@ def test_files_in_different_encodings(tmp_path):
     assert_user_error(proc, 1, r"b\.txt: not valid utf-8", r"share one encoding")
 
 
-def test_utf16_file_is_recognised(tmp_path):
-    p = tmp_path / "u16.txt"
-    p.write_bytes(make_text(2000).encode("utf-16"))
-    proc = run_cli("train", p, *TINY, "--out", tmp_path / "r", check=False)
-    assert_user_error(proc, 1, r"UTF-16", r"--encoding utf-16")
-    run_cli("train", p, *TINY, "--steps", "1", "--encoding", "utf-16", "--out", tmp_path / "r")
+def test_utf16_and_utf32_files_with_a_byte_order_mark_are_read_as_such(tmp_path):
+    """A byte-order mark says how a file is encoded, and a UTF-8 reader can never read
+    such a file: it is obeyed, as when the encoding is named."""
+    import numpy as np
+
+    text = make_text(2000) + "ça ✓\n"
+    for name, codec in (("u16.txt", "utf-16"), ("u32.txt", "utf-32")):
+        p = tmp_path / name
+        p.write_bytes(text.encode(codec))
+        run_cli("train", p, *TINY, "--steps", "1", "--out", tmp_path / f"{name}.auto")
+        run_cli("train", p, *TINY, "--steps", "1", "--encoding", codec, "--out", tmp_path / f"{name}.named")
+        for run in (f"{name}.auto", f"{name}.named"):
+            vocab = np.load(tmp_path / run / "last.npz", allow_pickle=False)["vocab"]
+            assert "".join(map(chr, vocab)) == "".join(sorted(set(text)))
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -157,7 +165,7 @@ def rewrite(src, dest, drop=(), change=None):
 
 def test_checkpoint_that_does_not_exist(tmp_path):
     assert_user_error(run_cli("sample", tmp_path / "nope.npz", check=False), 1, r"nope\.npz: no such checkpoint")
-    assert_user_error(run_cli("info", tmp_path, check=False), 1, r"no last\.npz")
+    assert_user_error(run_cli("info", tmp_path, check=False), 1, r"no best\.npz or last\.npz")
 
 
 def test_truncated_checkpoint(trained, tmp_path):
