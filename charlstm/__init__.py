@@ -3,4 +3,4 @@
 __version__ = "0.1.0"
 
 # Version of the checkpoint layout; bumped whenever a key changes meaning.
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2

@@ -22,6 +22,7 @@ from .errors import CheckpointError
 from .parameters import FlatParams, param_shapes
 from .optim import STATISTICS
 
+READABLE_FORMATS = (1, CHECKPOINT_FORMAT)  # 1 stored the vocabulary as strings
 METRIC_COLUMNS = ("step", "epoch", "train_bpc", "val_bpc", "lr", "grad_norm", "chars_per_s", "elapsed")
 
 
@@ -43,6 +44,13 @@ class Checkpoint:
     metrics: np.ndarray = field(default_factory=lambda: np.zeros((0, len(METRIC_COLUMNS))))
     best_val_bpc: float = float("nan")
     elapsed: float = 0.0  # training seconds over all invocations
+    # What happened to the run's settings since it started: one dict per event, e.g.
+    # {"step": 400, "event": "resume", "changes": {"lr": [0.002, 0.0002]}}.
+    history: list = field(default_factory=list)
+    # Where the corpus's relative paths were given from: {"absolute": DIR, "from_run": DIR
+    # relative to the run directory}, so a resume finds the corpus from any working
+    # directory, and after the folder holding the run and its corpus moves.
+    origin: dict = field(default_factory=dict)
 
     def meta_json(self) -> str:
         return json.dumps({
@@ -50,13 +58,15 @@ class Checkpoint:
             "charlstm_version": __version__,
             "hyperparameters": self.config.to_json_dict(),
             "corpus": [{"path": f.path, "sha256": f.sha256} for f in self.corpus_files],
+            "history": self.history,
+            "origin": self.origin,
         }, sort_keys=True)
 
 
 def to_arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     arrays = {
         "config": np.array(ckpt.meta_json()),
-        "vocab": ckpt.vocab.as_array(),
+        "vocab": ckpt.vocab.code_points(),
     }
     for name, view in ckpt.params.items():
         arrays[name] = view
@@ -78,27 +88,51 @@ def to_arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
 
 def save(ckpt: Checkpoint, path) -> None:
     """Write ``ckpt`` to ``path`` atomically: a temporary file in the same directory,
-    flushed to disk, then renamed over the target. A crash at any moment leaves either
-    the old file or the new one, never a mix."""
+    flushed to disk, read back (its configuration and vocabulary must reload as written),
+    then renamed over the target. A crash at any moment leaves either the old file or the
+    new one, never a mix. Raises CheckpointError, saying what stays on disk, when the
+    file cannot be written or does not read back."""
+    from .files import new_temporary
+
     path = Path(path)
     arrays = to_arrays(ckpt)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    kept = ("the previous checkpoint is kept" if path.exists()
+            else f"no {path.name} was written")
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as f:
+        tmp = new_temporary(path.parent, f".{path.name}.", ".tmp")
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        _check_reads_back(tmp, arrays)
         os.replace(tmp, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         if isinstance(e, OSError):
-            raise CheckpointError(
-                f"could not write {path}: {e.strerror or e}; the previous checkpoint is kept") from None
+            raise CheckpointError(f"could not write {path}: {e.strerror or e}; {kept}") from None
+        if isinstance(e, CheckpointError):
+            raise CheckpointError(f"could not write {path}: {e}; {kept}") from None
         raise
     _fsync_dir(path.parent)
+
+
+def _check_reads_back(path: Path, arrays: dict) -> None:
+    """Raise CheckpointError unless the configuration and vocabulary of the file just
+    written at ``path`` read back equal to ``arrays``'s."""
+    reader = _NpzReader(path)
+    try:
+        for key, check in (("config", _expect("U", (), max_itemsize=MAX_CONFIG_BYTES)),
+                           ("vocab", _expect("u", None))):
+            back = reader.read(key, check)
+            if back.dtype != arrays[key].dtype or not np.array_equal(back, arrays[key]):
+                raise CheckpointError(f"its {key} does not read back as written")
+    finally:
+        reader.close()
 
 
 def remove_stale_temporaries(directory: Path) -> None:
@@ -258,8 +292,8 @@ def load(path) -> Checkpoint:
 def _read_checkpoint_arrays(reader: _NpzReader) -> dict[str, np.ndarray]:
     arrays = {}
     arrays["config"] = reader.read("config", _expect("U", (), max_itemsize=MAX_CONFIG_BYTES))
-    config, _ = _parse_meta(arrays["config"])
-    arrays["vocab"] = reader.read("vocab", _expect("U", None, max_itemsize=4,
+    config = _parse_meta(arrays["config"])[0]
+    arrays["vocab"] = reader.read("vocab", _expect("uU", None, max_itemsize=4,
                                                    max_shape=lambda s: len(s) == 1 and 0 < s[0] <= 0x110000))
     V = len(arrays["vocab"])
     _validate_config(config, V)
@@ -284,6 +318,40 @@ def _read_checkpoint_arrays(reader: _NpzReader) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _vocab_from_array(vocab_arr: np.ndarray) -> Vocab:
+    """The vocabulary stored as code points (uint32, strictly increasing; format 2), or
+    as an array of one-character strings (format 1, which could not hold U+0000)."""
+    if vocab_arr.ndim != 1 or len(vocab_arr) == 0:
+        raise CheckpointError("checkpoint key 'vocab' must be a non-empty 1-D array")
+    if vocab_arr.dtype == np.dtype("<u4"):
+        codes = vocab_arr.astype(np.int64)
+        if (codes.max() > 0x10FFFF or np.any(np.diff(codes) <= 0)
+                or np.any((codes >= 0xD800) & (codes <= 0xDFFF))):
+            raise CheckpointError("checkpoint key 'vocab' must hold increasing Unicode code points")
+        return Vocab(chr(int(c)) for c in codes)
+    if vocab_arr.dtype == np.dtype("<U1"):
+        vocab = Vocab(str(c) for c in vocab_arr)
+        if len(set(vocab.chars)) != len(vocab.chars) or any(len(c) != 1 for c in vocab.chars):
+            raise CheckpointError("checkpoint vocabulary has repeated or empty characters")
+        return vocab
+    raise CheckpointError("checkpoint key 'vocab' must be uint32 code points")
+
+
+def _check_history(history) -> None:
+    """Raise ValueError unless ``history`` is a list of events as train/resume write them:
+    {"step": int, "event": str, optional "changes": {name: [old, new]}, ...}."""
+    if not isinstance(history, list):
+        raise ValueError("'history' is not a list")
+    for event in history:
+        if (not isinstance(event, dict) or not isinstance(event.get("step"), int)
+                or not isinstance(event.get("event"), str)):
+            raise ValueError("a 'history' event lacks its step or name")
+        changes = event.get("changes", {})
+        if not isinstance(changes, dict) or not all(
+                isinstance(v, list) and len(v) == 2 for v in changes.values()):
+            raise ValueError("a 'history' event's changes are not [old, new] pairs")
+
+
 def _parse_meta(meta_raw: np.ndarray):
     if meta_raw.shape != () or meta_raw.dtype.kind != "U":
         raise CheckpointError("checkpoint key 'config' is not a JSON string")
@@ -291,17 +359,23 @@ def _parse_meta(meta_raw: np.ndarray):
         meta = json.loads(meta_raw.item())
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
-        if meta.get("format_version") != CHECKPOINT_FORMAT:
+        if meta.get("format_version") not in READABLE_FORMATS:
             raise CheckpointError(
                 f"checkpoint format {meta.get('format_version')!r} is not supported "
-                f"(this charlstm reads format {CHECKPOINT_FORMAT})")
+                f"(this charlstm reads formats {', '.join(map(str, READABLE_FORMATS))})")
         config = TrainConfig.from_json_dict(meta["hyperparameters"])
         corpus_files = [CorpusFile(str(f["path"]), str(f["sha256"])) for f in meta["corpus"]]
+        history = meta.get("history", [])
+        origin = meta.get("origin", {})
+        _check_history(history)
+        if not isinstance(origin, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in origin.items()):
+            raise ValueError("'origin' is not an object of strings")
     except CheckpointError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise CheckpointError(f"checkpoint configuration is unreadable ({e})") from None
-    return config, corpus_files
+    return config, corpus_files, history, origin
 
 
 def from_arrays(arrays: dict[str, np.ndarray]) -> Checkpoint:
@@ -310,14 +384,9 @@ def from_arrays(arrays: dict[str, np.ndarray]) -> Checkpoint:
             raise CheckpointError(f"checkpoint lacks the key {key!r}")
         return arrays[key]
 
-    config, corpus_files = _parse_meta(need("config"))
+    config, corpus_files, history, origin = _parse_meta(need("config"))
 
-    vocab_arr = need("vocab")
-    if vocab_arr.ndim != 1 or vocab_arr.dtype != np.dtype("<U1") or len(vocab_arr) == 0:
-        raise CheckpointError("checkpoint key 'vocab' must be a 1-D array of characters")
-    vocab = Vocab(str(c) for c in vocab_arr)
-    if len(set(vocab.chars)) != len(vocab.chars) or any(len(c) != 1 for c in vocab.chars):
-        raise CheckpointError("checkpoint vocabulary has repeated or empty characters")
+    vocab = _vocab_from_array(need("vocab"))
     _validate_config(config, len(vocab))
 
     shapes = param_shapes(config, len(vocab))
@@ -366,6 +435,7 @@ def from_arrays(arrays: dict[str, np.ndarray]) -> Checkpoint:
         state=state, rng_state=rng_state, metrics=metrics.copy(),
         best_val_bpc=float(_scalar(arrays, "best_val_bpc", "f")),
         elapsed=float(_scalar(arrays, "elapsed", "f")),
+        history=history, origin=origin,
     )
     if min(ckpt.optim_step, ckpt.step, ckpt.epoch, ckpt.epoch_step) < 0:
         raise CheckpointError("checkpoint counters are negative")

@@ -5,9 +5,10 @@ it and counts its characters (the vocabulary); the second writes ids straight in
 memory-mapped ``.npy``. Memory stays near the size of the ids (one byte a character for
 up to 256 distinct characters), not the several copies a whole-text ``str`` would need.
 
-The ids are cached in ``<run directory's parent>/.charlstm-tokens/``, named by a hash of
-the files' SHA-256, the encoding and the vocabulary, so resuming a run, or the next run
-over the same text, maps them from disk instead of encoding again.
+The ids are cached inside the run directory (``RUN/tokens/``), named by a hash of the
+files' SHA-256, the encoding and the vocabulary, so resuming a run maps them from disk
+instead of encoding again. A run keeps one entry: writing one removes the others, and
+removing the run directory removes its cache.
 """
 from __future__ import annotations
 
@@ -15,19 +16,19 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .corpus import (BLOCK_BYTES, CorpusFile, Vocab, _code_points, builtin_corpus, decoded_blocks,
-                     outside_vocabulary, resolve_paths)
+from .corpus import (BLOCK_BYTES, CorpusFile, Vocab, _code_points, builtin_corpus, control_chars_note,
+                     corpus_blocks, outside_vocabulary, resolve_paths)
 from .errors import UserError
 
 VOCAB_FIX = "fine-tuning needs text in the characters the model was trained on"
 
 MAX_CODE_POINT = 0x10FFFF
-CACHE_DIR_NAME = ".charlstm-tokens"
+CACHE_DIR_NAME = "tokens"  # inside the run directory
 
 
 @dataclass
@@ -35,6 +36,10 @@ class EncodedCorpus:
     files: list  # of CorpusFile, in reading order
     vocab: Vocab
     ids: np.ndarray  # possibly a read-only memory map
+    key: str = ""  # the cache entry these ids belong under ("" for a built-in corpus)
+    notes: list = field(default_factory=list)  # lines to tell the user: the files a walk skipped
+    control_note: str | None = None  # the control characters the text holds (corpus.control_chars_note)
+    char_counts: list | None = None  # occurrences of each vocabulary character, when counted
 
 
 def _file_sha256(path: Path) -> str:
@@ -68,11 +73,12 @@ def _load_cached(cache_dir: Path, key: str):
     meta_path, ids_path = cache_dir / f"{key}.json", cache_dir / f"{key}.npy"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        vocab = Vocab(meta["vocab"])
+        vocab = Vocab(chr(c) for c in meta["vocab"])
+        counts = dict(zip(meta["vocab"], meta["counts"]))
         ids = np.load(ids_path, mmap_mode="r", allow_pickle=False)
         if ids.shape != (meta["length"],) or ids.dtype != vocab.dtype:
             return None
-        return vocab, ids
+        return vocab, ids, counts
     except (OSError, ValueError, KeyError, TypeError):
         return None  # absent or damaged: encode again
 
@@ -81,14 +87,19 @@ def load_corpus(specs, encoding: str = "utf-8", vocab: Vocab | None = None,
                 cache_dir: Path | None = None) -> EncodedCorpus:
     """Encode the files named by ``specs`` (no specs: the built-in corpus; one
     ``builtin:...`` spec: that built-in corpus, never cached) with ``vocab`` (default: the
-    corpus's own sorted characters), through the cache if one is given."""
+    corpus's own sorted characters), through the cache in ``cache_dir`` if one is given
+    (see ``write_cache``). Files are joined as ``corpus.corpus_blocks`` joins them. The
+    result's notes name the files a directory walk left out; its control_note, the
+    control characters the text holds. Raises UserError for unreadable, binary or empty input and for
+    characters outside ``vocab``."""
     builtin = builtin_corpus(specs)
     if builtin is not None:
         name, text = builtin
         files = [CorpusFile(name, hashlib.sha256(text.encode("utf-8")).hexdigest())]
         return _encode_in_memory(text, files, vocab)
-    paths = resolve_paths(specs)
-    several = len(paths) > 1
+    skipped: list = []
+    paths = resolve_paths(specs, skipped)
+    notes = [f"skipped {line}" for line in skipped]
     files = [CorpusFile(str(p), _file_sha256(p)) for p in paths]
     # A cache hit needs only the hashes. Ids under the corpus's own vocabulary are keyed
     # by files and encoding; ids under another (fine-tuning) vocabulary also by it.
@@ -98,18 +109,20 @@ def load_corpus(specs, encoding: str = "utf-8", vocab: Vocab | None = None,
         for k in dict.fromkeys((own_key, key)):
             cached = _load_cached(cache_dir, k)
             if cached is not None and (vocab is None or cached[0].chars == vocab.chars):
-                return EncodedCorpus(files, cached[0], cached[1])
+                counts = np.zeros(MAX_CODE_POINT + 1, np.int64)
+                for code, n in cached[2].items():
+                    counts[code] = n
+                return EncodedCorpus(files, cached[0], cached[1], k, notes,
+                                     control_chars_note(cached[0], counts),
+                                     [cached[2][ord(c)] for c in cached[0].chars])
     counts, total = np.zeros(MAX_CODE_POINT + 1, np.int64), 0
-    for path in paths:
-        n_file = 0
-        for text in decoded_blocks(path, encoding, several):
-            codes = _code_points(text)
-            counts += np.bincount(codes, minlength=MAX_CODE_POINT + 1)
-            n_file += len(codes)
-        if n_file == 0 and len(paths) == 1:
-            raise UserError(f"{path} is empty; give a file that contains text")
-        total += n_file
+    for text in corpus_blocks(paths, encoding):
+        codes = _code_points(text)
+        counts += np.bincount(codes, minlength=MAX_CODE_POINT + 1)
+        total += len(codes)
     if total == 0:
+        if len(paths) == 1:
+            raise UserError(f"{paths[0]} is empty; give a file that contains text")
         raise UserError("the corpus is empty: every file given is empty; give files that contain text")
     present = np.flatnonzero(counts)
     if vocab is None:
@@ -121,22 +134,35 @@ def load_corpus(specs, encoding: str = "utf-8", vocab: Vocab | None = None,
         if [chr(int(c)) for c in present] == vocab.chars:
             key = own_key
     lut = _lookup_table(vocab)
+    char_counts = [int(counts[ord(c)]) for c in vocab.chars]
 
     def fill(ids):
         pos = 0
-        for path in paths:
-            for text in decoded_blocks(path, encoding, several):
-                codes = _code_points(text)
-                ids[pos:pos + len(codes)] = lut[codes]
-                pos += len(codes)
+        for text in corpus_blocks(paths, encoding):
+            codes = _code_points(text)
+            ids[pos:pos + len(codes)] = lut[codes]
+            pos += len(codes)
         assert pos == total
 
     if cache_dir is None:
         ids = np.empty(total, vocab.dtype)
         fill(ids)
-        return EncodedCorpus(files, vocab, ids)
-    ids = _write_cache(cache_dir, key, vocab, total, fill)
-    return EncodedCorpus(files, vocab, ids)
+    else:
+        ids = _write_cache(cache_dir, key, vocab, char_counts, total, fill)
+    return EncodedCorpus(files, vocab, ids, key, notes, control_chars_note(vocab, counts), char_counts)
+
+
+def write_cache(cache_dir: Path, corpus: EncodedCorpus) -> None:
+    """Keep ``corpus``'s ids in ``cache_dir`` (a run's tokens/ directory) for the next
+    ``load_corpus`` of the same text, as its only entry. Best effort: a cache that cannot
+    be written only costs encoding again."""
+    if not corpus.key or corpus.char_counts is None or (cache_dir / f"{corpus.key}.npy").is_file():
+        return
+
+    def fill(ids):
+        ids[...] = corpus.ids
+
+    _write_cache(cache_dir, corpus.key, corpus.vocab, corpus.char_counts, len(corpus.ids), fill)
 
 
 def _lookup_table(vocab: Vocab) -> np.ndarray:
@@ -154,13 +180,15 @@ def _encode_in_memory(text: str, files, vocab: Vocab | None) -> EncodedCorpus:
     return EncodedCorpus(files, vocab, vocab.encode(text))
 
 
-def _write_cache(cache_dir: Path, key: str, vocab: Vocab, total: int, fill) -> np.ndarray:
+def _write_cache(cache_dir: Path, key: str, vocab: Vocab, char_counts: list, total: int,
+                 fill) -> np.ndarray:
     """Encode into a memory-mapped temporary file, then rename it into the cache; a crash
-    midway leaves no half-written cache entry."""
+    midway leaves no half-written cache entry. The run's other entries are removed."""
+    from .files import new_temporary
+
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".npy.tmp", dir=cache_dir)
-        os.close(fd)
+        tmp = new_temporary(cache_dir, f".{key}.", ".npy.tmp")
     except OSError:
         ids = np.empty(total, vocab.dtype)  # an unwritable cache only costs the cache
         fill(ids)
@@ -171,7 +199,7 @@ def _write_cache(cache_dir: Path, key: str, vocab: Vocab, total: int, fill) -> n
         ids.flush()
         del ids
         os.replace(tmp, cache_dir / f"{key}.npy")
-        meta = {"vocab": vocab.chars, "length": total}
+        meta = {"vocab": [ord(c) for c in vocab.chars], "counts": char_counts, "length": total}
         meta_tmp = cache_dir / f".{key}.json.tmp"
         meta_tmp.write_text(json.dumps(meta), encoding="utf-8")
         os.replace(meta_tmp, cache_dir / f"{key}.json")
@@ -183,4 +211,10 @@ def _write_cache(cache_dir: Path, key: str, vocab: Vocab, total: int, fill) -> n
         ids = np.empty(total, vocab.dtype)
         fill(ids)
         return ids
+    for old in cache_dir.iterdir():
+        if old.suffix in (".npy", ".json") and old.stem != key:
+            try:
+                old.unlink()
+            except OSError:
+                pass  # only space is lost
     return np.load(cache_dir / f"{key}.npy", mmap_mode="r", allow_pickle=False)

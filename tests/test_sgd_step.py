@@ -25,7 +25,7 @@ def test_one_sgd_step_matches_the_reference(tmp_path, cell):
 
     # The documented data layout, rebuilt independently of charlstm.
     hyper = json.loads(before["config"].item())["hyperparameters"]
-    vocab = list(before["vocab"])
+    vocab = [chr(c) for c in before["vocab"]]  # code points (README, "Checkpoint format")
     index = {c: i for i, c in enumerate(vocab)}
     ids = np.array([index[c] for c in corpus.read_text()])
     n_val = math.floor(len(ids) * hyper["val_frac"])

@@ -43,9 +43,9 @@ def test_checkpoint_keys_and_safe_loading(tmp_path):
             assert z[name].shape == shape and z[name].dtype == np.float32
         assert z["state.h"].shape == z["state.c"].shape == (2, 4, 16)
         assert z["step"] == 5 and z["optim.step"] == 5
-    assert meta["format_version"] == 1 and meta["hyperparameters"]["hidden_size"] == 16
+    assert meta["format_version"] == 2 and meta["hyperparameters"]["hidden_size"] == 16
     assert meta["corpus"][0]["path"] == str(corpus) and len(meta["corpus"][0]["sha256"]) == 64
-    assert vocab.dtype == np.dtype("<U1") and list(vocab) == sorted(set(make_text(3000)))
+    assert vocab.dtype == np.dtype("<u4") and [chr(c) for c in vocab] == sorted(set(make_text(3000)))
     expected = {"config", "vocab", "optim.step", "step", "epoch", "epoch_step", "state.h",
                 "state.c", "rng", "metrics", "best_val_bpc", "elapsed"}
     assert expected <= keys
