@@ -8,7 +8,28 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
+
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux: /proc), or 0 where that is unknown.
+    Interpreter start-up and imports take a few tenths of a second before this module
+    runs, and a --time budget bounds the whole invocation."""
+    import os
+
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+INVOCATION_STARTED = time.perf_counter() - _process_age()
 
 import click
 
@@ -41,12 +62,67 @@ NON_NEGATIVE = click.IntRange(min=0)
 
 def _budget_options(f):
     f = click.option("--time", "time_limit", type=Duration(), default=None,
-                     help="Stop after this much wall-clock time in this invocation, e.g. 90s, 10m, 1h30m.")(f)
+                     help="Stop so that this whole invocation (start-up, training, the final "
+                          "validation and save) takes at most this long, e.g. 90s, 10m, 1h30m.")(f)
     f = click.option("--epochs", type=Real(min=0, min_open=True), default=None,
                      help="Stop when this many epochs (in total) are done.")(f)
     f = click.option("--steps", type=NON_NEGATIVE, default=None,
                      help="Stop at this total number of optimizer steps (0: only write the initial checkpoint).")(f)
     return f
+
+
+def _steering_options(f, resume: bool):
+    """Options that steer training without changing what a checkpoint holds: `train`
+    sets them, `resume` may change them (each change is recorded in the run's history).
+    On resume their default is the run's own (None here)."""
+    def default(name):
+        return None if resume else getattr(DEFAULTS, name)
+
+    def shown(name):
+        return "  [default: the run's own]" if resume else ""
+
+    options = [
+        click.option("--lr", type=Real(min=0, min_open=True), default=default("lr"),
+                     help="Learning rate." + shown("lr")),
+        click.option("--clip", type=Real(min=0), default=default("clip"),
+                     help="Clip the global gradient norm to this; 0 disables clipping." + shown("clip")),
+        click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=default("lr_schedule"),
+                     help="How the learning rate changes with the step." + shown("lr_schedule")),
+        click.option("--warmup", type=NON_NEGATIVE, default=default("warmup"),
+                     help="Steps of linear learning-rate warmup (counted from step 0 of the run)."
+                          + shown("warmup")),
+        click.option("--lr-decay", type=Real(0, 1, min_open=True), default=default("lr_decay"),
+                     help="Factor of the 'step' schedule." + shown("lr_decay")),
+        click.option("--lr-decay-every", type=NON_NEGATIVE, default=default("lr_decay_every"),
+                     help="Steps between 'step' decays; 0: one epoch." + shown("lr_decay_every")),
+        click.option("--lr-min", type=Real(min=0), default=default("lr_min"),
+                     help="Floor of the 'cosine' schedule." + shown("lr_min")),
+        click.option("--lr-horizon", type=NON_NEGATIVE, default=default("lr_horizon"),
+                     help="Steps over which 'cosine' anneals; 0: the run's step budget."
+                          + shown("lr_horizon")),
+        click.option("--dropout", type=Real(0, 1, max_open=True), default=default("dropout"),
+                     help="Zero each layer's output, as the layer above and the decoder read it, "
+                          "with this probability while training (inverted dropout; off in eval "
+                          "and sampling)." + shown("dropout")),
+        click.option("--weight-decay", type=Real(min=0), default=default("weight_decay"),
+                     help="Decoupled weight decay (AdamW style): every step shrinks all "
+                          "parameters by the factor 1 - lr * weight_decay before the "
+                          "optimizer's update." + shown("weight_decay")),
+        click.option("--val-chars", type=NON_NEGATIVE, default=default("val_chars"),
+                     help="Validate on the first N characters of the validation split, the "
+                          "same ones each time; 0: all of it." + shown("val_chars")),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _steering_options_train(f):
+    return _steering_options(f, resume=False)
+
+
+def _steering_options_resume(f):
+    return _steering_options(f, resume=True)
 
 
 def _cadence_options(f):
@@ -124,29 +200,17 @@ def _read_run_file(ctx, param, value):
 @click.option("--cell", type=click.Choice(CELLS), default=DEFAULTS.cell)
 @click.option("--hidden-size", type=POSITIVE, default=DEFAULTS.hidden_size)
 @click.option("--num-layers", type=POSITIVE, default=DEFAULTS.num_layers)
-@click.option("--dropout", type=Real(0, 1, max_open=True), default=DEFAULTS.dropout,
-              help="Zero each layer's output, as the layer above and the decoder read it, "
-                   "with this probability while training (inverted dropout; off in eval and sampling).")
-@click.option("--weight-decay", type=Real(min=0), default=DEFAULTS.weight_decay,
-              help="Decoupled weight decay (AdamW style): every step shrinks all parameters "
-                   "by the factor 1 - lr * weight_decay before the optimizer's update.")
 @click.option("--seq-len", type=POSITIVE, default=DEFAULTS.seq_len, help="Characters per stream per step (T).")
 @click.option("--batch-size", type=POSITIVE, default=DEFAULTS.batch_size, help="Parallel streams (B).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=DEFAULTS.optimizer)
-@click.option("--lr", type=Real(min=0, min_open=True), default=DEFAULTS.lr, help="Learning rate.")
 @click.option("--momentum", type=Real(0, 1, max_open=True), default=DEFAULTS.momentum, help="Momentum for sgd.")
-@click.option("--clip", type=Real(min=0), default=DEFAULTS.clip,
-              help="Clip the global gradient norm to this; 0 disables clipping.")
-@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default=DEFAULTS.lr_schedule)
-@click.option("--warmup", type=NON_NEGATIVE, default=DEFAULTS.warmup, help="Steps of linear learning-rate warmup.")
-@click.option("--lr-decay", type=Real(0, 1, min_open=True), default=DEFAULTS.lr_decay,
-              help="Factor of the 'step' schedule.")
-@click.option("--lr-decay-every", type=NON_NEGATIVE, default=DEFAULTS.lr_decay_every,
-              help="Steps between 'step' decays; 0: one epoch.")
-@click.option("--lr-min", type=Real(min=0), default=DEFAULTS.lr_min, help="Floor of the 'cosine' schedule.")
-@click.option("--lr-horizon", type=NON_NEGATIVE, default=DEFAULTS.lr_horizon,
-              help="Steps over which 'cosine' anneals; 0: the run's step budget.")
 @click.option("--seed", type=NON_NEGATIVE, default=DEFAULTS.seed, help="Seed of the initialisation.")
+@click.option("--init-from", type=click.Path(), default=None, metavar="CHECKPOINT",
+              help="Start from this checkpoint's weights (a .npz file, or a run directory: "
+                   "its best.npz, else last.npz) with a fresh optimizer: fine-tuning. The "
+                   "model's cell, sizes and vocabulary are the checkpoint's; the text must "
+                   "use only characters of that vocabulary.")
+@_steering_options_train
 @click.option("--threads", type=POSITIVE, default=None,
               help="Cores a training step uses: the batch's streams split into one shard per "
                    "core.  [default: every core this process may use, at most --batch-size]")
@@ -165,7 +229,7 @@ def _read_run_file(ctx, param, value):
 @click.option("--force", is_flag=True, help="Start over in an --out directory that already holds a run.")
 @_cadence_options
 @click.pass_context
-def train(ctx, paths, out, force, quiet, blas, step_weights, **options):
+def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, **options):
     """Train a model on the text in PATHS (files, directories, globs).
 
     With no PATHS it trains on the corpus of --config's file, if it names one, else on
@@ -182,14 +246,33 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, **options):
     if options["threads"] is None:
         from charlstm.shards import default_threads
         options["threads"] = default_threads(options["batch_size"])
+    if init_from is not None:
+        _take_architecture_from(ctx, init_from, options)
     trainer, out_dir = start_run(TrainConfig(corpus=tuple(paths), **options, **cadence),
-                                 Path(out) if out else None, force, blas, step_weights)
+                                 Path(out) if out else None, force, blas, step_weights,
+                                 init_from=init_from)
     _announce(trainer, out_dir, quiet)
-    status = run_training(trainer, out_dir, quiet=quiet)
+    status = run_training(trainer, out_dir, quiet=quiet, started=INVOCATION_STARTED)
     _finish(trainer, out_dir, status, quiet)
 
 
+def _take_architecture_from(ctx, init_from, options: dict) -> None:
+    """With --init-from, the cell and sizes not given on the command line (or in
+    --config's file) are the checkpoint's; start_run refuses ones that differ."""
+    from click.core import ParameterSource
+
+    from charlstm import checkpoint as ckpt_io
+    from charlstm.run import ARCHITECTURE
+
+    source = ckpt_io.load(ckpt_io.resolve_checkpoint(init_from, prefer_best=True))
+    for name in ARCHITECTURE:
+        if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, None):
+            options[name] = getattr(source.config, name)
+
+
 def _announce(trainer, out_dir: Path, quiet: bool) -> None:
+    for note in trainer.notes:  # what the user must know about the input, even when quiet
+        click.echo(f"Note: {note}", err=True)
     if quiet:
         return
     cfg, data = trainer.config, trainer.data
@@ -205,6 +288,8 @@ def _announce(trainer, out_dir: Path, quiet: bool) -> None:
 
 
 def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
+    if trainer.stop_reason:
+        click.echo(f"Note: {trainer.stop_reason}", err=True)
     if not quiet:
         best = trainer.best_val_bpc
         best_txt = f", best validation {best:.4f} bpc" if not math.isnan(best) else ""
@@ -228,14 +313,20 @@ def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
                    "than the run's own rounds differently.  [default: the run's own]")
 @click.option("--step-weights", default=None, metavar="FORWARD/BACKWARD",
               help="As train --step-weights.  [default: the run's own]")
+@_steering_options_resume
 @_cadence_options
 def resume(run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weights, quiet,
-           **cadence):
-    """Continue the run in RUN_DIR from its last.npz, exactly where it stopped."""
+           **settings):
+    """Continue the run in RUN_DIR from its last.npz, exactly where it stopped.
+
+    Without options that change how it trains, the run goes on bit-identical to one that
+    never stopped. A new --lr, schedule, --clip, --dropout, --weight-decay or --corpus
+    continues from the same weights and optimizer state under the new setting (recorded
+    in the run's history), which is then no longer that run."""
     from charlstm.run import resume_run
     from charlstm.train import run_training
 
-    changes = {k: v for k, v in cadence.items() if v is not None}
+    changes = {k: v for k, v in settings.items() if v is not None}
     if steps is not None or epochs is not None or time_limit is not None:
         changes.update(steps=steps, epochs=epochs, time_limit=time_limit)
     if corpus:
@@ -246,7 +337,7 @@ def resume(run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weigh
     trainer = resume_run(run_dir, changes, blas, step_weights,
                          warn=lambda line: click.echo(f"Warning: {line}", err=True))
     _announce(trainer, run_dir, quiet)
-    status = run_training(trainer, run_dir, quiet=quiet)
+    status = run_training(trainer, run_dir, quiet=quiet, started=INVOCATION_STARTED)
     _finish(trainer, run_dir, status, quiet)
 
 
@@ -294,10 +385,13 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num
             raise UserError(f"{name}: not valid UTF-8 at byte {e.start}; save the prime as UTF-8") from None
         if prime.startswith("\ufeff"):
             prime = prime[1:]  # a byte-order mark is not part of the text
-    ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))
+    _, ckpt, say_which = _read_checkpoint(checkpoint)
     sampler = Sampler(ckpt)
     if stop is not None:
         sampler.check_stop(stop)
+    if prime:
+        sampler.encode(prime)  # refuses a prime outside the vocabulary before any output
+    say_which()
     rng = np.random.default_rng(seed)
     out = sys.stdout
     try:
@@ -322,6 +416,25 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num
         out.write("\n")
         out.flush()
         sys.exit(130)
+
+
+def _read_checkpoint(checkpoint):
+    """(path, Checkpoint, say_which) of a CHECKPOINT argument: a file, or a run
+    directory's best.npz (else last.npz). sample, eval and info read the same one and,
+    given a directory, call ``say_which()`` once their input has passed its checks: it
+    names the checkpoint on stderr, so they never quietly speak of different models (and
+    an error stays one line)."""
+    from charlstm import checkpoint as ckpt_io
+
+    path = ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True)
+    ckpt = ckpt_io.load(path)
+
+    def say_which():
+        if Path(checkpoint).is_dir():
+            best = ckpt.best_val_bpc
+            scored = f", validation {best:.4f} bpc" if not math.isnan(best) else ""
+            click.echo(f"reading {path} (step {ckpt.step}{scored})", err=True)
+    return path, ckpt, say_which
 
 
 def _argument_text(value: str | None, option: str) -> str | None:
@@ -352,7 +465,7 @@ def eval_(checkpoint, file, encoding, skip_unknown, as_json):
     from charlstm.evaluate import stream_bits_per_char
     from charlstm.network import Network
 
-    ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True))
+    _, ckpt, say_which = _read_checkpoint(checkpoint)
     text = read_text_file(file, encoding)
     unknown = ckpt.vocab.unknown_chars(text)
     if unknown and skip_unknown:
@@ -365,6 +478,7 @@ def eval_(checkpoint, file, encoding, skip_unknown, as_json):
         ckpt.vocab.require_covers(text, str(file), "pass --skip-unknown to drop them")
     if len(text) < 2:
         raise UserError(f"{file} needs at least two characters (of the vocabulary) to evaluate")
+    say_which()
     net = Network(ckpt.config, len(ckpt.vocab), ckpt.params)
     bpc = stream_bits_per_char(net, ckpt.vocab.encode(text))
     if as_json:
@@ -383,8 +497,12 @@ def info(checkpoint, as_json, as_toml):
     from charlstm import checkpoint as ckpt_io
     from charlstm.parameters import count_params
 
-    path = ckpt_io.resolve_checkpoint(checkpoint)
-    ckpt = ckpt_io.load(path)
+    path, ckpt, say_which = _read_checkpoint(checkpoint)
+    say_which()
+    last = Path(checkpoint) / "last.npz"
+    last_step = None
+    if Path(checkpoint).is_dir() and path.name != "last.npz" and last.is_file():
+        last_step = ckpt_io.load(last).step
     if as_toml:
         from charlstm.config_file import write
 
@@ -403,6 +521,8 @@ def info(checkpoint, as_json, as_toml):
         "best_val_bpc": None if math.isnan(best) else best,
         "vocab_size": len(ckpt.vocab),
         "elapsed_seconds": ckpt.elapsed,
+        "last_step": ckpt.step if last_step is None else last_step,
+        "history": ckpt.history,
     }
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -413,9 +533,16 @@ def info(checkpoint, as_json, as_toml):
     click.echo(f"parameters     {summary['parameters']:,}")
     click.echo(f"vocabulary     {summary['vocab_size']} characters")
     click.echo(f"step           {ckpt.step} (epoch {ckpt.epoch}, {ckpt.epoch_step} steps into it)")
+    if last_step is not None:
+        click.echo(f"last.npz       step {last_step}")
     click.echo(f"best val bpc   {'-' if summary['best_val_bpc'] is None else f'{best:.4f}'}")
     click.echo(f"training time  {ckpt.elapsed:.1f} s")
     click.echo("corpus         " + ", ".join(f.path for f in ckpt.corpus_files))
+    for event in ckpt.history:
+        changes = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in event.get("changes", {}).items())
+        origin = f" from {event['init_from']} (step {event['init_from_step']})" if "init_from" in event else ""
+        click.echo(f"history        step {event.get('step')}: {event.get('event')}{origin}"
+                   + (f": {changes}" if changes else ""))
     click.echo("configuration")
     for key, value in summary["config"].items():
         click.echo(f"  {key:<15}{value}")

@@ -26,6 +26,9 @@ class TrainConfig:
     corpus: tuple = ()  # paths as given on the command line; () means the built-in corpus
     encoding: str = "utf-8"
     val_frac: float = 0.1
+    # Validation reads the first val_chars characters of the validation split (0: all of
+    # it), the same ones every time, so a large corpus does not spend minutes per check.
+    val_chars: int = 200_000
     # model
     cell: str = "lstm"
     hidden_size: int = 256
@@ -161,6 +164,7 @@ RULES = {
     "corpus": _corpus,
     "encoding": _encoding,
     "val_frac": _real_in(0, 1),
+    "val_chars": _int_at_least(0),
     "cell": _one_of(CELLS),
     "hidden_size": _int_at_least(1),
     "num_layers": _int_at_least(1),

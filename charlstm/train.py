@@ -17,7 +17,7 @@ from .checkpoint import METRIC_COLUMNS, Checkpoint
 from .config import TrainConfig
 from .corpus import Batches, Vocab, split
 from .dropout import DropoutMasks
-from .tokens import load_corpus
+from .tokens import EncodedCorpus, load_corpus
 from .errors import UserError
 from .evaluate import stream_bits_per_char
 from .parameters import init_params
@@ -26,6 +26,7 @@ from .shards import ShardedNetwork
 from .optim import Optimizer, clip_grad_norm, learning_rate
 
 LN2 = math.log(2)
+EXIT_SECONDS = 0.1  # a --time budget keeps this for closing files and the last report
 
 
 @dataclass
@@ -35,6 +36,8 @@ class Data:
     train_ids: np.ndarray
     val_ids: np.ndarray
     batches: Batches
+    encoded: EncodedCorpus  # the whole corpus, for the run's token cache
+    notes: list  # lines to tell the user about the input (tokens.load_corpus)
 
 
 def prepare_data(config: TrainConfig, vocab: Vocab | None = None, cache_dir: Path | None = None) -> Data:
@@ -53,7 +56,7 @@ def prepare_data(config: TrainConfig, vocab: Vocab | None = None, cache_dir: Pat
         raise UserError(
             f"the validation split has {len(val_ids)} characters; raise --val-frac or give --val-frac 0")
     return Data(corpus.files, vocab, train_ids, val_ids,
-                Batches(train_ids, config.batch_size, config.seq_len))
+                Batches(train_ids, config.batch_size, config.seq_len), corpus, list(corpus.notes))
 
 
 class TrainingDiverged(UserError):
@@ -63,7 +66,11 @@ class TrainingDiverged(UserError):
 class Trainer:
     """Owns the model, optimizer, data position and carried state of one run."""
 
-    def __init__(self, config: TrainConfig, data: Data, resume_from: Checkpoint | None = None):
+    def __init__(self, config: TrainConfig, data: Data, resume_from: Checkpoint | None = None,
+                 initial_params=None):
+        """``resume_from``: a checkpoint to continue exactly. ``initial_params``: weights
+        (FlatParams of this config's shapes) a new run starts from instead of its random
+        initialisation, which is still drawn so the generator continues as in any run."""
         self.config = config
         self.data = data
         BLAS.bind(config.blas)  # before any kernel of this process runs
@@ -71,6 +78,8 @@ class Trainer:
         if resume_from is None:
             rng = np.random.default_rng(config.seed)
             params = init_params(config, V, rng)
+            if initial_params is not None:
+                params.flat[...] = initial_params.flat
             self.rng = rng
         else:
             params = resume_from.params
@@ -90,6 +99,15 @@ class Trainer:
         self.metrics: list = []
         self.best_val_bpc = float("nan")
         self.elapsed_before = 0.0
+        self.history: list = []  # events of the run, saved with it (checkpoint.Checkpoint)
+        self.origin: dict = {}  # where the corpus paths were given from (run.corpus_origin)
+        # Lines for the user before training starts; the control characters are told
+        # when a vocabulary is first taken from the text, not again on every resume.
+        self.notes: list = list(data.notes)
+        if resume_from is None and data.encoded.control_note:
+            self.notes.append(data.encoded.control_note)
+        self.lock = None  # the run directory's lock.RunLock, held while training
+        self.stop_reason = None  # why run_training stopped early, when the user should know
         if resume_from is not None:
             self.optimizer.step = resume_from.optim_step
             for stat, values in resume_from.optim_state.items():
@@ -102,6 +120,8 @@ class Trainer:
             self.metrics = [list(row) for row in resume_from.metrics]
             self.best_val_bpc = resume_from.best_val_bpc
             self.elapsed_before = resume_from.elapsed
+            self.history = list(resume_from.history)
+            self.origin = dict(resume_from.origin)
             if self.epoch_step >= data.batches.steps_per_epoch:
                 self._next_epoch()  # the corpus changed to a shorter one
 
@@ -125,8 +145,7 @@ class Trainer:
             what = "loss" if not math.isfinite(loss) else "gradient norm"
             raise TrainingDiverged(
                 f"training diverged at step {self.step + 1}: the {what} is not finite; "
-                f"lower --lr (now {self.config.lr:g}) or clip gradients with --clip; "
-                f"the last saved checkpoint is untouched")
+                f"lower --lr (now {self.config.lr:g}) or clip gradients with --clip")
         lr = learning_rate(self.config, self.step, self.config.lr_horizon, self.steps_per_epoch)
         self.optimizer.update(self.net.grads, lr)
         self.step += 1
@@ -135,8 +154,16 @@ class Trainer:
             self._next_epoch()
         return loss / LN2, norm, lr
 
-    def validate(self) -> float:
-        return stream_bits_per_char(self.net, self.data.val_ids)
+    def validation_ids(self) -> np.ndarray:
+        """The validation text read each time: the first val_chars characters of the
+        split (and the one they predict), or all of it."""
+        cap = self.config.val_chars
+        return self.data.val_ids if cap == 0 else self.data.val_ids[:cap + 1]
+
+    def validate(self, should_stop=None) -> float:
+        """Bits per character of the validation text, or NaN if ``should_stop()`` became
+        true before it was read to the end."""
+        return stream_bits_per_char(self.net, self.validation_ids(), should_stop=should_stop)
 
     def epoch_progress(self) -> float:
         return self.epoch + self.epoch_step / self.steps_per_epoch
@@ -149,7 +176,8 @@ class Trainer:
             epoch_step=self.epoch_step, state=self.state,
             rng_state=self.rng.bit_generator.state,
             metrics=np.array(self.metrics, dtype=np.float64).reshape(-1, len(METRIC_COLUMNS)),
-            best_val_bpc=self.best_val_bpc, elapsed=elapsed)
+            best_val_bpc=self.best_val_bpc, elapsed=elapsed, history=self.history,
+            origin=self.origin)
 
     def step_limit(self) -> int | None:
         """The global step at which the budget in steps or epochs is reached."""
@@ -229,20 +257,45 @@ class MetricsLog:
             pass  # a failed flush was already reported by write()
 
 
-def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False) -> int:
+def _clock(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
+                 started: float | None = None) -> int:
     """Train until the budget is spent or a signal arrives; returns the exit status
-    (0, or 128 + signal number after a clean stop on SIGINT/SIGTERM)."""
+    (0, or 128 + signal number after a clean stop on SIGINT/SIGTERM).
+
+    ``started``: the time.perf_counter() at which the invocation began (default: now).
+    A --time budget bounds the whole invocation from then: training stops early enough
+    that the final validation (timed on the validation text as the run goes) and the last
+    save fit, and a validation still running at the deadline, or when a signal arrives,
+    stops within one chunk and goes unscored. last.npz is written before the first
+    step, so a run directory always holds a checkpoint to resume. Raises
+    TrainingDiverged, saying which checkpoint is on disk, and UserError when a file
+    cannot be written."""
     cfg = trainer.config
     out_dir = Path(out_dir)
     last_path, best_path = out_dir / "last.npz", out_dir / "best.npz"
     ckpt_io.remove_stale_temporaries(out_dir)
-    started = time.perf_counter()
+    began = time.perf_counter()
+    started = began if started is None else started
+    deadline = started + cfg.time_limit if cfg.time_limit is not None else None
 
     def elapsed() -> float:
-        return trainer.elapsed_before + time.perf_counter() - started
+        return trainer.elapsed_before + time.perf_counter() - began
+
+    timing = {"save": 0.0, "step": 0.0, "val_per_char": None}
+    saved = {"step": None}
 
     def save(path: Path) -> None:
+        t0 = time.perf_counter()
         ckpt_io.save(trainer.to_checkpoint(elapsed()), path)
+        timing["save"] = max(timing["save"], time.perf_counter() - t0)
+        if path == last_path:
+            saved["step"] = trainer.step
 
     has_val = len(trainer.data.val_ids) >= 2
     step_limit = trainer.step_limit()
@@ -252,10 +305,46 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False) -> int:
                unit="step", dynamic_ncols=True, leave=True)
     window = {"bits": 0.0, "steps": 0, "seconds": 0.0}
     last_val = float("nan")
+    signals = _StopSignals()
+    trainer.stop_reason = None
+
+    def validation_seconds() -> float:
+        """What the final validation will take, from the last one timed (or a probe of
+        its first chunks, the kernels being compiled by then)."""
+        if not has_val:
+            return 0.0
+        ids = trainer.validation_ids()
+        if timing["val_per_char"] is None:
+            probe = ids[:2 * 256 + 1]
+            for _ in range(2):  # the first reading pays for loading batch-1 kernels
+                t0 = time.perf_counter()
+                stream_bits_per_char(trainer.net, probe)
+                timing["val_per_char"] = (time.perf_counter() - t0) / (len(probe) - 1)
+        return timing["val_per_char"] * (len(ids) - 1)
+
+    def out_of_time() -> bool:
+        if deadline is None:
+            return False
+        needed = timing["save"] + EXIT_SECONDS
+        if timing["step"] > 0:  # a step of this invocation ran: the kernels are loaded
+            needed += timing["step"] + 1.1 * validation_seconds()
+        return time.perf_counter() + needed >= deadline
+
+    def validation_must_stop() -> bool:
+        return signals.signum is not None or (
+            deadline is not None and time.perf_counter() + timing["save"] >= deadline)
 
     def evaluate() -> float:
         nonlocal last_val
-        last_val = trainer.validate()
+        t0 = time.perf_counter()
+        value = trainer.validate(validation_must_stop)
+        if math.isnan(value):
+            why = "a signal" if signals.signum is not None else "the --time budget"
+            trainer.stop_reason = (f"{why} cut the validation at step {trainer.step} "
+                                   f"short; it has no validation score")
+            return value
+        timing["val_per_char"] = (time.perf_counter() - t0) / (len(trainer.validation_ids()) - 1)
+        last_val = value
         if not (last_val >= trainer.best_val_bpc):  # true when best is NaN
             trainer.best_val_bpc = last_val
             save(best_path)
@@ -270,21 +359,32 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False) -> int:
         log.write(row)
         window.update(bits=0.0, steps=0, seconds=0.0)
         val_text = "-" if math.isnan(last_val) else f"{last_val:.3f}"  # none yet, not "nan"
+        budget = ""
+        if deadline is not None:
+            budget = (f", {_clock(deadline - time.perf_counter())} left of "
+                      f"{_clock(cfg.time_limit)}")
         bar.set_postfix_str(
-            f"train {row[2]:.3f} bpc, val {val_text} bpc, {cps:,.0f} chars/s", refresh=False)
-
-    signals = _StopSignals()
+            f"train {row[2]:.3f} bpc, val {val_text} bpc, {cps:,.0f} chars/s{budget}", refresh=False)
 
     def budget_spent() -> bool:
-        return ((step_limit is not None and trainer.step >= step_limit)
-                or (cfg.time_limit is not None and time.perf_counter() - started >= cfg.time_limit))
+        return (step_limit is not None and trainer.step >= step_limit) or out_of_time()
 
     try:
         with signals:
+            if trainer.step == 0 or not last_path.exists():
+                save(last_path)  # a run directory always holds a checkpoint to resume
+            else:
+                saved["step"] = trainer.step  # resumed from last.npz as it is
+            if deadline is not None and budget_spent() and trainer.step != step_limit:
+                trainer.stop_reason = (
+                    f"the --time budget ({_clock(cfg.time_limit)}) was spent before the "
+                    f"first step: starting took {time.perf_counter() - started:.1f} s "
+                    f"(compiling the kernels, on a first run); give a longer --time")
             while signals.signum is None and not budget_spent():
                 t0 = time.perf_counter()
                 bits, norm, lr = trainer.train_step()
-                window["seconds"] += time.perf_counter() - t0
+                timing["step"] = time.perf_counter() - t0
+                window["seconds"] += timing["step"]
                 window["bits"] += bits
                 window["steps"] += 1
                 interrupted = signals.signum is not None
@@ -295,14 +395,24 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False) -> int:
                         or (cfg.eval_every > 0 and trainer.step % cfg.eval_every == 0)
                         or (cfg.eval_every == 0 and trainer.epoch_step == 0)):
                     val = evaluate()
+                    final = final or trainer.stop_reason is not None
                 if trainer.step % cfg.log_every == 0 or not math.isnan(val) or final:
                     log_row(val, lr, norm)
                 if trainer.step % cfg.save_every == 0 and not final:
                     save(last_path)
                 bar.update(1)
+                if final:
+                    break
             save(last_path)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(
+            f"{e}; {last_path} (step {saved['step']}) is untouched: continue from it with a "
+            f"lower rate, e.g. `charlstm resume {out_dir} --lr {cfg.lr / 10:g}`") from None
     finally:
         bar.close()
         log.close()
         trainer.net.close()  # the shard threads; a later step would start them again
+        if trainer.lock is not None:
+            trainer.lock.release()
+            trainer.lock = None
     return 128 + signals.signum if signals.signum is not None else 0

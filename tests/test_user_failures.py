@@ -1,9 +1,16 @@
-"""Failures users of char-rnn tools report, replayed on the real CLI: text that the
-terminal's locale cannot encode, primes too long for a command line, Ctrl-C while
-sampling, and a progress bar that showed 'nan' before the first validation."""
+"""Failures users of char-rnn tools report, replayed on the real CLI, one kind each:
+characters a checkpoint could not hold, input dropped without a word, a run directory
+naming two models, text the terminal's locale cannot encode, messages promising files
+that do not exist, continuing with new settings, primes too long for a command line, a
+time budget that was not one, files left outside the run, and the kinds checked after
+them (portable and locked run directories, permissions, encoding hints)."""
+import json
 import os
 import signal
 import subprocess
+import time
+
+import numpy as np
 
 import pytest
 
@@ -81,3 +88,328 @@ def test_the_progress_bar_shows_no_nan_before_the_first_validation(tmp_path):
     proc = run_cli("train", corpus, *TINY[:-1], "--steps", "4", "--log-every", "1",
                    "--out", tmp_path / "r")
     assert "val - bpc" in proc.stderr and "nan" not in proc.stderr
+
+
+def _vocab(run_file):
+    with np.load(run_file, allow_pickle=False) as z:
+        return "".join(chr(c) for c in z["vocab"])
+
+
+# 1. A character the checkpoint cannot hold ---------------------------------------------
+
+@pytest.mark.parametrize("offset", [100, 10_000], ids=["near-the-start", "past-8KiB"])
+def test_nul_bytes_anywhere_survive_every_checkpoint_round_trip(tmp_path, offset):
+    text = make_text(20_000)
+    corpus = tmp_path / "log.txt"
+    corpus.write_text(text[:offset] + "\x00" * 4 + text[offset:], encoding="utf-8")
+    out = tmp_path / "run"
+    proc = run_cli("train", corpus, *TINY, "--steps", "3", "--out", out)
+    assert "control characters '\\x00' x4" in proc.stderr  # reported, not hidden
+    assert _vocab(out / "last.npz") == "".join(sorted(set(text + "\x00")))
+    run_cli("info", out)
+    run_cli("eval", out, corpus)
+    run_cli("sample", out, "--length", "20", "--seed", "1")
+    run_cli("resume", out, "--steps", "5", "--quiet")
+    assert _vocab(out / "best.npz") == _vocab(out / "last.npz")
+
+
+def test_a_save_refuses_a_file_that_does_not_read_back(tmp_path):
+    from charlstm.checkpoint import _check_reads_back
+    from charlstm.errors import CheckpointError
+
+    path = tmp_path / "x.npz"
+    np.savez(path, config=np.array("{}"), vocab=np.array([0, 97], dtype="<u4"))
+    _check_reads_back(path, {"config": np.array("{}"), "vocab": np.array([0, 97], dtype="<u4")})
+    with pytest.raises(CheckpointError, match="vocab does not read back"):
+        _check_reads_back(path, {"config": np.array("{}"), "vocab": np.array([97], dtype="<u4")})
+
+
+def test_format_1_checkpoints_with_a_string_vocabulary_still_load(run, tmp_path):
+    from charlstm import checkpoint as ckpt_io
+
+    with np.load(run / "last.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["config"].item())
+    meta["format_version"] = 1
+    del meta["history"], meta["origin"]
+    arrays["config"] = np.array(json.dumps(meta))
+    chars = [chr(c) for c in arrays["vocab"]]
+    arrays["vocab"] = np.array(chars, dtype="<U1")
+    old = tmp_path / "old.npz"
+    np.savez(old, **arrays)
+    assert ckpt_io.load(old).vocab.chars == chars
+    assert run_cli("sample", old, "--length", "5").returncode == 0
+
+
+# 2. Input dropped without a word ------------------------------------------------------
+
+def test_a_directory_reads_utf16_files_and_names_every_file_it_skips(tmp_path):
+    part = make_text(3000)
+    d = tmp_path / "d"
+    (d / ".git").mkdir(parents=True)
+    (d / ".git" / "HEAD").write_text("ref\n")
+    (d / "part1.txt").write_text(part, encoding="utf-8")
+    (d / "part2.txt").write_bytes(part.upper().encode("utf-16"))  # Windows "Unicode"
+    (d / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(200))
+    (d / ".notes").write_text("hidden\n")
+    proc = run_cli("train", d, *TINY, "--steps", "1", "--val-frac", "0", "--out", tmp_path / "r")
+    assert _vocab(tmp_path / "r" / "last.npz") == "".join(sorted(set(part + part.upper())))
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("Note: skipped")]
+    assert len(notes) == 3, proc.stderr
+    assert any("logo.png: looks binary" in n for n in notes)
+    assert any(".git" in n and "hidden directory" in n for n in notes)
+    assert any(".notes: a hidden file" in n for n in notes)
+
+
+def test_files_joined_from_a_directory_never_run_into_each_other(tmp_path):
+    from charlstm.tokens import load_corpus
+
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "a.txt").write_text("the end")  # no final newline
+    (d / "b.txt").write_text("")
+    (d / "c.txt").write_text("next\n")
+    (d / "e.txt").write_text("last")
+    corpus = load_corpus([str(d)])
+    assert corpus.vocab.decode(corpus.ids) == "the end\nnext\nlast"
+    proc = run_cli("train", d, *TINY[:-1], "--batch-size", "1", "--seq-len", "4", "--steps", "1",
+                   "--val-frac", "0", "--out", tmp_path / "r")
+    joined = "the end\nnext\nlast"
+    assert f"{len(joined)} training" in proc.stderr
+
+
+# 3. A run directory that names two models ------------------------------------------
+
+def test_new_validation_text_restarts_the_best_and_every_reader_names_its_checkpoint(tmp_path):
+    old, new = tmp_path / "old.txt", tmp_path / "new.txt"
+    old.write_text(make_text(5000, seed=1))
+    new.write_text(make_text(5000, seed=2))
+    out = tmp_path / "run"
+    run_cli("train", old, *TINY, "--steps", "6", "--out", out)
+    before = np.load(out / "best.npz", allow_pickle=False)["rnn.weight_ih_l0"]
+    proc = run_cli("resume", out, "--corpus", new, "--steps", "9")
+    assert "best-before-step-6.npz" in proc.stderr
+    kept = np.load(out / "best-before-step-6.npz", allow_pickle=False)["rnn.weight_ih_l0"]
+    assert np.array_equal(kept, before)
+    with np.load(out / "best.npz", allow_pickle=False) as best, \
+            np.load(out / "last.npz", allow_pickle=False) as last:
+        assert best["step"] == 9 and best["best_val_bpc"] == last["best_val_bpc"]
+    said = [run_cli(*cmd).stderr.strip().splitlines()[0]
+            for cmd in (("sample", out, "--length", "5"), ("eval", out, new), ("info", out))]
+    assert said[0] == said[1] == said[2] and said[0].startswith(f"reading {out / 'best.npz'} (step 9")
+
+
+# 5. A message that promises what is not on disk --------------------------------------
+
+def test_divergence_names_the_checkpoint_on_disk_and_the_run_resumes(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(4000))
+    out = tmp_path / "run"
+    proc = run_cli("train", corpus, *TINY, "--optimizer", "sgd", "--lr", "1e30", "--clip", "0",
+                   "--steps", "50", "--out", out, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{out / 'last.npz'} (step 0) is untouched" in proc.stderr
+    assert np.load(out / "last.npz", allow_pickle=False)["step"] == 0
+    run_cli("resume", out, "--lr", "0.01", "--quiet")
+    assert np.load(out / "last.npz", allow_pickle=False)["step"] == 50
+
+
+# 6. Continuing with new settings ------------------------------------------------------
+
+def test_resume_changes_safe_settings_and_records_each_in_the_history(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(5000))
+    out = tmp_path / "run"
+    run_cli("train", corpus, *TINY, "--steps", "4", "--out", out)
+    run_cli("resume", out, "--steps", "8", "--lr", "2e-4", "--clip", "1", "--dropout", "0.1",
+            "--weight-decay", "0.01", "--lr-schedule", "cosine", "--warmup", "2", "--quiet")
+    info = json.loads(run_cli("info", out / "last.npz", "--json").stdout)
+    cfg = info["config"]
+    assert (cfg["lr"], cfg["clip"], cfg["dropout"], cfg["weight_decay"], cfg["lr_schedule"]) == \
+        (2e-4, 1.0, 0.1, 0.01, "cosine")
+    assert cfg["lr_horizon"] == 8  # the new schedule takes its horizon from the budget
+    resumed = info["history"][-1]
+    assert resumed["event"] == "resume" and resumed["step"] == 4
+    assert resumed["changes"]["lr"] == [0.002, 2e-4] and resumed["changes"]["steps"] == [4, 8]
+    assert "lr 0.002 -> 0.0002" in run_cli("info", out / "last.npz").stdout
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 8 and 0 < metrics[-1]["lr"] < 1e-4  # annealing to 0 at step 8
+    refused = run_cli("resume", out, "--hidden-size", "8", check=False)
+    assert refused.returncode == 2 and "No such option" in refused.stderr
+
+
+def test_train_init_from_starts_a_new_run_from_a_checkpoints_weights(tmp_path):
+    base = tmp_path / "base.txt"
+    base.write_text(make_text(5000, seed=1))
+    out = tmp_path / "base"
+    run_cli("train", base, *TINY, "--steps", "5", "--out", out)
+    fine = tmp_path / "fine.txt"
+    fine.write_text(make_text(3000, seed=4))
+    tuned = tmp_path / "tuned"
+    run_cli("train", fine, "--init-from", out / "last.npz", *TINY, "--steps", "0", "--lr", "1e-3",
+            "--out", tuned)
+    with np.load(out / "last.npz", allow_pickle=False) as a, \
+            np.load(tuned / "last.npz", allow_pickle=False) as b:
+        assert np.array_equal(a["rnn.weight_hh_l0"], b["rnn.weight_hh_l0"])  # same weights
+        assert np.array_equal(a["vocab"], b["vocab"])
+        assert b["step"] == 0 and not b["optim.exp_avg.decoder.bias"].any()  # fresh optimizer
+    info = json.loads(run_cli("info", tuned / "last.npz", "--json").stdout)
+    assert info["history"][0]["init_from_step"] == 5
+    outside = tmp_path / "outside.txt"
+    outside.write_text(make_text(3000) + "QZ")
+    proc = run_cli("train", outside, "--init-from", out, *TINY, "--out", tmp_path / "x", check=False)
+    assert proc.returncode == 1 and "outside the model's vocabulary: 'Q', 'Z'" in proc.stderr
+    assert not (tmp_path / "x").exists()
+    proc = run_cli("train", fine, "--init-from", out, *TINY, "--cell", "gru", "--out",
+                   tmp_path / "y", check=False)
+    assert proc.returncode == 2 and "--cell gru differs" in proc.stderr
+
+
+# 8. A budget that is not one ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def long_validation(tmp_path_factory):
+    """A corpus whose validation half (1.5 million characters, read whole) takes this
+    tiny model most of a second or more to read."""
+    path = tmp_path_factory.mktemp("long") / "big.txt"
+    path.write_text(make_text(3_000_000), encoding="utf-8")
+    return path
+
+
+def test_time_bounds_the_whole_invocation_validation_included(long_validation, tmp_path):
+    out = tmp_path / "run"
+    args = [long_validation, *TINY[:-1], "--val-frac", "0.5", "--val-chars", "0", "--time", "4s",
+            "--out", out]
+    run_cli("train", *args[:-4], "--steps", "1", "--out", tmp_path / "warm", "--quiet")  # kernels cached
+    t0 = time.perf_counter()
+    proc = run_cli("train", *args)
+    wall = time.perf_counter() - t0
+    assert wall < 4.0 + 0.5, wall  # the child's budget began when it started
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "val_bpc" in rows[-1]  # the final validation fitted in the budget
+    assert "left of 0:04" in proc.stderr  # the progress bar shows the budget
+
+
+def test_sigterm_during_validation_stops_promptly_with_the_checkpoint_saved(long_validation, tmp_path):
+    out = tmp_path / "run"
+    # Validating after every step, on 1.5 million characters at hidden size 64 (1-2 s a
+    # validation here): nearly all the time goes to validation.
+    proc = subprocess.Popen([*CHARLSTM, "train", str(long_validation), *TINY, "--hidden-size", "64",
+                             "--val-frac", "0.5",
+                             "--val-chars", "0", "--eval-every", "1", "--steps", "1000",
+                             "--out", str(out)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "best.npz").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)  # the first validation ended: the next one is under way
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        err = proc.communicate(timeout=60)[1].decode()
+        waited = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert waited < 0.5 * _validation_seconds(out), waited  # well before the validation's end
+    assert "cut the validation" in err and "Traceback" not in err
+    assert np.load(out / "last.npz", allow_pickle=False)["step"] >= 2
+
+
+def _validation_seconds(run_dir) -> float:
+    """About how long one whole validation took in the run: the elapsed time of its
+    first metrics line, written after the first step and the first validation."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert "val_bpc" in rows[0] and "val_bpc" not in rows[-1]  # the last one was cut
+    return rows[0]["elapsed"]
+
+
+def test_validation_reads_at_most_val_chars_characters(tmp_path):
+    from charlstm.train import Trainer, prepare_data
+    from conftest import tiny_config
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(20_000))
+    config = tiny_config(corpus, val_frac=0.5, val_chars=1000, steps=1)
+    trainer = Trainer(config, prepare_data(config))
+    assert len(trainer.validation_ids()) == 1001
+    assert len(Trainer(config.replace(val_chars=0), prepare_data(config)).validation_ids()) == 10_000
+
+
+# 9. Leftovers outside the run ---------------------------------------------------------
+
+def test_a_run_writes_only_inside_its_directory(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(4000))
+    runs = tmp_path / "runs"
+    run_cli("train", corpus, *TINY, "--steps", "2", "--out", runs / "exp1")
+    run_cli("resume", runs / "exp1", "--steps", "3", "--quiet")
+    assert [p.name for p in runs.iterdir()] == ["exp1"]
+    assert (runs / "exp1" / "tokens").is_dir()  # the token cache lives in the run
+    refused = run_cli("train", tmp_path / "missing.txt", *TINY, "--out", runs / "exp2", check=False)
+    assert refused.returncode == 1 and [p.name for p in runs.iterdir()] == ["exp1"]
+
+
+# Kinds checked later -------------------------------------------------------------------
+
+def test_a_run_directory_is_portable(tmp_path):
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "c.txt").write_text(make_text(5000))
+    run_cli("train", "data/c.txt", *TINY, "--steps", "2", "--out", "runs/a", cwd=project)
+    run_cli("resume", project / "runs" / "a", "--steps", "3", "--quiet", cwd=tmp_path)  # elsewhere
+    moved = tmp_path / "moved"
+    project.rename(moved)  # the folder holding the run and its corpus moves
+    run_cli("resume", moved / "runs" / "a", "--steps", "4", "--quiet", cwd=tmp_path)
+    (moved / "data" / "c.txt").rename(tmp_path / "c.txt")
+    proc = run_cli("resume", moved / "runs" / "a", "--steps", "5", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "is not found" in proc.stderr and "--corpus PATH" in proc.stderr
+    run_cli("resume", moved / "runs" / "a", "--corpus", tmp_path / "c.txt", "--steps", "5", "--quiet")
+
+
+def test_two_processes_never_write_one_run(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(5000))
+    out = tmp_path / "run"
+    first = subprocess.Popen([*CHARLSTM, "train", str(corpus), *TINY, "--time", "60s",
+                              "--out", str(out)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "last.npz").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for args in (("resume", out, "--steps", "1000000"),
+                     ("train", corpus, *TINY, "--force", "--out", out)):
+            proc = run_cli(*args, check=False)
+            assert proc.returncode == 1, proc.stderr
+            assert f"in use by charlstm process {first.pid}" in proc.stderr
+        first.send_signal(signal.SIGINT)
+        first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    run_cli("resume", out, "--steps", "1000000", "--time", "1s", "--quiet")  # free again
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o007, 0o077])
+def test_files_get_the_permissions_the_umask_gives(tmp_path, umask):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(4000))
+    out = tmp_path / "run"
+    proc = subprocess.run(["sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *CHARLSTM,
+                           "train", str(corpus), *TINY, "--steps", "2", "--out", str(out)],
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    expected = 0o666 & ~umask
+    for path in (out / "last.npz", out / "best.npz", out / "metrics.jsonl"):
+        assert (path.stat().st_mode & 0o777) == expected, path
+
+
+def test_the_encoding_hint_names_an_encoding_that_reads_what_was_meant(tmp_path):
+    meant = make_text(3000) + "\u201cquoted\u201d \u2013 caf\u00e9 \u20ac5\n"
+    path = tmp_path / "windows.txt"
+    path.write_bytes(meant.encode("cp1252"))
+    proc = run_cli("train", path, *TINY, "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    hint = proc.stderr.split("--encoding ")[-1].split(")")[0]
+    assert path.read_bytes().decode(hint) == meant
+    run_cli("train", path, *TINY, "--steps", "1", "--encoding", hint, "--out", tmp_path / "r")
