@@ -10,12 +10,15 @@ import math
 
 import numpy as np
 
+from .cells import CELL_TABLE
 from .config import TrainConfig
 
 
 def param_shapes(config: TrainConfig, vocab_size: int) -> dict[str, tuple]:
-    """Ordered names and shapes, as ``nn.LSTM``/``nn.RNN`` named ``rnn`` plus ``nn.Linear`` named
-    ``decoder`` would list them in ``state_dict()``."""
+    """Ordered names and shapes, as ``nn.LSTM``/``nn.GRU``/``nn.RNN`` named ``rnn`` plus
+    ``nn.Linear`` named ``decoder`` would list them in ``state_dict()``. The peephole
+    cell's diagonal weights follow each layer's biases, in the same style:
+    ``rnn.weight_ci_l{k}``, ``rnn.weight_cf_l{k}``, ``rnn.weight_co_l{k}``, each [H]."""
     G, H = config.gates, config.hidden_size
     shapes = {}
     for k in range(config.num_layers):
@@ -24,6 +27,8 @@ def param_shapes(config: TrainConfig, vocab_size: int) -> dict[str, tuple]:
         shapes[f"rnn.weight_hh_l{k}"] = (G * H, H)
         shapes[f"rnn.bias_ih_l{k}"] = (G * H,)
         shapes[f"rnn.bias_hh_l{k}"] = (G * H,)
+        for name in CELL_TABLE[config.cell].peepholes:
+            shapes[f"rnn.{name}_l{k}"] = (H,)
     shapes["decoder.weight"] = (vocab_size, H)
     shapes["decoder.bias"] = (vocab_size,)
     return shapes
@@ -68,7 +73,8 @@ class FlatParams:
 def init_params(config: TrainConfig, vocab_size: int, rng: np.random.Generator,
                 dtype=np.float32) -> FlatParams:
     """PyTorch's default initialisation: every tensor uniform in +-1/sqrt(hidden_size),
-    drawn in state_dict order from ``rng``."""
+    drawn in state_dict order from ``rng`` (the peephole weights too, like the other
+    recurrent weights)."""
     params = FlatParams(param_shapes(config, vocab_size), dtype=dtype)
     bound = 1.0 / math.sqrt(config.hidden_size)
     for name, view in params.items():

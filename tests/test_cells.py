@@ -19,7 +19,11 @@ def test_each_cell_matches_its_table_row(name):
     assert shapes["rnn.weight_ih_l1"] == (cell.gates * H, H)
     net = Network(config, V, init_params(config, V, np.random.default_rng(0)))
     assert tuple(net.zero_state(3)) == cell.state
-    assert cell.has_cell_state == (name == "lstm")
+    assert cell.has_cell_state == (name in ("lstm", "peephole", "cifg"))
+    extra = [n for n in shapes if not n.startswith(("rnn.weight_ih", "rnn.weight_hh",
+                                                    "rnn.bias", "decoder."))]
+    assert extra == [f"rnn.{p}_l{k}" for k in range(L) for p in cell.peepholes]
+    assert all(shapes[n] == (H,) for n in extra)
 
 
 def test_sampling_codes_are_distinct():
@@ -27,7 +31,7 @@ def test_sampling_codes_are_distinct():
     assert len(set(codes)) == len(codes)
 
 
-@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("name", [n for n in CELLS if CELL_TABLE[n].torch_module])
 def test_the_torch_module_has_the_same_parameters(name):
     torch = pytest.importorskip("torch", reason="torch is not installed (only to compare)")
     cell = CELL_TABLE[name]
