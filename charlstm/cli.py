@@ -128,6 +128,12 @@ def _read_run_file(ctx, param, value):
                    "input gate (Greff et al. 2017); gru (nn.GRU); rnn (tanh).")
 @click.option("--hidden-size", type=POSITIVE, default=DEFAULTS.hidden_size)
 @click.option("--num-layers", type=POSITIVE, default=DEFAULTS.num_layers)
+@click.option("--forget-bias", type=Real(), default=DEFAULTS.forget_bias,
+              help="Start the forget gate's bias at this value (bias_ih's forget rows; "
+                   "bias_hh's start at 0), as char-rnn does with 1. For cifg, whose forget "
+                   "gate is 1 - input gate, the input gate's bias starts at minus this. "
+                   "lstm, peephole and cifg only.  [default: PyTorch's initialisation, "
+                   "like every other bias]")
 @click.option("--dropout", type=Real(0, 1, max_open=True), default=DEFAULTS.dropout,
               help="Zero each layer's output, as the layer above and the decoder read it, "
                    "with this probability while training (inverted dropout; off in eval and sampling).")

@@ -74,11 +74,26 @@ def init_params(config: TrainConfig, vocab_size: int, rng: np.random.Generator,
                 dtype=np.float32) -> FlatParams:
     """PyTorch's default initialisation: every tensor uniform in +-1/sqrt(hidden_size),
     drawn in state_dict order from ``rng`` (the peephole weights too, like the other
-    recurrent weights)."""
+    recurrent weights).
+
+    With ``config.forget_bias`` B set, the forget gate's rows of bias_ih are then set to
+    B and those of bias_hh to 0, so their sum, which is what the gate sees, starts at B
+    (char-rnn and torch-rnn start it at 1: the cells remember by default). The cifg cell
+    has no forget gate, f = 1 - i = sigmoid(-a_i): its input gate's rows start at -B, so
+    that f starts at sigmoid(B) as well. The draws are the same with and without B, so
+    the other tensors do not change.
+    """
     params = FlatParams(param_shapes(config, vocab_size), dtype=dtype)
     bound = 1.0 / math.sqrt(config.hidden_size)
     for name, view in params.items():
         view[...] = rng.uniform(-bound, bound, size=view.shape)
+    if config.forget_bias is not None:
+        block, sign = CELL_TABLE[config.cell].forget_gate
+        H = config.hidden_size
+        rows = slice(block * H, (block + 1) * H)
+        for k in range(config.num_layers):
+            params[f"rnn.bias_ih_l{k}"][rows] = sign * config.forget_bias
+            params[f"rnn.bias_hh_l{k}"][rows] = 0.0
     return params
 
 

@@ -24,11 +24,20 @@ def test_each_cell_matches_its_table_row(name):
                                                     "rnn.bias", "decoder."))]
     assert extra == [f"rnn.{p}_l{k}" for k in range(L) for p in cell.peepholes]
     assert all(shapes[n] == (H,) for n in extra)
+    if cell.forget_gate is not None:
+        block, sign = cell.forget_gate
+        assert 0 <= block < cell.gates and sign in (1.0, -1.0)
 
 
 def test_sampling_codes_are_distinct():
     codes = [cell.sampling_code for cell in CELL_TABLE.values()]
     assert len(set(codes)) == len(codes)
+
+
+def test_only_the_cells_with_a_forget_gate_take_a_forget_bias():
+    from charlstm.cells import FORGET_GATE_CELLS
+
+    assert FORGET_GATE_CELLS == ("lstm", "peephole", "cifg")
 
 
 @pytest.mark.parametrize("name", [n for n in CELLS if CELL_TABLE[n].torch_module])
