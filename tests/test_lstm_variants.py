@@ -607,3 +607,47 @@ def test_checkpoint_loading_checks_the_peephole_tensors(peephole_checkpoint, tmp
         ckpt_io.load(wrong)
     with zipfile.ZipFile(peephole_checkpoint) as z:
         assert f"{key}.npy" in z.namelist()
+
+
+def test_the_readme_maps_peepholes_to_onnx():
+    """README, "Peepholes in ONNX": P = concat(weight_ci, weight_co, weight_cf) and the
+    gate blocks reordered i, o, f, c give ONNX's LSTM (its reference implementation) the
+    peephole layer's outputs; the state_dict order i, f, o does not. Runs where the onnx
+    package is installed (charlstm does not depend on it)."""
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    B, T = 2, 3
+    net = make_net("peephole", 1, seed=10)
+    p = net.params
+    for name in p:
+        if "weight_c" in name:
+            p[name][...] *= 3.0  # peepholes that matter
+    rng = np.random.default_rng(11)
+    inputs = rng.integers(0, V, size=(B, T))
+    h0, c0 = rng.uniform(-0.9, 0.9, size=(1, B, H)), rng.uniform(-1.5, 1.5, size=(1, B, H))
+    hs = net.forward(inputs, {"h": h0.copy(), "c": c0.copy()}).hs[0]
+
+    def iofc(a):
+        i, f, g, o = np.split(a, 4, axis=0)
+        return np.concatenate([i, o, f, g], axis=0)
+
+    feeds = {"X": np.eye(V)[inputs.T], "W": iofc(p["rnn.weight_ih_l0"])[None],
+             "R": iofc(p["rnn.weight_hh_l0"])[None],
+             "B": np.concatenate([iofc(p["rnn.bias_ih_l0"]), iofc(p["rnn.bias_hh_l0"])])[None],
+             "initial_h": h0, "initial_c": c0}
+
+    def tensor(name, shape):
+        return helper.make_tensor_value_info(name, TensorProto.DOUBLE, shape)
+
+    node = helper.make_node("LSTM", ["X", "W", "R", "B", "", "initial_h", "initial_c", "P"],
+                            ["Y"], hidden_size=H)
+    graph = helper.make_graph([node], "peephole_layer",
+                              [tensor(n, a.shape) for n, a in feeds.items()]
+                              + [tensor("P", (1, 3 * H))], [tensor("Y", None)])
+    model = ReferenceEvaluator(helper.make_model(graph))
+    for order, same in ((("ci", "co", "cf"), True), (("ci", "cf", "co"), False)):
+        P = np.concatenate([p[f"rnn.weight_{n}_l0"] for n in order])[None]
+        (Y,) = model.run(None, dict(feeds, P=P))
+        assert np.allclose(Y[:, 0], hs, rtol=1e-12, atol=1e-14) == same, order
