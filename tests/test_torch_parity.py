@@ -1,4 +1,5 @@
-"""Checkpoints load into PyTorch unchanged and give the same loss (skipped without torch)."""
+"""Checkpoints load into PyTorch unchanged and give the same loss; the cells PyTorch lacks
+agree with their autograd twins (skipped without torch)."""
 import json
 
 import numpy as np
@@ -166,3 +167,16 @@ def test_variant_cells_match_pytorch_autograd(cell):
     for name, view in params.items():
         np.testing.assert_allclose(view, named[name].detach().numpy(), rtol=1e-12, atol=1e-15,
                                    err_msg=f"{name} after one step")
+
+
+@pytest.mark.parametrize("cell", ["peephole", "cifg"])
+def test_benchmark_twin_refuses_the_cells_pytorch_lacks(tmp_path, cell):
+    from charlstm.bench_torch import TorchTwin
+
+    from conftest import make_text
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(3000))
+    spec = dict(cell=cell, hidden_size=8, num_layers=1, seq_len=8, batch_size=2)
+    with pytest.raises(ValueError, match=f"PyTorch has no {cell} module"):
+        TorchTwin(spec, str(corpus), threads=1)
