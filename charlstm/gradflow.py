@@ -9,10 +9,9 @@ of that one prediction. For every layer k and step t this module computes
 the gradient with respect to the value h_t of layer k (c_t), everywhere it is used
 afterwards: by the layer's own next step, by the layer above at step t (or, for the top
 layer, by the decoder at t), and, for c_t, by h_t = o_t * tanh(c_t) (and, in the peephole
-cell, by o_t's peephole too). Its Euclidean norm
-over the H units, against the distance T - t, shows how the error signal of one
-prediction decays (or grows) on its way back through time. Every layer is reported; l0
-is the bottom one.
+cell, by o_t's peephole too). Its Euclidean norm over the H units, against the distance
+T - t, shows how the error signal of one prediction decays (or grows) on its way back
+through time. Every layer is reported; l0 is the bottom one.
 
 The computation uses the package's own kernels in float64: one forward pass over the
 chunk (``Network.forward``), then each layer's backward kernel one step at a time (calls
