@@ -91,8 +91,8 @@ def test_cells_without_a_forget_gate_refuse_it(cell, tmp_path):
     corpus.write_text(make_text(2000))
     proc = run_cli("train", corpus, *TINY, "--cell", cell, "--forget-bias", "1", "--steps", "1",
                    "--out", tmp_path / "run", check=False)
-    assert_user_error(proc, 1, rf"no forget gate; lstm, peephole and cifg have one\); "
-                               rf"fix --forget-bias$")
+    assert_user_error(proc, 1, rf"with cell {cell}, which has no forget gate; lstm, peephole "
+                               r"and cifg have one\); fix --forget-bias$")
     assert not (tmp_path / "run" / "last.npz").exists()
 
 
