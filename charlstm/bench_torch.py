@@ -30,7 +30,10 @@ class TorchTwin:
         self.T, self.B, self.H, self.L = spec["seq_len"], spec["batch_size"], spec["hidden_size"], spec["num_layers"]
         self.lstm = CELL_TABLE[spec["cell"]].has_cell_state
         self.streams = torch.from_numpy(self.data.batches.streams.astype(np.int64))
-        cls = getattr(torch.nn, CELL_TABLE[spec["cell"]].torch_module)
+        module_name = CELL_TABLE[spec["cell"]].torch_module
+        if module_name is None:
+            raise ValueError(f"PyTorch has no {spec['cell']} module to compare charlstm with")
+        cls = getattr(torch.nn, module_name)
         self.module = cls(V, self.H, self.L)
         self.decoder = torch.nn.Linear(self.H, V)
         self.eye = torch.eye(V)

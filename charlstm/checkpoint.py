@@ -1,7 +1,8 @@
 """Checkpoints: plain .npz files, written atomically, read without unpickling.
 
 Every key is documented in the README ("Checkpoint format"). Parameters keep PyTorch's
-state_dict names, so ``{k: torch.from_numpy(v)}`` of them loads into ``nn.LSTM``.
+state_dict names, so ``{k: torch.from_numpy(v)}`` of them loads into ``nn.LSTM`` (``nn.GRU``,
+``nn.RNN``); the peephole cell's extra weights are named in the same style.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class Checkpoint:
     step: int  # optimizer steps taken so far
     epoch: int  # completed epochs
     epoch_step: int  # steps taken in the current epoch: the data position
-    state: dict  # 'h' (and 'c' for the LSTM): [num_layers, batch_size, hidden_size]
+    state: dict  # 'h' (and 'c' for the LSTM family): [num_layers, batch_size, hidden_size]
     rng_state: dict  # numpy bit generator state
     metrics: np.ndarray = field(default_factory=lambda: np.zeros((0, len(METRIC_COLUMNS))))
     best_val_bpc: float = float("nan")
@@ -260,14 +261,18 @@ def _exact(dtype, shape):
 
 def _validate_config(config: TrainConfig, vocab_size: int) -> None:
     """Refuse configurations no CLI run could have written, before sizing arrays by them."""
-    from .config import GATES, InvalidSetting, validate
+    from .config import InvalidSetting, validate
 
     try:
         validate(config)
     except InvalidSetting as e:
         raise CheckpointError(f"checkpoint configuration has an {e}") from None
-    G, H, L = GATES[config.cell], config.hidden_size, config.num_layers
-    n_params = L * (G * H * (vocab_size + 2 * H + 2)) + vocab_size * (H + 1)
+    # Counted from the formula, not by listing the tensors: a hostile num_layers must not
+    # make the check itself take forever.
+    cell = CELL_TABLE[config.cell]
+    G, H, L = cell.gates, config.hidden_size, config.num_layers
+    n_params = (L * (G * H * (vocab_size + 2 * H + 2) + len(cell.peepholes) * H)
+                + vocab_size * (H + 1))
     if n_params > 2_000_000_000 or L * config.batch_size * H > 2_000_000_000:
         raise CheckpointError("checkpoint configuration declares an implausibly large model; refused")
 

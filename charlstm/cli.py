@@ -164,7 +164,8 @@ class _Group(click.Group):
 @click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
 @click.pass_context
 def main(ctx, debug):
-    """Train character-level LSTM, GRU and RNN language models, sample from them, resume them."""
+    """Train character-level LSTM (plain, peephole or CIFG), GRU and RNN language models,
+    sample from them, resume them."""
     ctx.obj = {"debug": debug}
     # Text goes out as UTF-8 whatever the locale: a redirected stdout on a western Windows
     # machine (cp1252) or under LC_ALL=C (ASCII) cannot encode most generated text, and a
@@ -197,9 +198,18 @@ def _read_run_file(ctx, param, value):
 @click.option("--encoding", default=DEFAULTS.encoding, help="Text encoding of the corpus files.")
 @click.option("--val-frac", type=Real(0, 1, max_open=True), default=DEFAULTS.val_frac,
               help="Fraction of the corpus, taken from its end, held out for validation.")
-@click.option("--cell", type=click.Choice(CELLS), default=DEFAULTS.cell)
+@click.option("--cell", type=click.Choice(CELLS), default=DEFAULTS.cell,
+              help="lstm (PyTorch's nn.LSTM); peephole: an LSTM whose gates also see the cell "
+                   "state (Gers et al. 2002); cifg: an LSTM with the forget gate tied to 1 - "
+                   "input gate (Greff et al. 2017); gru (nn.GRU); rnn (tanh).")
 @click.option("--hidden-size", type=POSITIVE, default=DEFAULTS.hidden_size)
 @click.option("--num-layers", type=POSITIVE, default=DEFAULTS.num_layers)
+@click.option("--forget-bias", type=Real(), default=DEFAULTS.forget_bias,
+              help="Start the forget gate's bias at this value (bias_ih's forget rows; "
+                   "bias_hh's start at 0), as char-rnn does with 1. For cifg, whose forget "
+                   "gate is 1 - input gate, the input gate's bias starts at minus this. "
+                   "lstm, peephole and cifg only.  [default: PyTorch's initialisation, "
+                   "like every other bias]")
 @click.option("--seq-len", type=POSITIVE, default=DEFAULTS.seq_len, help="Characters per stream per step (T).")
 @click.option("--batch-size", type=POSITIVE, default=DEFAULTS.batch_size, help="Parallel streams (B).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=DEFAULTS.optimizer)
@@ -610,7 +620,7 @@ def gradcheck(cell, seed, dropout, as_json):
 
     Builds a tiny float64 model (vocabulary 5, hidden size 3, 2 layers, batch 2, 3 steps)
     with a random non-zero initial state, and compares the gradient of the mean loss with
-    respect to every entry of every parameter, and of h0 (and c0 for the LSTM), with
+    respect to every entry of every parameter, and of h0 (and c0 for the LSTM family), with
     central differences (eps 1e-6). Prints the norm-based relative error per tensor;
     each must be below 1e-6. Exits with status 1 if any is not. With --dropout, the check
     is of the network under one fixed random mask.
@@ -643,7 +653,7 @@ def gradflow(checkpoint, text, length, chunks, encoding, output, as_json):
 
     For chunks of TEXT, each read from zero state, L_T is the cross-entropy of the
     prediction at the chunk's last position T. Prints the norm of dL_T/dh_t (and
-    dL_T/dc_t for the LSTM) of every layer (l0 is the bottom one) against the distance
+    dL_T/dc_t for the LSTM family) of every layer (l0 is the bottom one) against the distance
     T - t, averaged over the chunks; computed in float64 with charlstm's own kernels.
     TEXT is a file, or a built-in corpus such as builtin:recall:48.
     """

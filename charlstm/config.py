@@ -7,7 +7,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .cells import CELL_TABLE
+from .cells import CELL_TABLE, FORGET_GATE_CELLS
 
 CELLS = tuple(CELL_TABLE)
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
@@ -33,6 +33,9 @@ class TrainConfig:
     cell: str = "lstm"
     hidden_size: int = 256
     num_layers: int = 2
+    # The forget gate's bias at initialisation (parameters.init_params); None: PyTorch's
+    # initialisation, like every other bias. Only for cells with a forget gate.
+    forget_bias: float | None = None
     # regularisation
     dropout: float = 0.0  # probability of zeroing each layer's output (inverted dropout)
     weight_decay: float = 0.0  # decoupled (AdamW-style) shrink per step: p -= lr * wd * p
@@ -168,6 +171,7 @@ RULES = {
     "cell": _one_of(CELLS),
     "hidden_size": _int_at_least(1),
     "num_layers": _int_at_least(1),
+    "forget_bias": _optional(_real_in(-math.inf)),
     "dropout": _real_in(0, 1),
     "weight_decay": _real_in(0),
     "seq_len": _int_at_least(1),
@@ -214,6 +218,11 @@ def validate(config: TrainConfig) -> TrainConfig:
         problem = rules[f.name](getattr(config, f.name))
         if problem is not None:
             raise InvalidSetting(f.name, getattr(config, f.name), problem)
+    if config.forget_bias is not None and config.cell not in FORGET_GATE_CELLS:
+        raise InvalidSetting("forget_bias", config.forget_bias,
+                             f"no value with cell {config.cell}, which has no forget gate; "
+                             f"{', '.join(FORGET_GATE_CELLS[:-1])} and {FORGET_GATE_CELLS[-1]} "
+                             f"have one")
     return config
 
 

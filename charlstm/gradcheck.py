@@ -3,8 +3,9 @@
 The check of tests/test_gradcheck.py, as a command a user can run on any machine (a
 different CPU, BLAS or Numba build): a tiny float64 model (vocabulary 5, hidden size 3,
 2 layers, batch 2, 3 steps, PyTorch's initialisation) with a random non-zero initial
-state; for every entry of every parameter tensor, and of h0 (and c0 for the LSTM), the
-mean loss ``Network.loss_sum(...) / (B*T)`` is evaluated at +-eps (eps = 1e-6) and
+state; for every entry of every parameter tensor, and of h0 (and c0 for the LSTM
+family), the mean loss ``Network.loss_sum(...) / (B*T)`` is evaluated at +-eps
+(eps = 1e-6) and
 
     fd = (loss(+eps) - loss(-eps)) / (2 eps)
 
@@ -126,10 +127,12 @@ def report_json(results: list, seed: int, dropout: float) -> dict:
 def report_lines(results: list) -> list[str]:
     """The checks as a table, one tensor a line, and a verdict."""
     width = max(len(r.parameter) for r in results)
-    lines = [f"{'cell':<5} {'parameter':<{width}} {'shape':<8} {'rel. error':>10}"]
+    cell_width = max(len("cell"), *(len(r.cell) for r in results))
+    lines = [f"{'cell':<{cell_width}} {'parameter':<{width}} {'shape':<8} {'rel. error':>10}"]
     for r in results:
         shape = "x".join(map(str, r.shape))
-        lines.append(f"{r.cell:<5} {r.parameter:<{width}} {shape:<8} {r.rel_error:>10.2e}  "
+        lines.append(f"{r.cell:<{cell_width}} {r.parameter:<{width}} {shape:<8} "
+                     f"{r.rel_error:>10.2e}  "
                      f"{'ok' if r.ok else 'FAIL'}")
     failed = [r for r in results if not r.ok]
     worst = max(results, key=lambda r: r.rel_error if math.isfinite(r.rel_error) else math.inf)

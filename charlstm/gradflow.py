@@ -4,14 +4,14 @@ For a chunk of T + 2 characters of a text, the model reads the first T + 1 (posi
 t = 0..T) from zero state and predicts the last; L_T is the cross-entropy (natural log)
 of that one prediction. For every layer k and step t this module computes
 
-    dL_T/dh_t   (and dL_T/dc_t for the LSTM)
+    dL_T/dh_t   (and dL_T/dc_t for the LSTM family: lstm, peephole, cifg)
 
 the gradient with respect to the value h_t of layer k (c_t), everywhere it is used
 afterwards: by the layer's own next step, by the layer above at step t (or, for the top
-layer, by the decoder at t), and, for c_t, by h_t = o_t * tanh(c_t). Its Euclidean norm
-over the H units, against the distance T - t, shows how the error signal of one
-prediction decays (or grows) on its way back through time. Every layer is reported; l0
-is the bottom one.
+layer, by the decoder at t), and, for c_t, by h_t = o_t * tanh(c_t) (and, in the peephole
+cell, by o_t's peephole too). Its Euclidean norm over the H units, against the distance
+T - t, shows how the error signal of one prediction decays (or grows) on its way back
+through time. Every layer is reported; l0 is the bottom one.
 
 The computation uses the package's own kernels in float64: one forward pass over the
 chunk (``Network.forward``), then each layer's backward kernel one step at a time (calls
@@ -58,13 +58,16 @@ def flow_gradients(net: Network, inputs: np.ndarray, targets: np.ndarray,
     targets : [K] ids: the character each chunk predicts after its last input.
 
     Returns a dict: ``loss`` [K] (L_T of each chunk, natural log); ``norms`` {name: [K, S]},
-    the norm over units of dL_T/dh_t of layer k (name ``h_l{k}``; ``c_l{k}`` for the LSTM's
-    cell) at step t = 0..S-1; with ``keep_vectors``, ``vectors`` {name: [S, K, H]}.
+    the norm over units of dL_T/dh_t of layer k (name ``h_l{k}``; ``c_l{k}`` for the cell
+    state of the LSTM family) at step t = 0..S-1; with ``keep_vectors``, ``vectors``
+    {name: [S, K, H]}.
     """
     import numpy as np
 
+    from .kernels.cifg import cifg_backward
     from .kernels.gru import gru_backward
     from .kernels.lstm import lstm_backward
+    from .kernels.peephole import peephole_backward
     from .kernels.rnn import rnn_backward
 
     if net.dtype != np.float64:
@@ -106,16 +109,24 @@ def flow_gradients(net: Network, inputs: np.ndarray, targets: np.ndarray,
             if keep_vectors:
                 h_vec[t] = node_h
             one = slice(t, t + 1)
-            if net.lstm:
-                o = ws.gates[k][t, :, 3 * H:]
+            if net.has_cell_state:
+                o = ws.gates[k][t, :, (G - 1) * H:]  # the output gate is the last block
                 tc = ws.tanh_cs[k][t]
                 node_c = dc + node_h * o * (1.0 - tc * tc)  # c_t reaches h_t and c_{t+1}
+                if net.cell == "peephole":  # and o_t, through its peephole
+                    node_c = node_c + node_h * tc * o * (1.0 - o) * p[f"rnn.weight_co_l{k}"]
                 c_norm[:, t] = np.linalg.norm(node_c, axis=1)
                 if keep_vectors:
                     c_vec[t] = node_c
                 c_prev = ws.c0[k] if t == 0 else ws.cs[k][t - 1]
-                lstm_backward(w_hh, c_prev, ws.cs[k][one], ws.gates[k][one], ws.tanh_cs[k][one],
-                              dhs[one], dh, dc, dpre[one])
+                saved = (ws.cs[k][one], ws.gates[k][one], ws.tanh_cs[k][one])
+                if net.cell == "lstm":
+                    lstm_backward(w_hh, c_prev, *saved, dhs[one], dh, dc, dpre[one])
+                elif net.cell == "peephole":
+                    peephole_backward(w_hh, *net.peepholes(k), c_prev, *saved, dhs[one], dh, dc,
+                                      dpre[one])
+                else:
+                    cifg_backward(w_hh, c_prev, *saved, dhs[one], dh, dc, dpre[one])
             elif net.gru:
                 h_prev = ws.h0[k] if t == 0 else ws.hs[k][t - 1]
                 gru_backward(w_hh, h_prev, ws.hs[k][one], ws.gates[k][one], ws.ghns[k][one],
@@ -126,7 +137,7 @@ def flow_gradients(net: Network, inputs: np.ndarray, targets: np.ndarray,
         norms[f"h_l{k}"] = h_norm
         if keep_vectors:
             vectors[f"h_l{k}"] = h_vec
-        if net.lstm:
+        if net.has_cell_state:
             norms[f"c_l{k}"] = c_norm
             if keep_vectors:
                 vectors[f"c_l{k}"] = c_vec

@@ -8,6 +8,8 @@ Arrays are time-major ([T, B, ...]) so each step's slice is contiguous.
 The GRU is the one cell whose two biases cannot be summed into the input projection:
 bias_hh's candidate (n) rows sit inside ``r * (h W_hn^T + b_hn)``, so the projection
 carries only bias_hh's r and z rows and the kernel adds the n rows (see kernels/gru.py).
+The peephole cell's diagonal weights enter in its gate pass (kernels/peephole.py), and
+their gradients are one reduction each over the chunk.
 """
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ from .config import TrainConfig
 from .errors import UserError
 from .kernels import blas as blas_module
 from .kernels.blas import BLAS, STEP_LAYOUTS, matmul_nn, matmul_nt, matmul_tn, transpose_into
+from .kernels.cifg import cifg_backward, cifg_forward
 from .kernels.gru import gru_backward, gru_forward
 from .kernels.lstm import lstm_backward, lstm_forward
 from .kernels.onehot import onehot_backward, onehot_forward
+from .kernels.peephole import peephole_backward, peephole_forward, peephole_weight_grads
 from .kernels.rnn import rnn_backward, rnn_forward
 from .kernels.softmax import softmax_xent_grad, softmax_xent_loss
 from .parameters import FlatParams
@@ -36,7 +40,7 @@ class Workspace:
         # the gradient of the gate pre-activations in the backward pass.
         self.xproj = [np.empty((T, B, G * H), dtype) for _ in range(num_layers)]
         self.hs = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
-        if cell == "lstm":
+        if CELL_TABLE[cell].has_cell_state:  # lstm, peephole, cifg
             self.cs = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
             self.tanh_cs = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
             self.gates = [np.empty((T, B, G * H), dtype) for _ in range(num_layers)]
@@ -73,7 +77,7 @@ class Network:
 
     def __init__(self, config: TrainConfig, vocab_size: int, params: FlatParams):
         self.cell = config.cell
-        self.lstm = config.cell == "lstm"
+        self.has_cell_state = CELL_TABLE[config.cell].has_cell_state
         self.gru = config.cell == "gru"
         self.num_layers = config.num_layers
         self.H = config.hidden_size
@@ -125,6 +129,12 @@ class Network:
             return self._packed[key], STEP_LAYOUTS[layout]
         return w_hh, STEP_LAYOUTS["stored"]
 
+    def peepholes(self, k: int, tensors: FlatParams | None = None) -> list:
+        """Layer k's peephole weights (weight_ci, weight_cf, weight_co), of the parameters
+        or of ``tensors`` (the gradients, say); [] for a cell without them."""
+        tensors = self.params if tensors is None else tensors
+        return [tensors[f"rnn.{name}_l{k}"] for name in CELL_TABLE[self.cell].peepholes]
+
     # -- passes --------------------------------------------------------------------
     def forward(self, inputs: np.ndarray, state: dict, masks=None) -> Workspace:
         """Run all layers and the decoder over ``inputs`` [B, T]; leave logits in the
@@ -141,7 +151,7 @@ class Network:
         p = self.params
         np.copyto(ws.ids, inputs.T.reshape(-1))
         ws.h0[...] = state["h"]
-        if self.lstm:
+        if self.has_cell_state:
             ws.c0[...] = state["c"]
         N = T * B
         x = None
@@ -164,16 +174,23 @@ class Network:
             if self._w_hh_t is not None:
                 transpose_into(p[f"rnn.weight_hh_l{k}"], self._w_hh_t[k])
             w_hh, layout = self._step_weight(k, self.fwd_layout, True, B)
-            if self.lstm:
+            if self.cell == "lstm":
                 lstm_forward(xproj, w_hh, ws.h0[k], ws.c0[k], ws.hs[k], ws.cs[k],
                              ws.gates[k], ws.tanh_cs[k], layout)
-                state["c"][k] = ws.cs[k][T - 1]
+            elif self.cell == "peephole":
+                peephole_forward(xproj, w_hh, *self.peepholes(k), ws.h0[k], ws.c0[k], ws.hs[k],
+                                 ws.cs[k], ws.gates[k], ws.tanh_cs[k], layout)
+            elif self.cell == "cifg":
+                cifg_forward(xproj, w_hh, ws.h0[k], ws.c0[k], ws.hs[k], ws.cs[k],
+                             ws.gates[k], ws.tanh_cs[k], layout)
             elif self.gru:
                 gru_forward(xproj, w_hh, b_hh[2 * self.H:], ws.h0[k], ws.hs[k], ws.gates[k],
                             ws.ghns[k], layout)
             else:
                 rnn_forward(xproj, w_hh, ws.h0[k], ws.hs[k], ws.scratch, layout)
             state["h"][k] = ws.hs[k][T - 1]
+            if self.has_cell_state:
+                state["c"][k] = ws.cs[k][T - 1]
             if masks is None:
                 x = ws.hs[k].reshape(N, self.H)
             else:
@@ -227,8 +244,15 @@ class Network:
             dh[...] = 0.0
             dc[...] = 0.0
             w_hh, layout = self._step_weight(k, self.bwd_layout, False, B)
-            if self.lstm:
+            if self.cell == "lstm":
                 lstm_backward(w_hh, ws.c0[k], ws.cs[k], ws.gates[k], ws.tanh_cs[k],
+                              ws.dhs, dh, dc, dpre, layout)
+            elif self.cell == "peephole":
+                peephole_backward(w_hh, *self.peepholes(k), ws.c0[k], ws.cs[k], ws.gates[k],
+                                  ws.tanh_cs[k], ws.dhs, dh, dc, dpre, layout)
+                peephole_weight_grads(ws.c0[k], ws.cs[k], dpre, *self.peepholes(k, g))
+            elif self.cell == "cifg":
+                cifg_backward(w_hh, ws.c0[k], ws.cs[k], ws.gates[k], ws.tanh_cs[k],
                               ws.dhs, dh, dc, dpre, layout)
             elif self.gru:
                 gru_backward(w_hh, ws.h0[k], ws.hs[k], ws.gates[k], ws.ghns[k], ws.dhs, dh,

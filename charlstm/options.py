@@ -15,3 +15,9 @@ class Real(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"must be a finite number, not {number}", param, ctx)
         return number
+
+    def _describe_range(self) -> str:
+        # click writes an unbounded range as "x<=None" in --help; say nothing instead.
+        if self.min is None and self.max is None:
+            return ""
+        return super()._describe_range()

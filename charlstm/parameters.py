@@ -10,12 +10,15 @@ import math
 
 import numpy as np
 
+from .cells import CELL_TABLE
 from .config import TrainConfig
 
 
 def param_shapes(config: TrainConfig, vocab_size: int) -> dict[str, tuple]:
-    """Ordered names and shapes, as ``nn.LSTM``/``nn.RNN`` named ``rnn`` plus ``nn.Linear`` named
-    ``decoder`` would list them in ``state_dict()``."""
+    """Ordered names and shapes, as ``nn.LSTM``/``nn.GRU``/``nn.RNN`` named ``rnn`` plus
+    ``nn.Linear`` named ``decoder`` would list them in ``state_dict()``. The peephole
+    cell's diagonal weights follow each layer's biases, in the same style:
+    ``rnn.weight_ci_l{k}``, ``rnn.weight_cf_l{k}``, ``rnn.weight_co_l{k}``, each [H]."""
     G, H = config.gates, config.hidden_size
     shapes = {}
     for k in range(config.num_layers):
@@ -24,6 +27,8 @@ def param_shapes(config: TrainConfig, vocab_size: int) -> dict[str, tuple]:
         shapes[f"rnn.weight_hh_l{k}"] = (G * H, H)
         shapes[f"rnn.bias_ih_l{k}"] = (G * H,)
         shapes[f"rnn.bias_hh_l{k}"] = (G * H,)
+        for name in CELL_TABLE[config.cell].peepholes:
+            shapes[f"rnn.{name}_l{k}"] = (H,)
     shapes["decoder.weight"] = (vocab_size, H)
     shapes["decoder.bias"] = (vocab_size,)
     return shapes
@@ -68,11 +73,27 @@ class FlatParams:
 def init_params(config: TrainConfig, vocab_size: int, rng: np.random.Generator,
                 dtype=np.float32) -> FlatParams:
     """PyTorch's default initialisation: every tensor uniform in +-1/sqrt(hidden_size),
-    drawn in state_dict order from ``rng``."""
+    drawn in state_dict order from ``rng`` (the peephole weights too, like the other
+    recurrent weights).
+
+    With ``config.forget_bias`` B set, the forget gate's rows of bias_ih are then set to
+    B and those of bias_hh to 0, so their sum, which is what the gate sees, starts at B
+    (char-rnn and torch-rnn start it at 1: the cells remember by default). The cifg cell
+    has no forget gate, f = 1 - i = sigmoid(-a_i): its input gate's rows start at -B, so
+    that f starts at sigmoid(B) as well. The draws are the same with and without B, so
+    the other tensors do not change.
+    """
     params = FlatParams(param_shapes(config, vocab_size), dtype=dtype)
     bound = 1.0 / math.sqrt(config.hidden_size)
     for name, view in params.items():
         view[...] = rng.uniform(-bound, bound, size=view.shape)
+    if config.forget_bias is not None:
+        block, sign = CELL_TABLE[config.cell].forget_gate
+        H = config.hidden_size
+        rows = slice(block * H, (block + 1) * H)
+        for k in range(config.num_layers):
+            params[f"rnn.bias_ih_l{k}"][rows] = sign * config.forget_bias
+            params[f"rnn.bias_hh_l{k}"][rows] = 0.0
     return params
 
 

@@ -114,6 +114,9 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
     if init_from is not None:
         source_path = ckpt_io.resolve_checkpoint(init_from, prefer_best=True)
         source = ckpt_io.load(source_path)
+        if config.forget_bias is not None:
+            raise UsageProblem("--forget-bias sets initial weights, which --init-from takes "
+                               "from the checkpoint: drop one of them")
         for name in ARCHITECTURE:
             if getattr(config, name) != getattr(source.config, name):
                 raise UsageProblem(

@@ -23,11 +23,17 @@ class Sampler:
         # The GRU's bias_hh n rows sit inside r * (h W_hn^T + b_hn): they cannot be folded
         # into the input side with the other biases, so they are kept apart in bias_hn
         # (zeros and unused for the other cells).
-        inside = CELL_TABLE[cfg.cell].bias_hh_rows_inside
+        cell = CELL_TABLE[cfg.cell]
+        inside = cell.bias_hh_rows_inside
         self.bias_hn = np.zeros((L, H), np.float32)
         if inside:
             for k in range(L):
                 self.bias_hn[k] = p[f"rnn.bias_hh_l{k}"][2 * H:]
+        # The peephole cell's diagonal weights, [L, 3, H] (zeros and unused for the others).
+        self.peepholes = np.zeros((L, 3, H), np.float32)
+        for k in range(L):
+            for n, name in enumerate(cell.peepholes):
+                self.peepholes[k, n] = p[f"rnn.{name}_l{k}"]
 
         def bias_hh_input_side(k):
             """bias_hh as the input side adds it: all of it, for the GRU without n rows."""
@@ -80,8 +86,8 @@ class Sampler:
 
     def _run(self, feed, first, uniforms, temperature, top_k, top_p, out):
         return generate(self.cell, self.table0, self.w_ih_t, self.bias, self.w_hh_t,
-                        self.bias_hn, self.dec_w_t, self.dec_b, self.h, self.c, feed, first,
-                        uniforms, float(temperature), int(top_k), float(top_p), out)
+                        self.bias_hn, self.peepholes, self.dec_w_t, self.dec_b, self.h, self.c,
+                        feed, first, uniforms, float(temperature), int(top_k), float(top_p), out)
 
     def check_stop(self, stop: str) -> None:
         """Refuse a stop string the model could never generate."""

@@ -1,7 +1,8 @@
 """Plain NumPy reference twins of charlstm's kernels and network, for the tests.
 
 Everything here is float64, loops over time in Python and is written straight from the
-math (PyTorch's ``nn.LSTM`` / ``nn.RNN(nonlinearity='tanh')`` / ``nn.GRU`` plus an
+math (PyTorch's ``nn.LSTM`` / ``nn.RNN(nonlinearity='tanh')`` / ``nn.GRU``, the peephole
+LSTM of Gers, Schraudolph & Schmidhuber 2002 and the CIFG of Greff et al. 2017, plus an
 ``nn.Linear`` decoder), with no tricks: layer 0's input is an explicit one-hot matrix multiplied by
 ``weight_ih`` (no row gather), biases are added separately, the softmax is an explicit
 log-sum-exp. The backward passes are derived by hand from the chain rule, one step at a
@@ -16,6 +17,14 @@ LSTM (gate order i, f, g, o, rows [kH:(k+1)H) of the [4H, .] weights):
     c_t = f * c_{t-1} + i * g;   h_t = o * tanh(c_t)
 RNN:
     h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
+Peephole LSTM (gate order i, f, g, o; diagonal weights w_ci, w_cf, w_co [H]):
+    pre_t as for the LSTM
+    i = sigmoid(pre_i + w_ci * c_{t-1});  f = sigmoid(pre_f + w_cf * c_{t-1})
+    g = tanh(pre_g);  c_t = f * c_{t-1} + i * g
+    o = sigmoid(pre_o + w_co * c_t);  h_t = o * tanh(c_t)
+CIFG (gate order i, g, o, rows [kH:(k+1)H) of the [3H, .] weights):
+    pre_t as for the LSTM;  i, o = sigmoid(pre_i), sigmoid(pre_o);  g = tanh(pre_g)
+    c_t = (1 - i) * c_{t-1} + i * g;   h_t = o * tanh(c_t)
 GRU (gate order r, z, n, rows [kH:(k+1)H) of the [3H, .] weights):
     gi_t = x_t W_ih^T + b_ih;   gh_t = h_{t-1} W_hh^T + b_hh
     r, z = sigmoid(gi_r + gh_r), sigmoid(gi_z + gh_z)
@@ -162,6 +171,161 @@ def lstm_layer_backward(fwd, dhs, dhT=None, dcT=None):
 
 
 # --------------------------------------------------------------------------------------
+# Peephole LSTM layer
+# --------------------------------------------------------------------------------------
+def peephole_layer_forward(x, W_ih, W_hh, b_ih, b_hh, w_ci, w_cf, w_co, h0, c0):
+    """x [T, B, D] -> dict with hs, cs, tanh_cs [T, B, H], gates [T, B, 4H] (activated,
+    order i, f, g, o) and everything the backward pass needs."""
+    x = np.asarray(x, F64)
+    T = x.shape[0]
+    H = W_hh.shape[1]
+    w_ci, w_cf, w_co = (np.asarray(w, F64) for w in (w_ci, w_cf, w_co))
+    h = np.asarray(h0, F64).copy()
+    c = np.asarray(c0, F64).copy()
+    hs, cs, tanh_cs, gates, h_prevs, c_prevs = [], [], [], [], [], []
+    for t in range(T):
+        pre = x[t] @ W_ih.T + b_ih + h @ W_hh.T + b_hh
+        i = sigmoid(pre[:, 0 * H:1 * H] + w_ci * c)
+        f = sigmoid(pre[:, 1 * H:2 * H] + w_cf * c)
+        g = np.tanh(pre[:, 2 * H:3 * H])
+        h_prevs.append(h)
+        c_prevs.append(c)
+        c = f * c + i * g
+        o = sigmoid(pre[:, 3 * H:4 * H] + w_co * c)   # the output gate sees the new c
+        tc = np.tanh(c)
+        h = o * tc
+        hs.append(h)
+        cs.append(c)
+        tanh_cs.append(tc)
+        gates.append(np.concatenate([i, f, g, o], axis=1))
+    return {
+        "x": x, "W_ih": np.asarray(W_ih, F64), "W_hh": np.asarray(W_hh, F64),
+        "w_ci": w_ci, "w_cf": w_cf, "w_co": w_co,
+        "hs": np.array(hs), "cs": np.array(cs), "tanh_cs": np.array(tanh_cs),
+        "gates": np.array(gates), "h_prev": np.array(h_prevs), "c_prev": np.array(c_prevs),
+    }
+
+
+def peephole_layer_backward(fwd, dhs, dhT=None, dcT=None):
+    """Backward through ``peephole_layer_forward``; as ``lstm_layer_backward``, plus
+    dw_ci, dw_cf, dw_co [H]."""
+    x, W_ih, W_hh = fwd["x"], fwd["W_ih"], fwd["W_hh"]
+    w_ci, w_cf, w_co = fwd["w_ci"], fwd["w_cf"], fwd["w_co"]
+    T, B, H = fwd["hs"].shape
+    dh_next = np.zeros((B, H)) if dhT is None else np.asarray(dhT, F64).copy()
+    dc_next = np.zeros((B, H)) if dcT is None else np.asarray(dcT, F64).copy()
+    dpre = np.zeros((T, B, 4 * H))
+    dx = np.zeros_like(x)
+    dW_ih = np.zeros_like(W_ih)
+    dW_hh = np.zeros_like(W_hh)
+    db = np.zeros(4 * H)
+    dw_ci, dw_cf, dw_co = np.zeros(H), np.zeros(H), np.zeros(H)
+    for t in range(T - 1, -1, -1):
+        gt = fwd["gates"][t]
+        i, f, g, o = (gt[:, k * H:(k + 1) * H] for k in range(4))
+        tc = fwd["tanh_cs"][t]
+        c = fwd["cs"][t]
+        c_prev = fwd["c_prev"][t]
+        h_prev = fwd["h_prev"][t]
+        dh = dhs[t] + dh_next                       # h_t feeds the layer above and step t+1
+        # h_t = o * tanh(c_t), o = sigmoid(pre_o + w_co * c_t)
+        dpre_o = dh * tc * o * (1.0 - o)
+        # c_t feeds h_t directly, o_t through its peephole, and step t+1 (dc_next)
+        dc = dc_next + dh * o * (1.0 - tc ** 2) + dpre_o * w_co
+        # c_t = f * c_{t-1} + i * g
+        dpre_i = dc * g * i * (1.0 - i)
+        dpre_f = dc * c_prev * f * (1.0 - f)
+        dpre_g = dc * i * (1.0 - g ** 2)
+        # c_{t-1} feeds c_t and, through their peepholes, i_t and f_t
+        dc_next = dc * f + dpre_i * w_ci + dpre_f * w_cf
+        dw_ci += (dpre_i * c_prev).sum(axis=0)
+        dw_cf += (dpre_f * c_prev).sum(axis=0)
+        dw_co += (dpre_o * c).sum(axis=0)
+        dp = np.concatenate([dpre_i, dpre_f, dpre_g, dpre_o], axis=1)
+        dpre[t] = dp
+        dW_ih += dp.T @ x[t]
+        dW_hh += dp.T @ h_prev
+        db += dp.sum(axis=0)
+        dx[t] = dp @ W_ih
+        dh_next = dp @ W_hh
+    return {"dpre": dpre, "dx": dx, "dW_ih": dW_ih, "dW_hh": dW_hh,
+            "db_ih": db, "db_hh": db.copy(), "dw_ci": dw_ci, "dw_cf": dw_cf, "dw_co": dw_co,
+            "dh0": dh_next, "dc0": dc_next}
+
+
+# --------------------------------------------------------------------------------------
+# CIFG layer (coupled input and forget gates)
+# --------------------------------------------------------------------------------------
+def cifg_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0, c0):
+    """x [T, B, D] -> dict with hs, cs, tanh_cs [T, B, H], gates [T, B, 3H] (activated,
+    order i, g, o) and everything the backward pass needs."""
+    x = np.asarray(x, F64)
+    T = x.shape[0]
+    H = W_hh.shape[1]
+    h = np.asarray(h0, F64).copy()
+    c = np.asarray(c0, F64).copy()
+    hs, cs, tanh_cs, gates, h_prevs, c_prevs = [], [], [], [], [], []
+    for t in range(T):
+        pre = x[t] @ W_ih.T + b_ih + h @ W_hh.T + b_hh
+        i = sigmoid(pre[:, 0 * H:1 * H])
+        g = np.tanh(pre[:, 1 * H:2 * H])
+        o = sigmoid(pre[:, 2 * H:3 * H])
+        f = 1.0 - i                                 # the coupling
+        h_prevs.append(h)
+        c_prevs.append(c)
+        c = f * c + i * g
+        tc = np.tanh(c)
+        h = o * tc
+        hs.append(h)
+        cs.append(c)
+        tanh_cs.append(tc)
+        gates.append(np.concatenate([i, g, o], axis=1))
+    return {
+        "x": x, "W_ih": np.asarray(W_ih, F64), "W_hh": np.asarray(W_hh, F64),
+        "hs": np.array(hs), "cs": np.array(cs), "tanh_cs": np.array(tanh_cs),
+        "gates": np.array(gates), "h_prev": np.array(h_prevs), "c_prev": np.array(c_prevs),
+    }
+
+
+def cifg_layer_backward(fwd, dhs, dhT=None, dcT=None):
+    """Backward through ``cifg_layer_forward``; returns what ``lstm_layer_backward``
+    does, with dpre [T, B, 3H]."""
+    x, W_ih, W_hh = fwd["x"], fwd["W_ih"], fwd["W_hh"]
+    T, B, H = fwd["hs"].shape
+    dh_next = np.zeros((B, H)) if dhT is None else np.asarray(dhT, F64).copy()
+    dc_next = np.zeros((B, H)) if dcT is None else np.asarray(dcT, F64).copy()
+    dpre = np.zeros((T, B, 3 * H))
+    dx = np.zeros_like(x)
+    dW_ih = np.zeros_like(W_ih)
+    dW_hh = np.zeros_like(W_hh)
+    db = np.zeros(3 * H)
+    for t in range(T - 1, -1, -1):
+        gt = fwd["gates"][t]
+        i, g, o = (gt[:, k * H:(k + 1) * H] for k in range(3))
+        tc = fwd["tanh_cs"][t]
+        c_prev = fwd["c_prev"][t]
+        h_prev = fwd["h_prev"][t]
+        dh = dhs[t] + dh_next
+        # h_t = o * tanh(c_t)
+        do = dh * tc
+        dc = dc_next + dh * o * (1.0 - tc ** 2)
+        # c_t = (1 - i) * c_{t-1} + i * g: i appears twice, through f = 1 - i and beside g
+        di = dc * g - dc * c_prev
+        dg = dc * i
+        dc_next = dc * (1.0 - i)
+        dp = np.concatenate([di * i * (1.0 - i), dg * (1.0 - g ** 2), do * o * (1.0 - o)],
+                            axis=1)
+        dpre[t] = dp
+        dW_ih += dp.T @ x[t]
+        dW_hh += dp.T @ h_prev
+        db += dp.sum(axis=0)
+        dx[t] = dp @ W_ih
+        dh_next = dp @ W_hh
+    return {"dpre": dpre, "dx": dx, "dW_ih": dW_ih, "dW_hh": dW_hh,
+            "db_ih": db, "db_hh": db.copy(), "dh0": dh_next, "dc0": dc_next}
+
+
+# --------------------------------------------------------------------------------------
 # RNN (tanh) layer
 # --------------------------------------------------------------------------------------
 def rnn_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0):
@@ -283,6 +447,11 @@ def gru_layer_backward(fwd, dhs, dhT=None):
 # --------------------------------------------------------------------------------------
 # whole model
 # --------------------------------------------------------------------------------------
+CELLS = ("lstm", "rnn", "gru", "peephole", "cifg")
+CELL_STATE_CELLS = ("lstm", "peephole", "cifg")  # the cells that carry c
+PEEPHOLES = ("weight_ci", "weight_cf", "weight_co")
+
+
 def _num_layers(params):
     return sum(1 for name in params if name.startswith("rnn.weight_ih_l"))
 
@@ -292,7 +461,7 @@ def reference_forward(cell, params, inputs, h0, c0=None, masks=None):
 
     ``masks``: None, or per layer a [T, B, H] inverted-dropout mask (0 or 1/(1-p)) that
     multiplies the layer's output where the next layer or the decoder reads it."""
-    assert cell in ("lstm", "rnn", "gru")
+    assert cell in CELLS
     p = {k: np.asarray(v, F64) for k, v in params.items()}
     L = _num_layers(p)
     V = p["decoder.weight"].shape[0]
@@ -304,16 +473,22 @@ def reference_forward(cell, params, inputs, h0, c0=None, masks=None):
                 p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"], h0[k])
         if cell == "lstm":
             fwd = lstm_layer_forward(*args, c0[k])
-            cT.append(fwd["cs"][-1])
+        elif cell == "peephole":
+            weights = [p[f"rnn.{name}_l{k}"] for name in PEEPHOLES]
+            fwd = peephole_layer_forward(*args[:5], *weights, h0[k], c0[k])
+        elif cell == "cifg":
+            fwd = cifg_layer_forward(*args, c0[k])
         elif cell == "gru":
             fwd = gru_layer_forward(*args)
         else:
             fwd = rnn_layer_forward(*args)
         layers.append(fwd)
         hT.append(fwd["hs"][-1])
+        if cell in CELL_STATE_CELLS:
+            cT.append(fwd["cs"][-1])
         x = fwd["hs"] if masks is None else fwd["hs"] * masks[k]
     logits = x @ p["decoder.weight"].T + p["decoder.bias"]
-    return layers, logits, np.array(hT), (np.array(cT) if cell == "lstm" else None)
+    return layers, logits, np.array(hT), (np.array(cT) if cell in CELL_STATE_CELLS else None)
 
 
 def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None, masks=None):
@@ -340,22 +515,31 @@ def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None, masks=N
     dhs = dlogits @ p["decoder.weight"]             # [T, B, H]
     H = top.shape[2]
     dh0 = np.zeros((L, B, H))
-    dc0 = np.zeros((L, B, H)) if cell == "lstm" else None
+    dc0 = np.zeros((L, B, H)) if cell in CELL_STATE_CELLS else None
     for k in range(L - 1, -1, -1):
         if masks is not None:
             dhs = dhs * masks[k]                    # d(masked output) -> d(output)
         if cell == "lstm":
             bwd = lstm_layer_backward(layers[k], dhs)
-            dc0[k] = bwd["dc0"]
+        elif cell == "peephole":
+            bwd = peephole_layer_backward(layers[k], dhs)
+        elif cell == "cifg":
+            bwd = cifg_layer_backward(layers[k], dhs)
         elif cell == "gru":
             bwd = gru_layer_backward(layers[k], dhs)
         else:
             bwd = rnn_layer_backward(layers[k], dhs)
         dh0[k] = bwd["dh0"]
+        if dc0 is not None:
+            dc0[k] = bwd["dc0"]
         grads[f"rnn.weight_ih_l{k}"] = bwd["dW_ih"]
         grads[f"rnn.weight_hh_l{k}"] = bwd["dW_hh"]
         grads[f"rnn.bias_ih_l{k}"] = bwd["db_ih"]
         grads[f"rnn.bias_hh_l{k}"] = bwd["db_hh"]
+        if cell == "peephole":
+            grads[f"rnn.weight_ci_l{k}"] = bwd["dw_ci"]
+            grads[f"rnn.weight_cf_l{k}"] = bwd["dw_cf"]
+            grads[f"rnn.weight_co_l{k}"] = bwd["dw_co"]
         dhs = bwd["dx"]                             # layer k's input is layer k-1's h
     return loss, grads, dh0, dc0, hT, cT
 

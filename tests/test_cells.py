@@ -19,7 +19,14 @@ def test_each_cell_matches_its_table_row(name):
     assert shapes["rnn.weight_ih_l1"] == (cell.gates * H, H)
     net = Network(config, V, init_params(config, V, np.random.default_rng(0)))
     assert tuple(net.zero_state(3)) == cell.state
-    assert cell.has_cell_state == (name == "lstm")
+    assert cell.has_cell_state == (name in ("lstm", "peephole", "cifg"))
+    extra = [n for n in shapes if not n.startswith(("rnn.weight_ih", "rnn.weight_hh",
+                                                    "rnn.bias", "decoder."))]
+    assert extra == [f"rnn.{p}_l{k}" for k in range(L) for p in cell.peepholes]
+    assert all(shapes[n] == (H,) for n in extra)
+    if cell.forget_gate is not None:
+        block, sign = cell.forget_gate
+        assert 0 <= block < cell.gates and sign in (1.0, -1.0)
 
 
 def test_sampling_codes_are_distinct():
@@ -27,7 +34,13 @@ def test_sampling_codes_are_distinct():
     assert len(set(codes)) == len(codes)
 
 
-@pytest.mark.parametrize("name", CELLS)
+def test_only_the_cells_with_a_forget_gate_take_a_forget_bias():
+    from charlstm.cells import FORGET_GATE_CELLS
+
+    assert FORGET_GATE_CELLS == ("lstm", "peephole", "cifg")
+
+
+@pytest.mark.parametrize("name", [n for n in CELLS if CELL_TABLE[n].torch_module])
 def test_the_torch_module_has_the_same_parameters(name):
     torch = pytest.importorskip("torch", reason="torch is not installed (only to compare)")
     cell = CELL_TABLE[name]

@@ -1,8 +1,9 @@
 """Central finite differences of the network's mean loss against its analytic gradients.
 
-For every entry of every parameter tensor, and of the initial state h0 (and c0 for the
-LSTM), the loss ``net.loss_sum(inputs, targets, fresh copy of the state) / (B*T)`` is
-evaluated at +eps and -eps (float64) and
+For every entry of every parameter tensor (the peephole cell's diagonal weights
+included), and of the initial state h0 (and c0 for the LSTM family), the loss
+``net.loss_sum(inputs, targets, fresh copy of the state) / (B*T)`` is evaluated at +eps
+and -eps (float64) and
 
     fd = (loss(+eps) - loss(-eps)) / (2 eps)
 
@@ -15,11 +16,13 @@ Error measure, per tensor (documented choice): the norm-based relative error
 which is scale-free, is not dominated by entries that are (near) zero, and is <= 1.
 The bound is REL_TOL = 1e-6. With eps = 1e-6 the truncation error is O(eps^2) ~ 1e-12
 and the rounding error about 1e-16 * |loss| / eps ~ 1e-10 per entry, so a correct
-gradient gives rel between ~1e-10 and ~1e-7 here; the worst is the LSTM's layer-0
-weight_hh with 2 layers, whose gradient norm is only ~2e-3 (rel 1.3e-7, ~8x margin).
-eps = 1e-5 would be about 10x more accurate still, eps = 1e-7 is already at the bound
-(rounding dominates): see test_eps_is_in_the_sweet_spot. A gradient off by one part in
-a thousand gives rel ~ 5e-4 (see test_gradcheck_has_power).
+gradient gives rel between ~1e-10 and ~3e-7 here; the worst are the tensors with the
+smallest gradients: the peephole cell's layer-0 weight_co at T=1, gradient norm ~3e-4
+(rel 3.0e-7, ~3x margin; 2e-8 with eps = 1e-5), and of the LSTM's, layer-0 weight_hh
+with 2 layers, gradient norm ~2e-3 (rel 1.3e-7, ~8x margin). eps = 1e-5 would be about
+10x more accurate still, eps = 1e-7 is already at the bound (rounding dominates): see
+test_eps_is_in_the_sweet_spot. A gradient off by one part in a thousand gives rel ~ 5e-4
+(see test_gradcheck_has_power).
 """
 from __future__ import annotations
 
@@ -43,6 +46,12 @@ CASES = [  # (cell, num_layers, B, T)
     ("rnn", 2, 2, 3),
     ("lstm", 2, 2, 1),  # T=1: the recurrent weight's gradient comes from h0 alone
     ("rnn", 2, 2, 1),
+    ("peephole", 1, 2, 3),
+    ("peephole", 2, 2, 3),
+    ("peephole", 2, 2, 1),  # T=1: weight_co's gradient comes from c_1, the others' from c0
+    ("cifg", 1, 2, 3),
+    ("cifg", 2, 2, 3),
+    ("cifg", 2, 2, 1),
 ]
 
 
@@ -66,7 +75,7 @@ class Problem:
         self.inputs = rng.integers(0, V, size=(B, T))
         self.targets = rng.integers(0, V, size=(B, T))
         self.state0 = {"h": rng.uniform(-0.9, 0.9, size=(num_layers, B, H))}
-        if cell == "lstm":
+        if cell in ref.CELL_STATE_CELLS:
             self.state0["c"] = rng.uniform(-1.5, 1.5, size=(num_layers, B, H))
 
         state = self.fresh_state()
@@ -74,7 +83,7 @@ class Problem:
         ws = self.net.workspace(T, B)
         self.analytic = {name: g.copy() for name, g in self.net.grads.items()}
         self.analytic["h0"] = ws.dh0.copy()
-        if cell == "lstm":
+        if cell in ref.CELL_STATE_CELLS:
             self.analytic["c0"] = ws.dc0.copy()
         self._fd = {}
 
@@ -113,7 +122,7 @@ def problem(case) -> Problem:
 def grad_names(cell, num_layers):
     config = TrainConfig(cell=cell, hidden_size=H, num_layers=num_layers)
     names = list(param_shapes(config, V)) + ["h0"]
-    if cell == "lstm":
+    if cell in ref.CELL_STATE_CELLS:
         names.append("c0")
     return names
 
@@ -164,7 +173,7 @@ def test_gradcheck_has_power():
     assert rel_error(fd, pb.analytic["decoder.bias"] * 1.001) > 100 * REL_TOL
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn", "gru"])
+@pytest.mark.parametrize("cell", ref.CELLS)
 def test_reference_matches_finite_differences(cell):
     """The NumPy reference itself, checked the same way (on its own loss), so that
     test_kernels compares against something known to be right."""
@@ -176,7 +185,7 @@ def test_reference_matches_finite_differences(cell):
     inputs = rng.integers(0, V, size=(B, T))
     targets = rng.integers(0, V, size=(B, T))
     h0 = rng.uniform(-0.9, 0.9, size=(L, B, H))
-    c0 = rng.uniform(-1.5, 1.5, size=(L, B, H)) if cell == "lstm" else None
+    c0 = rng.uniform(-1.5, 1.5, size=(L, B, H)) if cell in ref.CELL_STATE_CELLS else None
     loss, grads, dh0, dc0, _, _ = ref.reference_loss_and_grads(cell, params, inputs, targets,
                                                                 h0, c0)
     N = B * T
@@ -188,7 +197,7 @@ def test_reference_matches_finite_differences(cell):
 
     tensors = dict(params, h0=h0)
     analytic = dict(grads, h0=dh0)
-    if cell == "lstm":
+    if c0 is not None:
         tensors["c0"] = c0
         analytic["c0"] = dc0
     for name, arr in tensors.items():

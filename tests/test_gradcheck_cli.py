@@ -6,6 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from charlstm import gradcheck as gc
+from charlstm.cells import CELL_TABLE
 from charlstm.cli import gradcheck as gradcheck_command
 from charlstm.config import CELLS, TrainConfig
 from charlstm.parameters import param_shapes
@@ -15,7 +16,7 @@ from charlstm.network import Network
 def expected_names(cell):
     cfg = TrainConfig(cell=cell, hidden_size=gc.HIDDEN, num_layers=gc.LAYERS)
     names = list(param_shapes(cfg, gc.VOCAB)) + ["h0"]
-    return names + (["c0"] if cell == "lstm" else [])
+    return names + (["c0"] if CELL_TABLE[cell].has_cell_state else [])
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -114,7 +115,7 @@ def test_dropout_checks_the_masked_gradient(monkeypatch):
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["ok"] and out["dropout"] == 0.5
-    assert {c["cell"] for c in out["checks"]} == {"lstm", "rnn", "gru"}
+    assert {c["cell"] for c in out["checks"]} == set(CELLS)
 
     original = Network.loss_and_grad
     monkeypatch.setattr(Network, "loss_and_grad",

@@ -54,6 +54,23 @@ def step_forward(cell, params, inputs, targets, perturb=None):
                 c_new = bump(f"c_l{k}", t, f * c[k] + i * g)
                 h_new = o * np.tanh(c_new)
                 c[k] = c_new
+            elif cell == "peephole":
+                pre = x @ W_ih.T + b_ih + h[k] @ W_hh.T + b_hh
+                w_ci, w_cf, w_co = (p[f"rnn.{n}_l{k}"] for n in ref.PEEPHOLES)
+                i = ref.sigmoid(pre[:, :H] + w_ci * c[k])
+                f = ref.sigmoid(pre[:, H:2 * H] + w_cf * c[k])
+                g = np.tanh(pre[:, 2 * H:3 * H])
+                c_new = bump(f"c_l{k}", t, f * c[k] + i * g)
+                o = ref.sigmoid(pre[:, 3 * H:] + w_co * c_new)  # sees the bumped c_t
+                h_new = o * np.tanh(c_new)
+                c[k] = c_new
+            elif cell == "cifg":
+                pre = x @ W_ih.T + b_ih + h[k] @ W_hh.T + b_hh
+                i, g = ref.sigmoid(pre[:, :H]), np.tanh(pre[:, H:2 * H])
+                o = ref.sigmoid(pre[:, 2 * H:])
+                c_new = bump(f"c_l{k}", t, (1 - i) * c[k] + i * g)
+                h_new = o * np.tanh(c_new)
+                c[k] = c_new
             elif cell == "gru":
                 gi = x @ W_ih.T + b_ih
                 gh = h[k] @ W_hh.T + b_hh
@@ -70,7 +87,8 @@ def step_forward(cell, params, inputs, targets, perturb=None):
     return -ref.log_softmax(logits)[np.arange(K), targets].sum()
 
 
-CASES = [("lstm", 2), ("rnn", 2), ("gru", 2), ("lstm", 1), ("gru", 3)]
+CASES = [("lstm", 2), ("rnn", 2), ("gru", 2), ("lstm", 1), ("gru", 3), ("peephole", 2),
+         ("cifg", 2)]
 
 
 @pytest.mark.parametrize("cell,num_layers", CASES, ids=[f"{c}-L{l}" for c, l in CASES])
@@ -127,7 +145,7 @@ def run(tmp_path_factory):
     corpus = root / "corpus.txt"
     corpus.write_text(make_text(3000), encoding="utf-8")
     paths = {}
-    for cell in ("lstm", "rnn", "gru"):
+    for cell in ref.CELLS:
         config = TrainConfig(corpus=(str(corpus),), cell=cell, hidden_size=6, num_layers=2,
                              seq_len=8, batch_size=2, steps=0, seed=1)
         trainer = Trainer(config, prepare_data(config))
@@ -138,14 +156,15 @@ def run(tmp_path_factory):
     return paths, text
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn", "gru"])
+@pytest.mark.parametrize("cell", ref.CELLS)
 def test_json_structure(run, cell):
     paths, text = run
     result = CliRunner().invoke(gradflow_command, [str(paths[cell]), str(text), "--json",
                                               "--length", "12", "--chunks", "5"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
-    names = ["h_l0", "c_l0", "h_l1", "c_l1"] if cell == "lstm" else ["h_l0", "h_l1"]
+    names = (["h_l0", "c_l0", "h_l1", "c_l1"] if cell in ref.CELL_STATE_CELLS
+             else ["h_l0", "h_l1"])
     assert out["cell"] == cell and out["num_layers"] == 2 and out["hidden_size"] == 6
     assert out["length"] == 12 and out["chunks"] == 5 and len(out["targets_at"]) == 5
     assert out["distance"] == list(range(13))

@@ -32,7 +32,7 @@ def reference_run(cell, m, prime, uniforms, temperature, top_k):
     p = {n: np.array(v, np.float64) for n, v in m.params.items()}
     L = m.config.num_layers
     h = np.zeros((L, 1, H))
-    c = np.zeros((L, 1, H)) if cell == "lstm" else None
+    c = np.zeros((L, 1, H)) if cell in ref.CELL_STATE_CELLS else None
     ids = [m.vocab.index[ch] for ch in prime]
     for i in ids[:-1]:
         _, h, c = reference_step(cell, p, i, h, c)
@@ -55,7 +55,7 @@ def reference_run(cell, m, prime, uniforms, temperature, top_k):
     return "".join(out), h
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn", "gru"])
+@pytest.mark.parametrize("cell", ref.CELLS)
 @pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("temperature,top_k", [(0.0, 0), (0.8, 0), (1.0, 3)])
 def test_sampling_matches_the_reference(cell, num_layers, temperature, top_k):

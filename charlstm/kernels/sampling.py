@@ -10,9 +10,11 @@ import math
 from .jit import kernel
 import numpy as np
 
-from .codes import CELL_GRU, CELL_LSTM
+from .cifg import cifg_step
+from .codes import CELL_CIFG, CELL_GRU, CELL_LSTM, CELL_PEEPHOLE
 from .gru import gru_step
 from .lstm import lstm_step
+from .peephole import peephole_step
 from .rnn import rnn_step
 
 
@@ -42,8 +44,8 @@ def vecmat(x, wt, out):
 
 
 @kernel
-def _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, char_id, h, c, pre, gates, tanh_c,
-             previous):
+def _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, peepholes, char_id, h, c, pre, gates,
+             tanh_c, previous):
     """Feed one character; update h, c [L, 1, H] in place. ``previous`` is a [1, H]
     scratch for the state the cell step reads."""
     L = h.shape[0]
@@ -61,6 +63,13 @@ def _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, char_id, h, c, pre, ga
         if cell == CELL_LSTM:
             previous[...] = c[k]
             lstm_step(gates, pre, previous, c[k], h[k], tanh_c)
+        elif cell == CELL_PEEPHOLE:
+            previous[...] = c[k]
+            w = peepholes[k]
+            peephole_step(gates, pre, w[0], w[1], w[2], previous, c[k], h[k], tanh_c)
+        elif cell == CELL_CIFG:
+            previous[...] = c[k]
+            cifg_step(gates, pre, previous, c[k], h[k], tanh_c)
         elif cell == CELL_GRU:
             # tanh_c serves as the [1, H] scratch for h W_hn^T + b_hn.
             previous[...] = h[k]
@@ -120,7 +129,7 @@ def _draw(logits, temperature, top_k, top_p, u, probs):
 
 
 @kernel
-def generate(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, dec_w_t, dec_b, h, c,
+def generate(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, peepholes, dec_w_t, dec_b, h, c,
              feed_ids, first_input, uniforms, temperature, top_k, top_p, out_ids):
     """Feed ``feed_ids`` (state warm-up, outputs discarded), then starting from
     ``first_input`` draw len(out_ids) characters, each fed back as the next input.
@@ -134,6 +143,8 @@ def generate(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, dec_w_t, dec_b, h, c,
         their summed biases (for the GRU, again without bias_hh's n rows).
     w_hh_t : [L, H, G*H]. bias_hn : [L, H] the GRU's bias_hh n rows, which the cell adds
         inside r * (...); unused (any contents) for the other cells.
+    peepholes : [L, 3, H] the peephole cell's weight_ci, weight_cf, weight_co per layer;
+        unused (any contents) for the other cells.
     dec_w_t : [H, V]; dec_b : [V].
     h, c : [L, 1, H] state, updated in place. uniforms : [len(out_ids)] in [0, 1).
     temperature, top_k, top_p : as ``_draw`` takes them.
@@ -149,12 +160,12 @@ def generate(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, dec_w_t, dec_b, h, c,
     logits = np.empty((1, V), h.dtype)
     probs = np.empty(V, np.float64)
     for i in range(feed_ids.shape[0]):
-        _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, feed_ids[i], h, c, pre, gates,
-                 tanh_c, previous)
+        _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, peepholes, feed_ids[i], h, c, pre,
+                 gates, tanh_c, previous)
     x = first_input
     for n in range(out_ids.shape[0]):
-        _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, x, h, c, pre, gates, tanh_c,
-                 previous)
+        _advance(cell, table0, w_ih_t, bias, w_hh_t, bias_hn, peepholes, x, h, c, pre, gates,
+                 tanh_c, previous)
         vecmat(h[h.shape[0] - 1, 0], dec_w_t, logits[0])
         logits[0, :] += dec_b
         x = _draw(logits[0], temperature, top_k, top_p, uniforms[n], probs)
