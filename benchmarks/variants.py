@@ -71,14 +71,15 @@ def charlstm(*args) -> list[str]:
 
 def plan(a) -> list[dict]:
     """One entry per run: its corpus, variant, seed, model size and directory."""
-    corpora = [(a.corpus, a.hidden_size, a.num_layers)]
-    corpora += [(f"{RECALL}{n}", a.recall_hidden_size, a.recall_num_layers) for n in a.recall]
+    corpora = [] if a.only_recall else [(a.corpus, a.hidden_size, a.num_layers, a.time)]
+    corpora += [(f"{RECALL}{n}", a.recall_hidden_size, a.recall_num_layers, a.recall_time or a.time)
+                for n in a.recall]
     runs = []
-    for corpus, hidden, layers in corpora:
+    for corpus, hidden, layers, budget in corpora:
         for variant in a.variants:
             for seed in a.seeds:
                 runs.append({"corpus": corpus, "variant": variant, "seed": seed,
-                             "hidden_size": hidden, "num_layers": layers,
+                             "hidden_size": hidden, "num_layers": layers, "time": budget,
                              "dir": a.out / corpus_tag(corpus) / f"{variant}-s{seed}"})
     return runs
 
@@ -88,7 +89,7 @@ def train_command(run: dict, a) -> list[str]:
     return charlstm("train", run["corpus"], *VARIANTS[run["variant"]],
                     "--hidden-size", run["hidden_size"], "--num-layers", run["num_layers"],
                     "--seq-len", a.seq_len, "--batch-size", a.batch_size, "--seed", run["seed"],
-                    "--time", a.time, "--eval-every", a.eval_every, "--threads", 1, *blas,
+                    "--time", run["time"], "--eval-every", a.eval_every, "--threads", 1, *blas,
                     "--quiet", "--force", "--out", run["dir"])
 
 
@@ -227,6 +228,9 @@ def main(argv=None) -> None:
     r.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     r.add_argument("--recall", type=int, nargs="*", default=[4, 16, 48],
                    help="N of the builtin:recall:N corpora to run too (none: only the corpus)")
+    r.add_argument("--recall-time", default=None,
+                   help="each recall run's budget  [default: --time]")
+    r.add_argument("--only-recall", action="store_true", help="skip the text corpus")
     r.add_argument("--recall-hidden-size", type=int, default=64)
     r.add_argument("--recall-num-layers", type=int, default=1)
     r.add_argument("--eval-every", type=int, default=200, help="steps between validations")
