@@ -335,7 +335,9 @@ def _vocab_from_array(vocab_arr: np.ndarray) -> Vocab:
             raise CheckpointError("checkpoint key 'vocab' must hold increasing Unicode code points")
         return Vocab(chr(int(c)) for c in codes)
     if vocab_arr.dtype == np.dtype("<U1"):
-        vocab = Vocab(str(c) for c in vocab_arr)
+        # Format 1 stored U+0000 as "" (a <U1 array cannot hold it); sorted first, an
+        # empty string at index 0 can only have been U+0000.
+        vocab = Vocab("\x00" if k == 0 and str(c) == "" else str(c) for k, c in enumerate(vocab_arr))
         if len(set(vocab.chars)) != len(vocab.chars) or any(len(c) != 1 for c in vocab.chars):
             raise CheckpointError("checkpoint vocabulary has repeated or empty characters")
         return vocab

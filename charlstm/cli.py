@@ -157,6 +157,12 @@ class _Group(click.Group):
                 raise
             raise click.ClickException(
                 "out of memory; use a smaller model, --batch-size or --seq-len") from None
+        except KeyboardInterrupt:
+            # Ctrl-C outside training (which stops itself cleanly): quietly, with 128 +
+            # SIGINT, as training and sample end, not click's "Aborted!" and 1.
+            if (ctx.obj or {}).get("debug"):
+                raise
+            sys.exit(130)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -172,7 +178,9 @@ def main(ctx, debug):
     # UnicodeEncodeError halfway through a sample left an empty or cut file.
     for stream in (sys.stdout, sys.stderr):
         if stream is not None and hasattr(stream, "reconfigure"):
-            stream.reconfigure(encoding="utf-8", errors="strict" if stream is sys.stdout
+            # surrogateescape: a path that a C locale decoded with escapes (a corpus
+            # name in `info`) goes out as the bytes it was.
+            stream.reconfigure(encoding="utf-8", errors="surrogateescape" if stream is sys.stdout
                                else "backslashreplace")
 
 
@@ -388,11 +396,16 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num
     if prime_file is not None:
         if prime:
             raise click.UsageError("give the prime as --prime or as --prime-file, not both")
+        from charlstm.corpus import bom_encoding
+
         name = getattr(prime_file, "name", "-")
+        raw = prime_file.read()
+        codec = bom_encoding(raw) or "utf-8"  # a UTF-16/32 byte-order mark names its encoding
         try:
-            prime = prime_file.read().decode("utf-8")
+            prime = raw.decode(codec)
         except UnicodeDecodeError as e:
-            raise UserError(f"{name}: not valid UTF-8 at byte {e.start}; save the prime as UTF-8") from None
+            raise UserError(f"{name}: not valid {codec.upper()} at byte {e.start}; save the "
+                            f"prime as UTF-8") from None
         if prime.startswith("\ufeff"):
             prime = prime[1:]  # a byte-order mark is not part of the text
     _, ckpt, say_which = _read_checkpoint(checkpoint)
@@ -445,6 +458,22 @@ def _read_checkpoint(checkpoint):
             scored = f", validation {best:.4f} bpc" if not math.isnan(best) else ""
             click.echo(f"reading {path} (step {ckpt.step}{scored})", err=True)
     return path, ckpt, say_which
+
+
+def _repeat_note(history: list) -> str:
+    """The last line of `info --toml`'s header: how the file repeats the run, or why it
+    cannot on its own (a run started from another's weights, or resumed with changes)."""
+    from charlstm.run import RESUMABLE
+
+    budgets = {"steps", "epochs", "time_limit", "save_every", "eval_every", "log_every", "threads"}
+    if any("init_from" in e for e in history):
+        return ("The run started from another checkpoint's weights (--init-from), which this "
+                "file does not name: add --init-from CHECKPOINT to repeat it.")
+    changed = sorted({k for e in history for k in e.get("changes", {}) if k in RESUMABLE} - budgets)
+    if changed:
+        return (f"The run was resumed with new {', '.join(changed)}: this file holds the last "
+                f"values, so it repeats the run's settings, not its history.")
+    return "Repeat the run: charlstm train --config FILE --out DIR"
 
 
 def _argument_text(value: str | None, option: str) -> str | None:
@@ -510,15 +539,15 @@ def info(checkpoint, as_json, as_toml):
     path, ckpt, say_which = _read_checkpoint(checkpoint)
     say_which()
     last = Path(checkpoint) / "last.npz"
-    last_step = None
+    last_step, history = None, ckpt.history
     if Path(checkpoint).is_dir() and path.name != "last.npz" and last.is_file():
-        last_step = ckpt_io.load(last).step
+        latest = ckpt_io.load(last)  # the run's progress and its whole history
+        last_step, history = latest.step, latest.history
     if as_toml:
         from charlstm.config_file import write
 
         click.echo(write(ckpt.config, f"The configuration of {path} (step {ckpt.step}).\n"
-                                      f"Repeat the run: charlstm train --config FILE --out DIR"),
-                   nl=False)
+                                      + _repeat_note(ckpt.history)), nl=False)
         return
     best = ckpt.best_val_bpc
     summary = {
@@ -532,7 +561,7 @@ def info(checkpoint, as_json, as_toml):
         "vocab_size": len(ckpt.vocab),
         "elapsed_seconds": ckpt.elapsed,
         "last_step": ckpt.step if last_step is None else last_step,
-        "history": ckpt.history,
+        "history": history,
     }
     if as_json:
         click.echo(json.dumps(summary, indent=2))
@@ -548,7 +577,7 @@ def info(checkpoint, as_json, as_toml):
     click.echo(f"best val bpc   {'-' if summary['best_val_bpc'] is None else f'{best:.4f}'}")
     click.echo(f"training time  {ckpt.elapsed:.1f} s")
     click.echo("corpus         " + ", ".join(f.path for f in ckpt.corpus_files))
-    for event in ckpt.history:
+    for event in history:
         changes = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in event.get("changes", {}).items())
         origin = f" from {event['init_from']} (step {event['init_from_step']})" if "init_from" in event else ""
         click.echo(f"history        step {event.get('step')}: {event.get('event')}{origin}"
@@ -556,6 +585,40 @@ def info(checkpoint, as_json, as_toml):
     click.echo("configuration")
     for key, value in summary["config"].items():
         click.echo(f"  {key:<15}{value}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1)
+@click.option("--order", "orders", type=POSITIVE, multiple=True,
+              help="n of the n-gram model: each character predicted from the n-1 before it "
+                   "(repeatable).  [default: 3, 5 and 7]")
+@click.option("--encoding", default=DEFAULTS.encoding, help="Text encoding of the corpus files.")
+@click.option("--val-frac", type=Real(0, 1, min_open=True, max_open=True), default=DEFAULTS.val_frac,
+              help="As train --val-frac: the split scored.")
+@click.option("--val-chars", type=NON_NEGATIVE, default=DEFAULTS.val_chars,
+              help="As train --val-chars: the first N characters of the split; 0: all.")
+@click.option("--discount", type=Real(0, 1, min_open=True, max_open=True), default=0.75,
+              help="The absolute discount D of every order.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def baseline(paths, orders, encoding, val_frac, val_chars, discount, as_json):
+    """Bits per character of a counting model on the validation split `train` would use.
+
+    An interpolated Kneser-Ney character n-gram model (Chen & Goodman 1999) counted on
+    the training part of PATHS (files, directories, globs; none: the built-in corpus),
+    scored on the same validation text as `charlstm train PATHS` with the same
+    --val-frac and --val-chars: a network that does not beat it has learned no more than
+    counting."""
+    from charlstm.baseline import baseline_report
+
+    report = baseline_report(paths, orders or (3, 5, 7), encoding, val_frac, val_chars, discount)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"# interpolated Kneser-Ney, discount {discount:g}; counted on "
+               f"{report['train_chars']:,} characters, scored on {report['val_chars'] - 1:,} "
+               f"validation predictions (vocabulary {report['vocab_size']})")
+    for r in report["results"]:
+        click.echo(f"order {r['order']:>2}  {r['bpc']:.4f} bpc")
 
 
 @main.command()
@@ -660,6 +723,8 @@ def gradflow(checkpoint, text, length, chunks, encoding, output, as_json):
     from charlstm.gradflow import gradflow_report, report_lines
 
     result = gradflow_report(checkpoint, text, length, chunks, encoding, output)
+    if Path(checkpoint).is_dir():  # say which checkpoint of the run, as sample and eval do
+        click.echo(f"reading {result['checkpoint']}", err=True)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return

@@ -53,6 +53,10 @@ class TrainConfig:
     lr_decay_every: int = 0  # steps between 'step' decays; 0 means one epoch
     lr_min: float = 0.0  # the floor of the 'cosine' schedule
     lr_horizon: int = 0  # steps over which 'cosine' decays; 0 means the run's step budget
+    # Seconds of training over which 'cosine' decays when --time is the only budget: set
+    # when such a run starts (train.run_training), from the time its budget leaves for
+    # the training loop; the checkpoint's `elapsed` says how far along it is. 0: none.
+    lr_horizon_time: float = 0.0
     seed: int = 0
     # compute: the cores a training step uses, one row shard of the batch each (at most
     # B shards; shards.py). Saved with the run because it fixes the order in which the
@@ -186,6 +190,7 @@ RULES = {
     "lr_decay_every": _int_at_least(0),
     "lr_min": _real_in(0),
     "lr_horizon": _int_at_least(0),
+    "lr_horizon_time": _real_in(0),
     "seed": _int_at_least(0),
     "threads": _int_at_least(1),
     "blas": None,  # filled in below: its parser lives with the kernels

@@ -30,9 +30,11 @@ else:  # pragma: no cover - exercised on older Pythons only
     import tomli as tomllib
 
 TABLE = "train"
-# TrainConfig fields a file may not set: none. Keys a file may set that are not fields:
+# TrainConfig fields a file may not set: those a run derives when it starts (the time
+# horizon of a cosine schedule that follows --time). Keys a file may set that are not fields:
+DERIVED = {"lr_horizon_time"}
 EXTRA_KEYS = {"time": "time_limit"}
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in DERIVED}
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -114,6 +116,6 @@ def write(config: TrainConfig, comment: str = "") -> str:
     are unset, None, are left out: unset is their default)."""
     lines = [f"# {line}" for line in comment.splitlines()] + [f"[{TABLE}]"]
     for name, value in config.to_json_dict().items():
-        if value is not None:
+        if value is not None and name not in DERIVED:
             lines.append(f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ import codecs
 import glob
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ BLOCK_BYTES = 4 << 20  # files are decoded this many bytes at a time
 BUILTIN = "builtin:pydoc"
 BUILTIN_PREFIX = "builtin:"  # specs so prefixed name built-in corpora, never files
 _GLOB_CHARS = set("*?[")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _SNIFF_BYTES = 8192
 
 
@@ -68,47 +70,79 @@ class CorpusFile:
 
 def resolve_paths(specs, skipped: list | None = None) -> list[Path]:
     """Files named by ``specs``: files, directories (recursed) and glob patterns; sorted,
-    without duplicates. A directory walk leaves out hidden entries and files that look
-    binary (see ``binary_reason``); each one it leaves out is appended to ``skipped``, if
-    given, as "PATH: why", so the caller can say so. A file named directly is never
-    left out: it is read, or refused with its own error."""
-    found: set[Path] = set()
+    each file once however it is named. A directory walk (and a glob) leaves out hidden
+    entries, files that look binary (``binary_reason``), charlstm's own run directories,
+    symbolic links to directories (not followed, so a walk never loops) and anything that
+    is not a regular file; each one left out is appended to ``skipped``, if given, as
+    "PATH: why", so the caller can say so. A path named directly is never left out: it is
+    read, or refused with an error naming it (a pipe, a device, a broken link)."""
+    skipped = skipped if skipped is not None else []
+    found: dict[Path, Path] = {}  # the real file -> the path it was first named by
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
             matches = [path]
         elif path.exists():
+            if not path.is_file():
+                raise UserError(f"{spec} is not a regular file (a pipe or a device); save "
+                                f"the text to a file and give that")
             matches = [path]
+        elif path.is_symlink():
+            raise UserError(f"{spec} is a symbolic link to {os.readlink(path)}, which does "
+                            f"not exist (or loops); fix the link or give the file itself")
         elif _GLOB_CHARS & set(spec):
-            matches = [Path(m) for m in glob.glob(spec, recursive=True)]
+            matches = [Path(m) for m in sorted(glob.glob(spec, recursive=True))]
             if not matches:
                 raise UserError(f"no files match {spec!r}; check the pattern")
         else:
             raise UserError(f"{spec}: no such file or directory")
         for m in matches:
             if m.is_dir():
-                files = list(_walk_text_files(m, skipped if skipped is not None else []))
+                own: list = []
+                files = list(_walk_text_files(m, own))
+                skipped.extend(own)
                 if not files:
-                    raise UserError(f"{m}: directory holds no text files")
-                found.update(files)
+                    left = f" (left out: {'; '.join(own[:3])}{' ...' if len(own) > 3 else ''})" if own else ""
+                    raise UserError(f"{m}: directory holds no text files{left}")
+                for f in files:
+                    found.setdefault(f.resolve(), f)
             elif m.is_file():
-                found.add(m)
-    return sorted(found, key=lambda p: str(p))
+                found.setdefault(m.resolve(), m)
+            else:
+                skipped.append(f"{m}: {'a broken symbolic link' if m.is_symlink() else 'not a regular file'}")
+    return sorted(found.values(), key=lambda p: str(p))
+
+
+def is_run_directory(path: Path) -> bool:
+    """A directory charlstm trains in (its lock file or last checkpoint is there)."""
+    return (path / ".lock").is_file() or (path / "last.npz").is_file()
 
 
 def _walk_text_files(root: Path, skipped: list):
-    for dirpath, dirnames, filenames in os.walk(root):
+    def unreadable(error: OSError):
+        skipped.append(f"{error.filename}: cannot read it ({error.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable):
+        kept = []
         for d in sorted(dirnames):
+            sub = Path(dirpath) / d
             if d.startswith("."):
-                skipped.append(f"{Path(dirpath) / d}{os.sep}: a hidden directory")
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                skipped.append(f"{sub}{os.sep}: a hidden directory")
+            elif sub.is_symlink():
+                skipped.append(f"{sub}{os.sep}: a symbolic link to a directory (not followed; "
+                               f"name it to read it)")
+            elif is_run_directory(sub):
+                skipped.append(f"{sub}{os.sep}: a charlstm run directory")
+            else:
+                kept.append(d)
+        dirnames[:] = kept
         for name in sorted(filenames):
             p = Path(dirpath) / name
             if name.startswith("."):
                 skipped.append(f"{p}: a hidden file")
                 continue
             if not p.is_file():
-                skipped.append(f"{p}: not a regular file")
+                skipped.append(f"{p}: {'a broken symbolic link' if p.is_symlink() else 'not a regular file'}")
                 continue
             try:
                 with open(p, "rb") as f:
@@ -117,7 +151,7 @@ def _walk_text_files(root: Path, skipped: list):
                 skipped.append(f"{p}: cannot read it ({e.strerror})")
                 continue
             reason = binary_reason(head)
-            if reason is not None and _bom_encoding(head) is None:
+            if reason is not None and bom_encoding(head) is None:
                 skipped.append(f"{p}: looks binary ({reason})")
                 continue
             yield p
@@ -134,8 +168,9 @@ _BINARY_SHARE = 1 / 32
 _CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\f\v\x1b")
 
 
-def _bom_encoding(head: bytes) -> str | None:
-    """"utf-16" or "utf-32" if ``head`` starts with that byte-order mark."""
+def bom_encoding(head: bytes) -> str | None:
+    """"utf-16" or "utf-32" if ``head`` starts with that byte-order mark (the codec then
+    reads the mark and drops it), else None."""
     for bom, name in _BOMS:
         if head.startswith(bom):
             return name
@@ -162,35 +197,117 @@ def file_encoding(path: Path, head: bytes, encoding: str) -> str:
     UTF-16 or UTF-32 byte-order mark (as Windows editors save "Unicode") is obeyed when
     the encoding asked for is UTF-8, which such a file can never be. Raises UserError for
     content that looks binary under an 8-bit encoding."""
-    bom = _bom_encoding(head)
+    bom = bom_encoding(head)
     if bom is not None and _is_utf8(encoding):
         return bom
     if "16" not in encoding and "32" not in encoding:
         reason = binary_reason(head)
         if reason is not None:
-            raise UserError(
-                f"{path} looks binary ({reason}), not text; give charlstm text files "
-                f"(text saved as UTF-16 without a byte-order mark needs --encoding utf-16-le)")
+            raise UserError(f"{path} looks binary ({reason}), not text; give charlstm text "
+                            f"files{_utf16_hint(head)}")
     return encoding
 
 
-# Codecs offered when a file is not valid in the encoding asked for: the first that
-# decodes the bytes is named. cp1252 before latin-1: Windows "ANSI" text uses 0x80-0x9F
-# for quotes and dashes, which latin-1 would turn into invisible control characters.
-_HINT_CODECS = ("cp1252", "shift_jis", "euc-kr", "gb18030", "big5")
+def _utf16_hint(head: bytes) -> str:
+    """For bytes that look binary: if they read as UTF-16 without a byte-order mark (NUL
+    bytes on every other position, ASCII text between), which byte order names them."""
+    even, odd = head[0::2], head[1::2]
+    for zeros, order in ((odd, "le"), (even, "be")):
+        if zeros and zeros.count(0) > 0.9 * len(zeros):
+            return f" (or, if it is UTF-16 without a byte-order mark, pass --encoding utf-16-{order})"
+    return ""
 
 
-def suggest_encoding(data: bytes) -> str:
-    """An encoding that decodes ``data`` to what its writer most likely meant, for an
-    error message: the first of cp1252 and a few East Asian codecs that decodes it
-    without error, else latin-1 (which decodes any bytes)."""
+def check_text_encoding(encoding: str) -> None:
+    """Raise UserError unless ``encoding`` names a codec from bytes to text (Python also
+    knows bytes-to-bytes codecs such as base64 and zlib)."""
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        raise UserError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8") from None
+    if not getattr(info, "_is_text_encoding", True):
+        raise UserError(f"{encoding!r} is not a text encoding; use a text encoding such as utf-8")
+
+
+# Codecs a hint may name when a file is not valid in the encoding asked for: Windows
+# "ANSI" code pages for Western, Cyrillic and Greek text, and the East Asian standards.
+# cp1252 comes before latin-1: Windows text uses 0x80-0x9F for quotes and dashes, which
+# latin-1 turns into invisible control characters.
+_HINT_CODECS = ("utf-8", "cp1252", "cp1251", "cp1253", "shift_jis", "euc-jp", "euc-kr",
+                "gb18030", "big5", "latin-1")
+# The most frequent non-ASCII characters of the languages these codecs serve (accented
+# Latin letters and typographic punctuation; Russian, Greek, Japanese kana, simplified and
+# traditional Chinese, Korean syllables). Text a person wrote, decoded right, has many of
+# them; bytes decoded in the wrong codec land on them only by chance.
+_COMMON = set(
+    "éèêàâçùûôîïëüöäßñáíóúãõœæ’‘“”–—…«»¡¿°"
+    "оеаинтсрвл" "αοειτνσηκπ"
+    "のにはをたがでてとしれさいるかうなもすからっこまりくんだよあけおそえきつ"
+    "ンストルラリイクドカシロテマタコアジーッ"
+    "的一是不了在人有我他这个们中来上大为和国地到以说时要就出会可也你对生能而子那得于着下自之年过发后作里"
+    "這個們來為國說時會對於過發後裡"
+    "이다는의에하고를가지서한기로으사자대리도있것수그나아들면게보일어시우주해")
+_LETTER_SCRIPTS = ("CJK", "HANGUL", "HIRAGANA", "KATAKANA", "CYRILLIC", "GREEK")
+
+
+def _plausibility(text: str) -> float:
+    """How much ``text`` looks like what a person wrote: the mean, over its non-ASCII
+    characters, of +1 for one of the languages' most frequent characters (_COMMON), +0.25
+    for another letter of a script that does not mix with ASCII letters inside a word, or
+    a Latin letter beside an ASCII one, and -1 for anything else (symbols, superscripts,
+    controls, a Cyrillic letter inside a Latin word): wrong codecs make the latter."""
+    import unicodedata
+
+    total, score = 0, 0.0
+    for k, c in enumerate(text):
+        if c < "\x80":
+            continue
+        total += 1
+        if c in _COMMON:
+            score += 1.0
+            continue
+        if unicodedata.category(c).startswith("L"):
+            script = unicodedata.name(c, "").split(" ")[0]
+            ascii_beside = any(0 <= j < len(text) and text[j].isascii() and text[j].isalpha()
+                               for j in (k - 1, k + 1))
+            if (script == "LATIN") == ascii_beside or (script in _LETTER_SCRIPTS and not ascii_beside):
+                score += 0.25
+                continue
+        score -= 1.0
+    return score / total if total else 1.0
+
+
+def suggest_encoding(data: bytes, asked: str) -> str:
+    """An encoding that decodes ``data`` (a file's bytes, perhaps cut mid-character at
+    the end) to what its writer most likely meant, for an error message: of the codecs in
+    _HINT_CODECS other than ``asked`` that decode it, the one whose text scores best by
+    ``_plausibility`` (the first on a tie); latin-1, which decodes any bytes, last."""
+    best, best_score = "latin-1", -2.0
     for codec in _HINT_CODECS:
+        if codecs.lookup(codec).name == codecs.lookup(asked).name:
+            continue
         try:
-            data.decode(codec)
+            text = codecs.getincrementaldecoder(codec)().decode(data, final=False)
         except UnicodeDecodeError:
             continue
-        return codec
-    return "latin-1"
+        score = _plausibility(text[:200_000])
+        if score > best_score:
+            best, best_score = codec, score
+    return best
+
+
+def damaged_utf8(data: bytes, at_end: bool) -> str | None:
+    """When ``data`` is UTF-8 text with a few bad bytes (or cut mid-character at the end
+    of the file, when ``at_end``), a note saying so: no other encoding is what was
+    meant. None when the bytes do not look like UTF-8 at all."""
+    text = data.decode("utf-8", errors="replace")
+    bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
+    good = sum(1 for c in text if c > "\x7f" and c != "\ufffd")
+    if bad and good >= 4 * bad:
+        return f"it is UTF-8 apart from {bad} damaged byte sequence{'s' if bad > 1 else ''}"
+    if at_end and bad == 1 and text.endswith("\ufffd"):
+        return "it is UTF-8 cut off in the middle of its last character"
+    return None
 
 
 def decoded_blocks(path: Path, encoding: str, several: bool = False):
@@ -200,10 +317,7 @@ def decoded_blocks(path: Path, encoding: str, several: bool = False):
     encoding, an unreadable file, binary content, and bytes the encoding cannot decode
     (their offset in the file, and an encoding that decodes them). ``several``: the file
     is one of several, which must share one encoding (byte-order marks aside)."""
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise UserError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8") from None
+    check_text_encoding(encoding)
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -225,15 +339,25 @@ def decoded_blocks(path: Path, encoding: str, several: bool = False):
             try:
                 text = decoder.decode(block, final=final)
             except UnicodeDecodeError as e:
-                hint = "; all files must share one encoding" if several else ""
+                where = offset - pending + e.start
+                several_hint = "; all files must share one encoding" if several else ""
+                damage = damaged_utf8(block, at_end=len(block) < BLOCK_BYTES) if _is_utf8(used) else None
+                if damage:
+                    raise UserError(f"{path}: not valid {used} at byte {where}: {damage}; repair "
+                                    f"or remove the bytes there{several_hint}") from None
                 raise UserError(
-                    f"{path}: not valid {used} at byte {offset - pending + e.start}; pass "
-                    f"--encoding with the file's encoding (its bytes decode as "
-                    f"--encoding {suggest_encoding(block)}){hint}") from None
+                    f"{path}: not valid {used} at byte {where}; pass --encoding with the file's "
+                    f"encoding (its bytes read best as --encoding "
+                    f"{suggest_encoding(block, used)}){several_hint}") from None
             except UnicodeError as e:  # not a decode error: UTF-16/32 without a byte-order mark
+                order = (f"name the byte order, e.g. --encoding {used}-le, or "
+                         if used.lower().replace("_", "-") in ("utf-16", "utf-32") else "")
+                raise UserError(f"{path}: not valid {used} ({e}); {order}pass the file's "
+                                f"encoding") from None
+            if _SURROGATE.search(text):
                 raise UserError(
-                    f"{path}: not valid {used} ({e}); name the byte order, e.g. "
-                    f"--encoding {used}-le, or pass the file's encoding") from None
+                    f"{path}: --encoding {used} turns it into unpaired surrogates "
+                    f"(U+D800-U+DFFF), which are not characters; pass the file's real encoding")
             if at_start and text:
                 at_start = False
                 if text.startswith("\ufeff"):

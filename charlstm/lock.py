@@ -36,7 +36,7 @@ class RunLock:
         try:
             f = open(self.path, "a+", encoding="utf-8")
         except OSError as e:
-            raise UserError(f"cannot write {self.path} ({e.strerror or e}); choose another --out") from None
+            raise UserError(f"cannot write {self.path} ({e.strerror or e}); make the run directory writable") from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -72,16 +72,23 @@ def clip_grad_norm(grads: FlatParams, max_norm: float) -> float:
     return norm
 
 
-def learning_rate(config: TrainConfig, step: int, horizon: int, steps_per_epoch: int) -> float:
-    """The learning rate of 0-based ``step``.
+def learning_rate(config: TrainConfig, step: int, horizon: int, steps_per_epoch: int,
+                  elapsed: float | None = None) -> float:
+    """The learning rate of 0-based ``step``, ``elapsed`` seconds into the run's training.
 
     Warmup ramps linearly over the first ``config.warmup`` steps; after it, 'cosine'
-    anneals from lr to lr_min over ``horizon`` steps (then stays at lr_min) and 'step'
-    multiplies by lr_decay every lr_decay_every steps (default one epoch).
+    anneals from lr to lr_min over ``horizon`` steps (then stays at lr_min), or, with no
+    step horizon, over config.lr_horizon_time seconds of training (a --time budget), and
+    'step' multiplies by lr_decay every lr_decay_every steps (default one epoch). The
+    cosine is that of SGDR (Loshchilov & Hutter 2017) without restarts.
     """
     base = config.lr
+    progress = None
     if config.lr_schedule == "cosine" and horizon > 0:
         progress = min(step / horizon, 1.0)
+    elif config.lr_schedule == "cosine" and config.lr_horizon_time > 0 and elapsed is not None:
+        progress = min(elapsed / config.lr_horizon_time, 1.0)
+    if progress is not None:
         base = config.lr_min + 0.5 * (config.lr - config.lr_min) * (1.0 + math.cos(math.pi * progress))
     elif config.lr_schedule == "step":
         every = config.lr_decay_every or steps_per_epoch

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -54,22 +55,22 @@ def default_run_dir() -> Path:
     return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
 
-def prepare_run_dir(out_dir: Path) -> None:
+def prepare_run_dir(out_dir: Path, fix: str = "choose another --out") -> None:
     """Create the run directory and prove it is writable before any training time is
-    spent. Raises UserError naming the fix."""
+    spent. Raises UserError naming ``fix``."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".charlstm-write-test"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"cannot write to {out_dir} ({e.strerror or e}); choose another --out") from None
+        raise UserError(f"cannot write to {out_dir} ({e.strerror or e}); {fix}") from None
 
 
 def fix_schedule_horizon(config: TrainConfig, steps_per_epoch: int) -> TrainConfig:
     """Fix the cosine schedule's horizon at the start of a run, so resuming (with any
     budget) continues the same schedule. Raises UsageProblem when nothing bounds it."""
-    if config.lr_schedule != "cosine" or config.lr_horizon > 0:
+    if config.lr_schedule != "cosine" or config.lr_horizon > 0 or config.lr_horizon_time > 0:
         return config
     limits = []
     if config.steps is not None:
@@ -77,15 +78,19 @@ def fix_schedule_horizon(config: TrainConfig, steps_per_epoch: int) -> TrainConf
     if config.epochs is not None:
         limits.append(math.ceil(config.epochs * steps_per_epoch))
     if not limits:
-        raise UsageProblem("--lr-schedule cosine needs --steps, --epochs or --lr-horizon")
+        if config.time_limit is not None:
+            return config  # anneals over the time budget (train.run_training sets it)
+        raise UsageProblem("--lr-schedule cosine needs --steps, --epochs, --time or --lr-horizon")
     return config.replace(lr_horizon=min(limits))
 
 
-def corpus_origin(run_dir: Path) -> dict:
-    """Where relative corpus paths are read from (the working directory), as an absolute
-    path and relative to the run directory; saved with the run (checkpoint.py)."""
-    cwd = Path.cwd()
-    return {"absolute": str(cwd), "from_run": os.path.relpath(cwd, Path(run_dir).resolve())}
+def corpus_origin(run_dir: Path, base: Path | None = None) -> dict:
+    """Where relative corpus paths are read from (``base``, default the working
+    directory), as an absolute path and relative to the run directory, and where the run
+    directory was; saved with the run (checkpoint.py)."""
+    base = Path.cwd() if base is None else Path(base)
+    run_dir = Path(run_dir).resolve()
+    return {"absolute": str(base), "from_run": os.path.relpath(base, run_dir), "run_dir": str(run_dir)}
 
 
 def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = False,
@@ -126,47 +131,86 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
     data = prepare_data(config, vocab=source.vocab if source is not None else None)
     config = fix_schedule_horizon(config, data.batches.steps_per_epoch)
     config, _ = resolve(config, len(data.vocab), blas, step_weights)
-    prepare_run_dir(out_dir)
-    lock = RunLock(out_dir).acquire()
-    write_cache(token_cache_dir(out_dir), data.encoded)
+    # The model is built before anything is written, so one too large for memory leaves
+    # no directory behind.
     trainer = Trainer(config, data, initial_params=source.params if source is not None else None)
-    trainer.lock = lock
+    existed = out_dir.exists()
+    prepare_run_dir(out_dir)
+    try:
+        trainer.lock = RunLock(out_dir).acquire()
+    except BaseException:
+        if not existed:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    try:
+        # Checked again under the lock: another process may have started a run here
+        # while this one read its corpus.
+        if (out_dir / "last.npz").exists() and not force:
+            raise UserError(
+                f"{out_dir} already holds a run (another process started it meanwhile); "
+                f"continue it with `charlstm resume {out_dir}` or pass --force to start over")
+        if force:
+            _clear_previous_run(out_dir)
+        write_cache(token_cache_dir(out_dir), data.encoded)
+    except BaseException:  # a refusal, or Ctrl-C before the first checkpoint
+        trainer.lock.release()
+        if not existed:
+            shutil.rmtree(out_dir, ignore_errors=True)  # nothing of it was the user's
+        raise
     trainer.origin = corpus_origin(out_dir)
     trainer.history.append({"step": 0, "event": "train"})
     if source is not None:
         trainer.history[-1].update(init_from=str(source_path), init_from_step=source.step,
                                    init_from_corpus=[f.sha256 for f in source.corpus_files])
+        trainer.notes.append(f"starting from the weights of {source_path} (step {source.step})")
     return trainer, out_dir
+
+
+def _clear_previous_run(out_dir: Path) -> None:
+    """--force: the checkpoints of the run being replaced go, so that nothing in the
+    directory (best.npz above all, which sample and eval prefer) speaks of the old run."""
+    for old in [out_dir / "last.npz", out_dir / "best.npz", *out_dir.glob("best-before-step-*.npz")]:
+        try:
+            old.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def locate_corpus(ckpt, run_dir: Path) -> tuple[tuple, dict]:
     """The saved run's corpus specs made readable from here, and the origin they were
-    found under: relative paths are tried from where the run directory says they were
-    given (so a run moved together with its corpus still finds it), from the absolute
-    directory they were given in, and from the working directory, in that order; the
-    first place whose files have the saved SHA-256 wins. Raises UserError naming the fix
-    when the files are missing or changed everywhere."""
+    found under. Tried in order, the first whose files have the saved SHA-256 winning:
+    the place the corpus has relative to the run directory (so a run moved together with
+    its corpus finds it, paths given as absolute ones included), the directory the paths
+    were given in, and the working directory. Raises UserError naming the fix when the
+    files are missing or changed everywhere."""
     specs = ckpt.config.corpus
-    bases = []
+    here = Path(run_dir).resolve()
+    candidates = []  # (base for relative specs, specs placed)
     if ckpt.origin.get("from_run"):
-        bases.append((Path(run_dir).resolve() / ckpt.origin["from_run"]).resolve())
+        base = (here / ckpt.origin["from_run"]).resolve()
+        then = ckpt.origin.get("run_dir")
+        moved = tuple(str(here / os.path.relpath(s, then)) if then and os.path.isabs(s) else s
+                      for s in specs)
+        candidates.append((base, moved))
     if ckpt.origin.get("absolute"):
-        bases.append(Path(ckpt.origin["absolute"]))
-    bases.append(Path.cwd())
+        candidates.append((Path(ckpt.origin["absolute"]), specs))
+    candidates.append((Path.cwd(), specs))
     saved = [f.sha256 for f in ckpt.corpus_files]
-    found_changed = None
-    for base in dict.fromkeys(bases):
+    found_changed, looked = None, []
+    for base, given in candidates:
         placed = tuple(s if s.startswith("builtin:") or os.path.isabs(s) else str(base / s)
-                       for s in specs)
+                       for s in given)
+        if placed in looked:
+            continue
+        looked.append(placed)
         try:
             current = fingerprint(placed, ckpt.config.encoding)
         except UserError:
             continue  # not there
         if [f.sha256 for f in current] == saved:
-            if base == Path.cwd():
+            if base == Path.cwd() and given == specs:
                 placed = specs  # keep the paths as the user gave them
-            return placed, {"absolute": str(base),
-                            "from_run": os.path.relpath(base, Path(run_dir).resolve())}
+            return placed, corpus_origin(run_dir, base)
         found_changed = found_changed or placed
     if found_changed is not None:
         raise UserError(
@@ -174,9 +218,8 @@ def locate_corpus(ckpt, run_dir: Path) -> tuple[tuple, dict]:
             f"{', '.join(found_changed)} differs); restore it, or pass --corpus PATH to "
             f"continue on new text")
     raise UserError(
-        f"the run's corpus ({', '.join(specs)}) is not found from here, from where it was "
-        f"given ({', '.join(str(b) for b in dict.fromkeys(bases[:-1])) or 'unknown'}); pass "
-        f"--corpus PATH to continue on it where it is now")
+        f"the run's corpus is not found: looked for {'; '.join(', '.join(p) for p in looked)}; "
+        f"pass --corpus PATH to continue on it where it is now")
 
 
 def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = None,
@@ -197,7 +240,9 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
     refused = sorted(set(changes) - set(RESUMABLE))
     if refused:
         raise UsageProblem(f"resume cannot change {', '.join(refused)}")
-    ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(run_dir))
+    last_path = ckpt_io.resolve_checkpoint(run_dir)
+    ckpt = ckpt_io.load(last_path)
+    loaded = _identity(last_path)
     config = checked(ckpt.config.replace(**changes))
     origin = ckpt.origin
     if "corpus" not in changes:
@@ -208,6 +253,18 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
     else:
         origin = corpus_origin(run_dir)
         data = prepare_data(config, vocab=ckpt.vocab, cache_dir=token_cache_dir(run_dir))
+    budgets = ("steps", "epochs", "time_limit")
+    if config.lr_horizon_time > 0 and not any(k in changes for k in budgets):
+        # A schedule that follows a time budget: continue to its end, no further.
+        remaining = config.lr_horizon_time - ckpt.elapsed
+        if remaining <= 0.05 * config.lr_horizon_time:  # the rest went to the last validation
+            raise BudgetReached(
+                f"the run already spent its time budget ({config.lr_horizon_time:.0f} s of "
+                f"training); give --steps, --epochs or --time to train further")
+        config = config.replace(time_limit=remaining)
+        follow_schedule = True
+    else:
+        follow_schedule = False
     if "lr_schedule" in changes and changes["lr_schedule"] != ckpt.config.lr_schedule:
         config = fix_schedule_horizon(config.replace(lr_horizon=changes.get("lr_horizon", 0)),
                                       data.batches.steps_per_epoch)
@@ -219,43 +276,81 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
         if warning and warn is not None:
             warn(warning)
     trainer = Trainer(config, data, resume_from=ckpt)
+    trainer.train_to_schedule_end = follow_schedule
     limit = trainer.step_limit()
     if limit is not None and trainer.step >= limit and changes.get("time_limit") is None:
         raise BudgetReached(
             f"the run already reached its budget (step {trainer.step}); "
             f"give a larger --steps or --epochs, or --time, to train further")
-    prepare_run_dir(run_dir)
+    prepare_run_dir(run_dir, fix=f"make {run_dir} writable")
     trainer.lock = RunLock(run_dir).acquire()
-    trainer.origin = origin
-    changed = {name: [_plain(getattr(ckpt.config, name)), _plain(getattr(config, name))]
-               for name in TrainConfig.__dataclass_fields__
-               if getattr(ckpt.config, name) != getattr(config, name)}
-    entry = {"step": ckpt.step, "event": "resume", "changes": changed}
-    if [f.sha256 for f in data.corpus_files] != [f.sha256 for f in ckpt.corpus_files]:
-        entry["corpus_sha256"] = [f.sha256 for f in data.corpus_files]
-    trainer.history.append(entry)
-    if _validation_text_changed(ckpt, config, data):
-        trainer.best_val_bpc = float("nan")
-        trainer.notes.append(_restart_best(run_dir, ckpt.step))
+    try:
+        if _identity(last_path) != loaded:
+            raise UserError(f"{last_path} changed while this resume was starting (another "
+                            f"process trained the run); run the resume again")
+        write_cache(token_cache_dir(run_dir), data.encoded)
+        trainer.origin = origin
+        changed = {name: [_plain(getattr(ckpt.config, name)), _plain(getattr(config, name))]
+                   for name in TrainConfig.__dataclass_fields__
+                   if getattr(ckpt.config, name) != getattr(config, name)}
+        entry = {"step": ckpt.step, "event": "resume", "changes": changed}
+        if [f.sha256 for f in data.corpus_files] != [f.sha256 for f in ckpt.corpus_files]:
+            entry["corpus_sha256"] = [f.sha256 for f in data.corpus_files]
+        trainer.history.append(entry)
+        note = _settle_best(trainer, run_dir, _validation_text_changed(ckpt, config, data))
+        if note:
+            trainer.notes.append(note)
+    except BaseException:
+        trainer.lock.release()
+        raise
     return trainer
+
+
+def _identity(path: Path):
+    """What tells one version of a file from the next (rename replaces the inode)."""
+    st = Path(path).stat()
+    return st.st_ino, st.st_mtime_ns, st.st_size
 
 
 def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
+def _same_validation(a_files, a_config: TrainConfig, b_files, b_config: TrainConfig) -> bool:
+    return ([f.sha256 for f in a_files] == [f.sha256 for f in b_files]
+            and a_config.val_frac == b_config.val_frac and a_config.val_chars == b_config.val_chars)
+
+
 def _validation_text_changed(ckpt, config: TrainConfig, data) -> bool:
-    return ([f.sha256 for f in data.corpus_files] != [f.sha256 for f in ckpt.corpus_files]
-            or config.val_frac != ckpt.config.val_frac or config.val_chars != ckpt.config.val_chars)
+    return not _same_validation(ckpt.corpus_files, ckpt.config, data.corpus_files, config)
 
 
-def _restart_best(run_dir: Path, step: int) -> str:
-    """Move best.npz aside (its score was measured on another validation text) and say
-    where it went."""
-    best = Path(run_dir) / "best.npz"
-    if not best.is_file():
+def _settle_best(trainer: Trainer, run_dir: Path, changed: bool) -> str | None:
+    """Make best.npz and the trainer's best score speak of the validation text the run
+    goes on with. A best.npz scored on that text stays (its score becomes the trainer's:
+    after a crash it can be newer than last.npz); one scored on other text (or unreadable)
+    is moved aside to a name no earlier one has, and the best-so-far restarts. Returns
+    the note for the user, if any."""
+    best_path = Path(run_dir) / "best.npz"
+    cfg, files = trainer.config, trainer.data.corpus_files
+    if best_path.is_file():
+        try:
+            best = ckpt_io.load(best_path)
+        except UserError:
+            best = None
+        if best is not None and _same_validation(best.corpus_files, best.config, files, cfg):
+            trainer.best_val_bpc = best.best_val_bpc
+            return None
+        kept = Path(run_dir) / f"best-before-step-{trainer.step}.npz"
+        k = 2
+        while kept.exists():
+            kept = Path(run_dir) / f"best-before-step-{trainer.step}-{k}.npz"
+            k += 1
+        os.replace(best_path, kept)
+        trainer.best_val_bpc = float("nan")
+        return (f"the validation text changed: the best-so-far restarts, and the best model "
+                f"on the earlier text is kept as {kept}")
+    if changed:
+        trainer.best_val_bpc = float("nan")
         return "the validation text changed: the best-so-far restarts"
-    kept = Path(run_dir) / f"best-before-step-{step}.npz"
-    os.replace(best, kept)
-    return (f"the validation text changed: the best-so-far restarts, and the best model "
-            f"on the earlier text is kept as {kept}")
+    return None

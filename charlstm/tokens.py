@@ -87,8 +87,8 @@ def load_corpus(specs, encoding: str = "utf-8", vocab: Vocab | None = None,
                 cache_dir: Path | None = None) -> EncodedCorpus:
     """Encode the files named by ``specs`` (no specs: the built-in corpus; one
     ``builtin:...`` spec: that built-in corpus, never cached) with ``vocab`` (default: the
-    corpus's own sorted characters), through the cache in ``cache_dir`` if one is given
-    (see ``write_cache``). Files are joined as ``corpus.corpus_blocks`` joins them. The
+    corpus's own sorted characters), from the cache in ``cache_dir`` if one is given and
+    holds the ids (``write_cache`` writes them, once the run directory is the caller's). Files are joined as ``corpus.corpus_blocks`` joins them. The
     result's notes name the files a directory walk left out; its control_note, the
     control characters the text holds. Raises UserError for unreadable, binary or empty input and for
     characters outside ``vocab``."""
@@ -130,7 +130,9 @@ def load_corpus(specs, encoding: str = "utf-8", vocab: Vocab | None = None,
     else:
         unknown = set(chr(int(c)) for c in present) - set(vocab.index)
         if unknown:
-            raise outside_vocabulary("the corpus", unknown, VOCAB_FIX)
+            joined = (" (a newline goes between files that do not end in one)"
+                      if "\n" in unknown and len(paths) > 1 else "")
+            raise outside_vocabulary("the corpus", unknown, VOCAB_FIX + joined)
         if [chr(int(c)) for c in present] == vocab.chars:
             key = own_key
     lut = _lookup_table(vocab)
@@ -144,11 +146,8 @@ def load_corpus(specs, encoding: str = "utf-8", vocab: Vocab | None = None,
             pos += len(codes)
         assert pos == total
 
-    if cache_dir is None:
-        ids = np.empty(total, vocab.dtype)
-        fill(ids)
-    else:
-        ids = _write_cache(cache_dir, key, vocab, char_counts, total, fill)
+    ids = np.empty(total, vocab.dtype)
+    fill(ids)
     return EncodedCorpus(files, vocab, ids, key, notes, control_chars_note(vocab, counts), char_counts)
 
 

@@ -18,7 +18,7 @@ from .config import TrainConfig
 from .corpus import Batches, Vocab, split
 from .dropout import DropoutMasks
 from .tokens import EncodedCorpus, load_corpus
-from .errors import UserError
+from .errors import CheckpointError, UserError
 from .evaluate import stream_bits_per_char
 from .parameters import init_params
 from .kernels.blas import BLAS
@@ -108,6 +108,9 @@ class Trainer:
             self.notes.append(data.encoded.control_note)
         self.lock = None  # the run directory's lock.RunLock, held while training
         self.stop_reason = None  # why run_training stopped early, when the user should know
+        # Set by a resume with no budget of a run whose schedule follows a time budget:
+        # train until the schedule's time is spent (not for time_limit from start-up).
+        self.train_to_schedule_end = False
         if resume_from is not None:
             self.optimizer.step = resume_from.optim_step
             for stat, values in resume_from.optim_state.items():
@@ -135,8 +138,9 @@ class Trainer:
         for value in self.state.values():
             value[...] = 0.0
 
-    def train_step(self) -> tuple[float, float, float]:
-        """One optimizer step on the next chunk; returns (train bpc, grad norm, lr)."""
+    def train_step(self, elapsed: float | None = None) -> tuple[float, float, float]:
+        """One optimizer step on the next chunk, ``elapsed`` training seconds into the run
+        (for a schedule that follows a time budget); returns (train bpc, grad norm, lr)."""
         inputs, targets = self.data.batches.chunk(self.epoch_step)
         masks = self.dropout.draw(self.rng) if self.dropout is not None else None
         loss = self.net.loss_and_grad(inputs, targets, self.state, masks)
@@ -146,7 +150,8 @@ class Trainer:
             raise TrainingDiverged(
                 f"training diverged at step {self.step + 1}: the {what} is not finite; "
                 f"lower --lr (now {self.config.lr:g}) or clip gradients with --clip")
-        lr = learning_rate(self.config, self.step, self.config.lr_horizon, self.steps_per_epoch)
+        lr = learning_rate(self.config, self.step, self.config.lr_horizon, self.steps_per_epoch,
+                           elapsed)
         self.optimizer.update(self.net.grads, lr)
         self.step += 1
         self.epoch_step += 1
@@ -258,7 +263,9 @@ class MetricsLog:
 
 
 def _clock(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
+    if seconds < 10:
+        return f"{max(0.0, seconds):.1f}s"
+    seconds = int(round(seconds))
     h, rest = divmod(seconds, 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
@@ -283,6 +290,8 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
     began = time.perf_counter()
     started = began if started is None else started
     deadline = started + cfg.time_limit if cfg.time_limit is not None else None
+    if trainer.train_to_schedule_end:
+        deadline = began + cfg.lr_horizon_time - trainer.elapsed_before
 
     def elapsed() -> float:
         return trainer.elapsed_before + time.perf_counter() - began
@@ -292,11 +301,29 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
 
     def save(path: Path) -> None:
         t0 = time.perf_counter()
-        ckpt_io.save(trainer.to_checkpoint(elapsed()), path)
+        try:
+            ckpt_io.save(trainer.to_checkpoint(elapsed()), path)
+        except CheckpointError as e:
+            if path == last_path:
+                raise
+            # best.npz could not be written: keep the progress in last.npz if it can be.
+            try:
+                save(last_path)
+            except CheckpointError:
+                raise CheckpointError(f"{e}; last.npz could not be written either "
+                                      f"(step {saved['step']} is the last saved)") from None
+            raise CheckpointError(f"{e}; the run stopped and saved step {trainer.step} "
+                                  f"in last.npz") from None
         timing["save"] = max(timing["save"], time.perf_counter() - t0)
         if path == last_path:
             saved["step"] = trainer.step
 
+    if (cfg.lr_schedule == "cosine" and cfg.lr_horizon == 0 and cfg.lr_horizon_time == 0
+            and deadline is not None and cfg.steps is None and cfg.epochs is None):
+        # The time budget is the schedule's horizon: what it leaves for training once
+        # start-up is done (the final validation's share is small; the rate is then
+        # close to lr_min).
+        cfg = trainer.config = cfg.replace(lr_horizon_time=trainer.elapsed_before + deadline - began)
     has_val = len(trainer.data.val_ids) >= 2
     step_limit = trainer.step_limit()
     chars_per_step = cfg.batch_size * cfg.seq_len
@@ -338,6 +365,9 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
         nonlocal last_val
         t0 = time.perf_counter()
         value = trainer.validate(validation_must_stop)
+        if math.isnan(value) and not validation_must_stop():
+            raise TrainingDiverged(f"training diverged at step {trainer.step}: the validation "
+                                   f"loss is not finite; lower --lr or clip gradients with --clip")
         if math.isnan(value):
             why = "a signal" if signals.signum is not None else "the --time budget"
             trainer.stop_reason = (f"{why} cut the validation at step {trainer.step} "
@@ -380,10 +410,16 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                     f"the --time budget ({_clock(cfg.time_limit)}) was spent before the "
                     f"first step: starting took {time.perf_counter() - started:.1f} s "
                     f"(compiling the kernels, on a first run); give a longer --time")
+            first = True
             while signals.signum is None and not budget_spent():
                 t0 = time.perf_counter()
-                bits, norm, lr = trainer.train_step()
+                bits, norm, lr = trainer.train_step(elapsed())
                 timing["step"] = time.perf_counter() - t0
+                if first and deadline is not None:
+                    # The first step of a process also loads (or compiles) the kernels:
+                    # not what the next ones take.
+                    timing["step"] = min(timing["step"], 0.1 * (deadline - time.perf_counter()))
+                first = False
                 window["seconds"] += timing["step"]
                 window["bits"] += bits
                 window["steps"] += 1
@@ -406,8 +442,9 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
             save(last_path)
     except TrainingDiverged as e:
         raise TrainingDiverged(
-            f"{e}; {last_path} (step {saved['step']}) is untouched: continue from it with a "
-            f"lower rate, e.g. `charlstm resume {out_dir} --lr {cfg.lr / 10:g}`") from None
+            f"{e}; {last_path} (step {saved['step']}) is untouched: continue from it with "
+            f"`charlstm resume {out_dir} --lr LOWER`, or start over with --force if its "
+            f"weights are already too large") from None
     finally:
         bar.close()
         log.close()

@@ -34,19 +34,21 @@ def test_decode_error_offset_is_absolute(tmp_path, small_blocks):
         tokens.load_corpus([str(p)])
 
 
-def test_cache_is_reused_and_survives_damage(tmp_path):
+def test_cache_is_written_once_asked_reused_and_survives_damage(tmp_path):
     p = tmp_path / "c.txt"
     p.write_text(make_text(3000))
     cache = tmp_path / "cache"
     first = tokens.load_corpus([str(p)], cache_dir=cache)
-    assert isinstance(first.ids, np.memmap)
+    assert not cache.exists()  # reading never writes: the run writes once it owns its directory
+    tokens.write_cache(cache, first)
     entries = sorted(x.name for x in cache.iterdir())
     assert len(entries) == 2 and not any(n.endswith(".tmp") for n in entries)
     again = tokens.load_corpus([str(p)], cache_dir=cache)
+    assert isinstance(again.ids, np.memmap)
     assert np.array_equal(first.ids, again.ids) and again.vocab.chars == first.vocab.chars
+    assert again.char_counts == first.char_counts
     # the checkpoint's own vocabulary hits the same entry
     assert np.array_equal(tokens.load_corpus([str(p)], vocab=first.vocab, cache_dir=cache).ids, first.ids)
-    assert len(list(cache.iterdir())) == 2
     expected = np.array(first.ids)
     del first, again
     npy = next(cache.glob("*.npy"))
@@ -54,10 +56,12 @@ def test_cache_is_reused_and_survives_damage(tmp_path):
     npy.write_bytes(b"garbage")
     rebuilt = tokens.load_corpus([str(p)], cache_dir=cache)
     assert np.array_equal(rebuilt.ids, expected)
-    # changing the file changes the key
+    # changing the file changes the key, and writing its entry replaces the old one
     p.write_text(make_text(3000, seed=9))
     other = tokens.load_corpus([str(p)], cache_dir=cache)
     assert other.vocab.decode(other.ids) == make_text(3000, seed=9)
+    tokens.write_cache(cache, other)
+    assert sorted(x.stem for x in cache.iterdir()) == [other.key, other.key]
 
 
 def test_fine_tuning_vocabulary(tmp_path):
