@@ -367,6 +367,17 @@ def test_a_run_directory_is_portable(tmp_path):
     run_cli("resume", moved / "runs" / "a", "--corpus", tmp_path / "c.txt", "--steps", "5", "--quiet")
 
 
+def test_a_run_given_an_absolute_corpus_path_moves_with_it(tmp_path):
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "c.txt").write_text(make_text(5000))
+    run_cli("train", project / "data" / "c.txt", *TINY, "--steps", "2", "--out", project / "runs" / "a")
+    moved = tmp_path / "moved"
+    project.rename(moved)
+    run_cli("resume", moved / "runs" / "a", "--steps", "3", "--quiet", cwd=tmp_path)
+    assert np.load(moved / "runs" / "a" / "last.npz", allow_pickle=False)["step"] == 3
+
+
 def test_two_processes_never_write_one_run(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(5000))
