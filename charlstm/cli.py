@@ -588,6 +588,58 @@ def info(checkpoint, as_json, as_toml):
 
 
 @main.command()
+@click.argument("sweep_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--workers", type=POSITIVE, default=None,
+              help="Workers of the local Dask cluster, one trial each at a time.  "
+                   "[default: cores // --cores-per-trial]")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+              help="Run on this Dask cluster instead of a local one.")
+@click.option("--cores-per-trial", type=POSITIVE, default=1,
+              help="--threads of every trial that does not set it.")
+@click.option("--retries", type=NON_NEGATIVE, default=2,
+              help="Times a failed trial is resumed before it is recorded as failed.")
+@click.option("--dry-run", is_flag=True, help="List the trials and their run directories; run nothing.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
+              help="Instead: print the results in this sweep directory, best first.")
+@click.option("--json", "as_json", is_flag=True, help="With --report or --dry-run: JSON.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def sweep(sweep_file, workers, scheduler, cores_per_trial, retries, dry_run, report_dir,
+          as_json, quiet):
+    """Train every combination of the [grid] of SWEEP_FILE on Dask (pip install
+    'charlstm[sweep]'), each trial a `charlstm train` process of its own; results go to
+    OUT/sweep.jsonl as trials finish. Running it again skips finished trials and resumes
+    interrupted ones."""
+    from charlstm import sweep as sweeps
+
+    if report_dir is not None:
+        results = sweeps.report(Path(report_dir))
+        click.echo(json.dumps(results, indent=2) if as_json else "\n".join(sweeps.report_lines(results)))
+        return
+    if sweep_file is None:
+        raise click.UsageError("give a sweep file, or --report DIR")
+    spec = sweeps.read_sweep(sweep_file)
+    if dry_run:
+        planned = sweeps.trials(spec, cores_per_trial)
+        if as_json:
+            click.echo(json.dumps([{"trial": t.name, "run_dir": str(t.run_dir), "options":
+                                    {k: list(v) if isinstance(v, tuple) else v for k, v in t.options.items()}}
+                                   for t in planned], indent=2))
+        else:
+            for t in planned:
+                combo = ", ".join(f"{k}={t.options[k]!r}" for k in spec.grid)
+                click.echo(f"{t.run_dir}  {combo}")
+        return
+    results = sweeps.run_sweep(spec, workers, scheduler, cores_per_trial, retries, quiet,
+                               echo=lambda line: click.echo(line, err=True))
+    ranked = sorted(results, key=lambda r: (r.get("metric") is None, r.get("metric") or 0.0))
+    click.echo("\n".join(sweeps.report_lines(ranked, list(spec.grid) or None)))
+    failed = [r for r in results if r.get("status") == "failed"]
+    if failed:
+        click.echo(f"{len(failed)} of {len(results)} trials failed; see {spec.out / sweeps.RESULTS_NAME}", err=True)
+        sys.exit(1)
+
+
+@main.command()
 @click.argument("paths", nargs=-1)
 @click.option("--order", "orders", type=POSITIVE, multiple=True,
               help="n of the n-gram model: each character predicted from the n-1 before it "

@@ -63,41 +63,66 @@ def _check_type(name: str, value, where: str):
     return tuple(value) if name == "corpus" else value
 
 
+def load_document(path) -> dict:
+    """The TOML document in ``path``. Raises UserError for a missing or unreadable file
+    and for TOML syntax errors."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path} is not valid TOML: {e}") from None
+
+
+def option(key: str, value, where: str) -> tuple[str, object]:
+    """The TrainConfig field and value of one ``[train]`` key (``time`` is a duration).
+    Raises UserError naming ``where`` and the key for an unknown key or a wrong type."""
+    if key in EXTRA_KEYS:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UserError(f"{where}: key {key!r} must be a duration such as \"30m\", not {value!r}")
+        try:
+            return EXTRA_KEYS[key], parse_duration(str(value))
+        except ValueError as e:
+            raise UserError(f"{where}: key {key!r}: {e}") from None
+    if key in _FIELDS:
+        return key, _check_type(key, value, where)
+    raise UserError(f"{where}: unknown key {key!r}; the keys are train's options: "
+                    f"{', '.join(sorted([*_FIELDS, *EXTRA_KEYS]))}")
+
+
+def train_options(table, where: str) -> dict:
+    """The training options of a ``[train]`` table, as TrainConfig field names and values."""
+    if not isinstance(table, dict):
+        raise UserError(f"{where} has no [{TABLE}] table; put the training options under [{TABLE}]")
+    return dict(option(key, value, f"{where} [{TABLE}]") for key, value in table.items())
+
+
 def read(path) -> dict:
     """The training options of the ``[train]`` table in ``path``, as TrainConfig field
     names and values. Raises UserError (one line, naming the file and the key) for a
     missing or unreadable file, TOML syntax errors, a missing table, unknown keys and
     values of the wrong type."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            document = tomllib.load(f)
-    except OSError as e:
-        raise UserError(f"cannot read {path} ({e.strerror or e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path} is not valid TOML: {e}") from None
-    table = document.get(TABLE)
-    if not isinstance(table, dict):
-        raise UserError(f"{path} has no [{TABLE}] table; put the training options under [{TABLE}]")
+    document = load_document(path)
     other = sorted(k for k in document if k != TABLE)
     if other:
         raise UserError(f"{path}: unknown table or key {other[0]!r} outside [{TABLE}]")
-    options = {}
-    for key, value in table.items():
-        where = f"{path} [{TABLE}]"
-        if key in EXTRA_KEYS:
-            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-                raise UserError(f"{where}: key {key!r} must be a duration such as \"30m\", not {value!r}")
-            try:
-                options[EXTRA_KEYS[key]] = parse_duration(str(value))
-            except ValueError as e:
-                raise UserError(f"{where}: key {key!r}: {e}") from None
-        elif key in _FIELDS:
-            options[key] = _check_type(key, value, where)
+    return train_options(document.get(TABLE), str(path))
+
+
+def write_options(options: dict, comment: str = "") -> str:
+    """Training options (TrainConfig field names, as ``read`` returns them) as a
+    ``[train]`` table that ``read`` returns unchanged."""
+    lines = [f"# {line}" for line in comment.splitlines()] + [f"[{TABLE}]"]
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name == "time_limit":
+            lines.append(f"time = \"{value!r}s\"")
         else:
-            raise UserError(f"{where}: unknown key {key!r}; the keys are train's options: "
-                            f"{', '.join(sorted([*_FIELDS, *EXTRA_KEYS]))}")
-    return options
+            lines.append(f"{name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
 
 
 def _toml_value(value) -> str:

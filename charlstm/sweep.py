@@ -1,0 +1,297 @@
+"""Sweeps: a grid of training options, each trial a `charlstm train` process of its own,
+scheduled by Dask distributed (the optional extra ``charlstm[sweep]``).
+
+A sweep file is TOML::
+
+    [train]                 # the options every trial shares, as `train --config` reads them
+    corpus = ["data/novel.txt"]
+    time = "10m"
+
+    [grid]                  # a list of values per option; every combination is a trial
+    hidden_size = [256, 512]
+    dropout = [0.0, 0.25]
+
+    [sweep]                 # optional
+    out = "sweeps/novel"    # default: sweeps/<the file's name>
+    metric = "best_val_bpc" # or "final_val_bpc"; lower is better
+
+Each trial runs the real trainer in its own process (compiled kernels do not pickle,
+and a process keeps a crash to itself), in ``OUT/trial-<hash>``, the hash of its
+resolved options. So running a sweep again is idempotent: a finished trial (its
+trial.json written) is skipped, and one that was interrupted continues with `resume`,
+bit-identical to never having stopped. A trial whose process fails, or whose worker
+dies, is run again (resumed) up to ``retries`` times by Dask; after that it is recorded
+as failed with the last line of its error, and the sweep goes on. Each finished trial
+is one line of ``OUT/sweep.jsonl`` as it finishes.
+
+Run directories must be on a filesystem every worker shares; corpus paths are made
+absolute before the trials are sent out.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+SWEEP_HINT = "sweeps need Dask distributed: pip install 'charlstm[sweep]'"
+METRICS = ("best_val_bpc", "final_val_bpc")
+RESULT_NAME = "trial.json"
+RESULTS_NAME = "sweep.jsonl"
+# Dask's workers set these to 1 so that libraries do not oversubscribe the cores; a trial
+# decides its own threads (--threads, --cores-per-trial), so its process gets them unset.
+THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+LOCK_RETRY_SECONDS = 30  # how long a retried trial waits for its dying predecessor's lock
+
+
+@dataclass
+class Sweep:
+    base: dict  # TrainConfig field -> value, shared by every trial
+    grid: dict  # TrainConfig field -> list of values
+    out: Path
+    metric: str
+
+
+@dataclass
+class Trial:
+    options: dict  # TrainConfig field -> value: base and one grid combination
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+def read_sweep(path) -> Sweep:
+    """The sweep in TOML file ``path``. Raises UserError naming the file and the key for
+    a missing table, an unknown key, a value of the wrong type or an empty list."""
+    from .config_file import TABLE, load_document, option, train_options
+
+    path = Path(path)
+    document = load_document(path)
+    unknown = sorted(set(document) - {TABLE, "grid", "sweep"})
+    if unknown:
+        raise UserError(f"{path}: unknown table {unknown[0]!r}; a sweep file has [train], [grid] and [sweep]")
+    base = train_options(document.get(TABLE, {}), str(path))
+    grid = {}
+    for key, values in document.get("grid", {}).items():
+        where = f"{path} [grid]"
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{where}: key {key!r} must be a non-empty list of values")
+        checked = [option(key, v, where) for v in values]
+        grid[checked[0][0]] = [value for _, value in checked]
+    settings = document.get("sweep", {})
+    extra = sorted(set(settings) - {"out", "metric"})
+    if extra:
+        raise UserError(f"{path} [sweep]: unknown key {extra[0]!r}; the keys are out and metric")
+    metric = settings.get("metric", "best_val_bpc")
+    if metric not in METRICS:
+        raise UserError(f"{path} [sweep]: metric must be one of {', '.join(METRICS)}, not {metric!r}")
+    out = Path(settings.get("out", Path("sweeps") / path.stem))
+    # Workers may run elsewhere: paths are made absolute here, where the user gave them.
+    if "corpus" in base:
+        base["corpus"] = tuple(p if p.startswith("builtin:") else str(Path(p).resolve())
+                               for p in base["corpus"])
+    return Sweep(base, grid, out.resolve(), metric)
+
+
+def trials(sweep: Sweep, cores_per_trial: int | None = None) -> list[Trial]:
+    """Every combination of the grid over the base options, in the grid's order, each
+    checked as `train` would check it and named by a hash of its options. Raises
+    UserError naming a combination that no run could use."""
+    from .config import InvalidSetting, TrainConfig, validate
+
+    names = list(sweep.grid)
+    found = []
+    for values in itertools.product(*(sweep.grid[n] for n in names)):
+        options = {**sweep.base, **dict(zip(names, values))}
+        if cores_per_trial is not None and "threads" not in options:
+            options["threads"] = cores_per_trial
+        try:
+            validate(TrainConfig(**options))
+        except (InvalidSetting, TypeError) as e:
+            combo = ", ".join(f"{n} = {v!r}" for n, v in zip(names, values))
+            raise UserError(f"the trial {combo or 'of [train]'} is not a valid run: {e}") from None
+        key = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+                         sort_keys=True)
+        digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
+        found.append(Trial(options, sweep.out / f"trial-{digest}"))
+    return found
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: deliver SIGTERM to the trial when the worker that started it dies, so a
+    killed worker never leaves its trial training (charlstm saves and exits on it)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class TrialFailed(RuntimeError):
+    pass
+
+
+def run_trial(options: dict, run_dir: str, metric: str) -> dict:
+    """Run one trial to the end of its budget, in a `charlstm` process of its own, and
+    return its result (also written to RUN_DIR/trial.json): this is the function Dask
+    runs on a worker. A run directory with a checkpoint is resumed; a finished trial is
+    not run again. Raises TrialFailed with the process's last error line."""
+    from .config_file import write_options
+
+    run_dir = Path(run_dir)
+    done = run_dir / RESULT_NAME
+    if done.is_file():
+        return json.loads(done.read_text(encoding="utf-8"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "trial.toml"
+    config_path.write_text(write_options(options, "One trial of a charlstm sweep."), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_LIMITS}
+    waited = 0.0
+    while True:
+        if (run_dir / "last.npz").is_file():
+            command = [sys.executable, "-m", "charlstm", "resume", str(run_dir), "--quiet"]
+        else:
+            command = [sys.executable, "-m", "charlstm", "train", "--config", str(config_path),
+                       "--out", str(run_dir), "--quiet"]
+        proc = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        error = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        if proc.returncode == 1 and "is in use by" in error and waited < LOCK_RETRY_SECONDS:
+            time.sleep(0.5)  # the process of a dead worker is still saving its checkpoint
+            waited += 0.5
+            continue
+        break
+    if proc.returncode != 0 and not (proc.returncode == 2 and "already reached its budget" in error):
+        raise TrialFailed(error)
+    result = _trial_result(options, run_dir, metric)
+    tmp = run_dir / f".{RESULT_NAME}.tmp"
+    tmp.write_text(json.dumps(result), encoding="utf-8")
+    os.replace(tmp, done)
+    return result
+
+
+def _trial_result(options: dict, run_dir: Path, metric: str) -> dict:
+    from . import checkpoint as ckpt_io
+
+    last = ckpt_io.load(run_dir / "last.npz")
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    scored = [r["val_bpc"] for r in rows if "val_bpc" in r]
+    best = None if last.best_val_bpc != last.best_val_bpc else last.best_val_bpc  # NaN: none
+    result = {"trial": run_dir.name, "run_dir": str(run_dir), "status": "finished",
+              "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+              "best_val_bpc": best, "final_val_bpc": scored[-1] if scored else None,
+              "steps": last.step, "elapsed": last.elapsed}
+    result["metric"] = result[metric]
+    return result
+
+
+def _finished(out: Path) -> dict:
+    """The trials already in OUT/sweep.jsonl, by name."""
+    path = out / RESULTS_NAME
+    if not path.is_file():
+        return {}
+    found = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            found[record["trial"]] = record
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a crash: that trial is run again
+    return found
+
+
+def run_sweep(sweep: Sweep, workers: int | None = None, scheduler: str | None = None,
+              cores_per_trial: int = 1, retries: int = 2, quiet: bool = False,
+              echo=print) -> list[dict]:
+    """Run every trial of ``sweep`` not yet in OUT/sweep.jsonl on Dask: on a local cluster
+    of ``workers`` single-task worker processes listening on 127.0.0.1 only (default:
+    cores // cores_per_trial), or on the cluster at ``scheduler``. Each result is appended
+    to OUT/sweep.jsonl as its trial ends; returns them all. Raises UserError when Dask is
+    not installed or the scheduler cannot be reached."""
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise UserError(SWEEP_HINT) from None
+    from tqdm import tqdm
+
+    planned = trials(sweep, cores_per_trial)
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    finished = _finished(sweep.out)
+    todo = [t for t in planned if t.name not in finished]
+    if not quiet:
+        echo(f"{len(planned)} trials, {len(planned) - len(todo)} finished before; writing {sweep.out}")
+    results = [finished[t.name] for t in planned if t.name in finished]
+    if not todo:
+        return results
+    cluster = None
+    if scheduler is None:
+        n = workers or max(1, (os.cpu_count() or 1) // max(cores_per_trial, 1))
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, memory_limit=0)
+    try:
+        client = Client(cluster if cluster is not None else scheduler, timeout="30s")
+    except (OSError, TimeoutError) as e:
+        if cluster is not None:
+            cluster.close()
+        raise UserError(f"cannot reach the Dask scheduler {scheduler} ({e}); start it with "
+                        f"`dask scheduler` or leave out --scheduler for a local cluster") from None
+    log = open(sweep.out / RESULTS_NAME, "a", encoding="utf-8")
+    try:
+        futures = {client.submit(run_trial, t.options, str(t.run_dir), sweep.metric, key=t.name,
+                                 pure=False, retries=retries): t for t in todo}
+        bar = tqdm(total=len(todo), unit="trial", disable=quiet, file=sys.stderr)
+        for future in as_completed(futures):
+            trial = futures[future]
+            try:
+                result = future.result()
+            except Exception as e:  # the trial failed on every try, or its worker kept dying
+                reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                result = {"trial": trial.name, "run_dir": str(trial.run_dir), "status": "failed",
+                          "reason": reason, "options": {k: list(v) if isinstance(v, tuple) else v
+                                                        for k, v in trial.options.items()},
+                          "metric": None}
+            log.write(json.dumps(result) + "\n")
+            log.flush()
+            results.append(result)
+            bar.update(1)
+        bar.close()
+    finally:
+        log.close()
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return results
+
+
+def report(out: Path) -> list[dict]:
+    """The trials of OUT/sweep.jsonl, best first (lowest metric; failed ones last)."""
+    found = list(_finished(Path(out)).values())
+    if not found and not (Path(out) / RESULTS_NAME).is_file():
+        raise UserError(f"{out} holds no {RESULTS_NAME}; run `charlstm sweep SWEEP.toml` first")
+    return sorted(found, key=lambda r: (r.get("metric") is None, r.get("metric") or 0.0))
+
+
+def report_lines(results: list[dict], grid_keys=None) -> list[str]:
+    """A table of ``results`` (as ``report`` orders them): metric, steps, the options
+    that differ between trials, and the run directory."""
+    varying = grid_keys or sorted({k for r in results for k in r.get("options", {})
+                                   if len({json.dumps(x.get("options", {}).get(k)) for x in results}) > 1})
+    lines = ["metric    steps  " + "  ".join(varying) + "  trial"]
+    for r in results:
+        metric = "failed" if r.get("status") == "failed" else (
+            "-" if r.get("metric") is None else f"{r['metric']:.4f}")
+        values = "  ".join(str(r.get("options", {}).get(k)) for k in varying)
+        tail = f"  ({r['reason']})" if r.get("status") == "failed" else ""
+        lines.append(f"{metric:<9} {r.get('steps', '-')!s:>6}  {values}  {r['trial']}{tail}")
+    return lines
