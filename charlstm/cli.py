@@ -125,6 +125,15 @@ def _steering_options_resume(f):
     return _steering_options(f, resume=True)
 
 
+def _distributed_option(f):
+    return click.option(
+        "--distributed", type=click.Choice(["none", "mpi"]), default="none",
+        help="mpi: this process is one rank of `mpiexec -n N charlstm ...`; the batch's "
+             "streams are split over the ranks, gradients summed in rank order (pip install "
+             "'charlstm[mpi]').  --threads is then per rank [default: the cores of the "
+             "machine shared by its ranks].")(f)
+
+
 def _cadence_options(f):
     f = click.option("--quiet", is_flag=True, help="Hide the progress bar.")(f)
     f = click.option("--log-every", type=POSITIVE, default=None,
@@ -139,9 +148,22 @@ def _cadence_options(f):
 
 class _Group(click.Group):
     """Turns charlstm's user errors into one "Error: ..." line and exit status 1, unless
-    --debug asks for the traceback."""
+    --debug asks for the traceback. In a run over MPI ranks, the error ends the whole
+    job (a rank left waiting for the others would wait for ever)."""
 
     def invoke(self, ctx):
+        try:
+            return self._invoke(ctx)
+        except click.ClickException as e:
+            ranks = (ctx.obj or {}).get("ranks")
+            if ranks is not None and ranks.size > 1:
+                if ranks.is_root or e.exit_code != 2:  # a usage error: rank 0 says it
+                    prefix = "" if ranks.is_root else f"(rank {ranks.rank}) "
+                    click.echo(f"Error: {prefix}{e.format_message()}", err=True)
+                ranks.comm.Abort(e.exit_code)
+            raise
+
+    def _invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UsageProblem as e:
@@ -246,8 +268,9 @@ def _read_run_file(ctx, param, value):
               help="Run directory.  [default: runs/<timestamp>]")
 @click.option("--force", is_flag=True, help="Start over in an --out directory that already holds a run.")
 @_cadence_options
+@_distributed_option
 @click.pass_context
-def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, **options):
+def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, distributed, **options):
     """Train a model on the text in PATHS (files, directories, globs).
 
     With no PATHS it trains on the corpus of --config's file, if it names one, else on
@@ -261,17 +284,30 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, **option
 
     cadence = {k: options.pop(k) for k in ("save_every", "eval_every", "log_every")}
     cadence = {k: v for k, v in cadence.items() if v is not None}
+    ranks = _ranks(ctx, distributed)
     if options["threads"] is None:
         from charlstm.shards import default_threads
-        options["threads"] = default_threads(options["batch_size"])
+        rows = -(-options["batch_size"] // ranks.size)
+        options["threads"] = default_threads(rows) if ranks.size == 1 else max(
+            1, min(rows, default_threads(rows) // ranks.local_size()))
     if init_from is not None:
         _take_architecture_from(ctx, init_from, options)
     trainer, out_dir = start_run(TrainConfig(corpus=tuple(paths), **options, **cadence),
                                  Path(out) if out else None, force, blas, step_weights,
-                                 init_from=init_from)
+                                 init_from=init_from, ranks=ranks)
+    quiet = quiet or not ranks.is_root
     _announce(trainer, out_dir, quiet)
     status = run_training(trainer, out_dir, quiet=quiet, started=INVOCATION_STARTED)
     _finish(trainer, out_dir, status, quiet)
+
+
+def _ranks(ctx, distributed: str):
+    """The run's processes: this one alone, or the ranks of the MPI job it is part of."""
+    from charlstm.ranks import MpiRanks, SingleProcess
+
+    ranks = MpiRanks() if distributed == "mpi" else SingleProcess()
+    ctx.obj["ranks"] = ranks
+    return ranks
 
 
 def _take_architecture_from(ctx, init_from, options: dict) -> None:
@@ -289,6 +325,8 @@ def _take_architecture_from(ctx, init_from, options: dict) -> None:
 
 
 def _announce(trainer, out_dir: Path, quiet: bool) -> None:
+    if not trainer.ranks.is_root:
+        return  # rank 0 speaks for the run
     for note in trainer.notes:  # what the user must know about the input, even when quiet
         click.echo(f"Note: {note}", err=True)
     if quiet:
@@ -333,8 +371,10 @@ def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
               help="As train --step-weights.  [default: the run's own]")
 @_steering_options_resume
 @_cadence_options
-def resume(run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weights, quiet,
-           **settings):
+@_distributed_option
+@click.pass_context
+def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weights, quiet,
+           distributed, **settings):
     """Continue the run in RUN_DIR from its last.npz, exactly where it stopped.
 
     Without options that change how it trains, the run goes on bit-identical to one that
@@ -352,8 +392,10 @@ def resume(run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weigh
     if threads is not None:
         changes["threads"] = threads
     run_dir = Path(run_dir)
+    ranks = _ranks(ctx, distributed)
     trainer = resume_run(run_dir, changes, blas, step_weights,
-                         warn=lambda line: click.echo(f"Warning: {line}", err=True))
+                         warn=lambda line: click.echo(f"Warning: {line}", err=True), ranks=ranks)
+    quiet = quiet or not ranks.is_root
     _announce(trainer, run_dir, quiet)
     status = run_training(trainer, run_dir, quiet=quiet, started=INVOCATION_STARTED)
     _finish(trainer, run_dir, status, quiet)

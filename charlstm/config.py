@@ -62,6 +62,9 @@ class TrainConfig:
     # B shards; shards.py). Saved with the run because it fixes the order in which the
     # shards' gradients are summed, so a resume continues with the same rounding.
     threads: int = 1
+    # The processes of the run (MPI ranks, ranks.py), each training its rows of the batch
+    # on `threads` cores. Saved because it fixes the gradients' summation order too.
+    ranks: int = 1
     # compute: the BLAS behind the matrix products, as LIBRARY or STEP/CHUNK (the per-time-
     # step products of the recurrences, and all the others; kernels/blas.py), and which copy
     # of weight_hh the forward/backward step products read: "stored" (PyTorch's [G*H, H]),
@@ -172,6 +175,7 @@ RULES = {
     "encoding": _encoding,
     "val_frac": _real_in(0, 1),
     "val_chars": _int_at_least(0),
+    "ranks": _int_at_least(1),
     "cell": _one_of(CELLS),
     "hidden_size": _int_at_least(1),
     "num_layers": _int_at_least(1),

@@ -16,6 +16,7 @@ from . import checkpoint as ckpt_io
 from .config import InvalidSetting, TrainConfig, validate
 from .errors import UsageProblem, UserError
 from .lock import RunLock
+from .ranks import SingleProcess
 from .tokens import CACHE_DIR_NAME, fingerprint, write_cache
 from .train import Trainer, prepare_data
 from .tune import fall_back_if_missing, resolve
@@ -26,7 +27,7 @@ OPTION_OF = {"time_limit": "time"}  # settings whose option is not named after t
 # the checkpoint holds (the model's shape, the optimizer's statistics, the data layout).
 RESUMABLE = ("lr", "lr_schedule", "warmup", "lr_decay", "lr_decay_every", "lr_min",
              "lr_horizon", "clip", "dropout", "weight_decay", "steps", "epochs",
-             "time_limit", "save_every", "eval_every", "log_every", "val_chars", "threads",
+             "time_limit", "save_every", "eval_every", "log_every", "val_chars", "threads", "ranks",
              "corpus", "encoding", "blas", "step_weights")
 # What --init-from takes from its checkpoint: the model's shape and vocabulary.
 ARCHITECTURE = ("cell", "hidden_size", "num_layers")
@@ -95,7 +96,7 @@ def corpus_origin(run_dir: Path, base: Path | None = None) -> dict:
 
 def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = False,
               blas: str = "auto", step_weights: str | None = None,
-              init_from: Path | None = None) -> tuple[Trainer, Path]:
+              init_from: Path | None = None, ranks=None) -> tuple[Trainer, Path]:
     """A new run of ``config`` in ``out_dir`` (default runs/<timestamp>), ready to train.
 
     ``config.threads`` is taken as given; a config with no budget trains DEFAULT_EPOCHS
@@ -106,11 +107,16 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
     (lock.py) until training ends. Raises UserError (its message names the fix) for a
     directory that already holds a run (unless ``force``) or cannot be written, bad
     settings, an unreadable corpus, a corpus with characters outside ``init_from``'s
-    vocabulary, or a BLAS that is not installed."""
+    vocabulary, or a BLAS that is not installed.
+
+    ``ranks``: this process's place in a run over several processes (ranks.MpiRanks):
+    every rank checks and reads the same inputs, rank 0 alone measures the BLAS (its
+    choice is every rank's), and claims and writes the run directory."""
+    ranks = ranks if ranks is not None else SingleProcess()
     if config.steps is None and config.epochs is None and config.time_limit is None:
         config = config.replace(epochs=DEFAULT_EPOCHS)
-    config = checked(config)
-    out_dir = Path(out_dir) if out_dir is not None else default_run_dir()
+    config = checked(config.replace(ranks=ranks.size))
+    out_dir = Path(ranks.bcast(str(out_dir) if out_dir is not None else str(default_run_dir())))
     if (out_dir / "last.npz").exists() and not force:
         raise UserError(
             f"{out_dir} already holds a run; continue it with `charlstm resume {out_dir}` "
@@ -130,10 +136,20 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
                     f"model's shape from the checkpoint: drop the option")
     data = prepare_data(config, vocab=source.vocab if source is not None else None)
     config = fix_schedule_horizon(config, data.batches.steps_per_epoch)
-    config, _ = resolve(config, len(data.vocab), blas, step_weights)
+    config = ranks.bcast(resolve(config, len(data.vocab), blas, step_weights)[0]
+                         if ranks.is_root else None)
     # The model is built before anything is written, so one too large for memory leaves
     # no directory behind.
-    trainer = Trainer(config, data, initial_params=source.params if source is not None else None)
+    trainer = Trainer(config, data, initial_params=source.params if source is not None else None,
+                      ranks=ranks)
+    trainer.origin = corpus_origin(out_dir)
+    trainer.history.append({"step": 0, "event": "train"})
+    if source is not None:
+        trainer.history[-1].update(init_from=str(source_path), init_from_step=source.step,
+                                   init_from_corpus=[f.sha256 for f in source.corpus_files])
+        trainer.notes.append(f"starting from the weights of {source_path} (step {source.step})")
+    if not ranks.is_root:
+        return trainer, out_dir  # rank 0 alone writes
     existed = out_dir.exists()
     prepare_run_dir(out_dir)
     try:
@@ -157,12 +173,6 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
         if not existed:
             shutil.rmtree(out_dir, ignore_errors=True)  # nothing of it was the user's
         raise
-    trainer.origin = corpus_origin(out_dir)
-    trainer.history.append({"step": 0, "event": "train"})
-    if source is not None:
-        trainer.history[-1].update(init_from=str(source_path), init_from_step=source.step,
-                                   init_from_corpus=[f.sha256 for f in source.corpus_files])
-        trainer.notes.append(f"starting from the weights of {source_path} (step {source.step})")
     return trainer, out_dir
 
 
@@ -223,7 +233,7 @@ def locate_corpus(ckpt, run_dir: Path) -> tuple[tuple, dict]:
 
 
 def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = None,
-               step_weights: str | None = None, warn=None) -> Trainer:
+               step_weights: str | None = None, warn=None, ranks=None) -> Trainer:
     """The run in ``run_dir``, from its last.npz, ready to continue.
 
     ``changes``: settings that differ from the saved ones, among RESUMABLE (budgets,
@@ -234,7 +244,9 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
     best-before-step-N.npz and the trainer's notes say so. ``blas``/``step_weights``: a
     new choice (as ``tune.resolve`` takes them); without one, a run whose library is
     missing here continues on OpenBLAS and ``warn`` (a function of one line) says so.
-    Raises UserError (CheckpointError, BudgetReached) naming the fix."""
+    Raises UserError (CheckpointError, BudgetReached) naming the fix. ``ranks``: as
+    ``start_run`` takes it; a run may continue on another number of ranks (recorded)."""
+    ranks = ranks if ranks is not None else SingleProcess()
     run_dir = Path(run_dir)
     changes = dict(changes or {})
     refused = sorted(set(changes) - set(RESUMABLE))
@@ -243,7 +255,7 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
     last_path = ckpt_io.resolve_checkpoint(run_dir)
     ckpt = ckpt_io.load(last_path)
     loaded = _identity(last_path)
-    config = checked(ckpt.config.replace(**changes))
+    config = checked(ckpt.config.replace(**changes, ranks=ranks.size))
     origin = ckpt.origin
     if "corpus" not in changes:
         readable, origin = locate_corpus(ckpt, run_dir)
@@ -269,19 +281,22 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
         config = fix_schedule_horizon(config.replace(lr_horizon=changes.get("lr_horizon", 0)),
                                       data.batches.steps_per_epoch)
     if blas is not None or step_weights is not None:
-        config, _ = resolve(config, len(data.vocab), blas or config.blas,
-                            step_weights or (None if blas == "auto" else config.step_weights))
+        config = ranks.bcast(resolve(config, len(data.vocab), blas or config.blas,
+                                     step_weights or (None if blas == "auto" else config.step_weights))[0]
+                             if ranks.is_root else None)
     else:
         config, warning = fall_back_if_missing(config)
-        if warning and warn is not None:
+        if warning and warn is not None and ranks.is_root:
             warn(warning)
-    trainer = Trainer(config, data, resume_from=ckpt)
+    trainer = Trainer(config, data, resume_from=ckpt, ranks=ranks)
     trainer.train_to_schedule_end = follow_schedule
     limit = trainer.step_limit()
     if limit is not None and trainer.step >= limit and changes.get("time_limit") is None:
         raise BudgetReached(
             f"the run already reached its budget (step {trainer.step}); "
             f"give a larger --steps or --epochs, or --time, to train further")
+    if not ranks.is_root:
+        return trainer  # rank 0 alone writes
     prepare_run_dir(run_dir, fix=f"make {run_dir} writable")
     trainer.lock = RunLock(run_dir).acquire()
     try:

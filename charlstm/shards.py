@@ -82,11 +82,13 @@ class ShardedNetwork:
         return self.nets[0].loss_sum(inputs, targets, state, masks)
 
     def loss_and_grad(self, inputs: np.ndarray, targets: np.ndarray, state: dict,
-                      masks=None) -> float:
+                      masks=None, mean_over: int | None = None) -> float:
         """As Network.loss_and_grad: the mean loss of the chunk, its gradient in
-        ``self.grads``, and ``state`` carried to the chunk's end."""
+        ``self.grads``, and ``state`` carried to the chunk's end. ``mean_over``: the
+        prediction count to divide by, when these rows are a rank's part of a larger
+        batch (ranks.py); default B*T."""
         B, T = inputs.shape
-        N = B * T
+        N = B * T if mean_over is None else mean_over
         bounds = shard_bounds(B, min(len(self.nets), B))
 
         def run(s: int) -> float:

@@ -22,6 +22,7 @@ from .errors import CheckpointError, UserError
 from .evaluate import stream_bits_per_char
 from .parameters import init_params
 from .kernels.blas import BLAS
+from .ranks import SingleProcess
 from .shards import ShardedNetwork
 from .optim import Optimizer, clip_grad_norm, learning_rate
 
@@ -67,12 +68,16 @@ class Trainer:
     """Owns the model, optimizer, data position and carried state of one run."""
 
     def __init__(self, config: TrainConfig, data: Data, resume_from: Checkpoint | None = None,
-                 initial_params=None):
+                 initial_params=None, ranks=None):
         """``resume_from``: a checkpoint to continue exactly. ``initial_params``: weights
         (FlatParams of this config's shapes) a new run starts from instead of its random
-        initialisation, which is still drawn so the generator continues as in any run."""
+        initialisation, which is still drawn so the generator continues as in any run.
+        ``ranks``: this process's place in a run over several processes (ranks.MpiRanks;
+        default one process): it trains its rows of the batch and carries their state."""
         self.config = config
         self.data = data
+        self.ranks = ranks if ranks is not None else SingleProcess()
+        self.rows = self.ranks.rows(config.batch_size)
         BLAS.bind(config.blas)  # before any kernel of this process runs
         V = len(data.vocab)
         if resume_from is None:
@@ -85,7 +90,8 @@ class Trainer:
             params = resume_from.params
             self.rng = np.random.default_rng()
             self.rng.bit_generator.state = resume_from.rng_state
-        self.net = ShardedNetwork(config, V, params, config.threads)
+        local = config.replace(batch_size=self.rows[1] - self.rows[0])
+        self.net = ShardedNetwork(local, V, params, config.threads)
         self.optimizer = Optimizer(config, params)
         # Masks are drawn from self.rng after the initialisation's draws, so a seed fixes
         # both and a checkpoint's generator state continues both.
@@ -94,7 +100,7 @@ class Trainer:
             self.dropout = DropoutMasks(config.dropout, config.num_layers, config.seq_len,
                                         config.batch_size, config.hidden_size,
                                         params.flat.dtype)
-        self.state = self.net.zero_state(config.batch_size)
+        self.state = self.net.zero_state(self.rows[1] - self.rows[0])
         self.step = self.epoch = self.epoch_step = 0
         self.metrics: list = []
         self.best_val_bpc = float("nan")
@@ -115,8 +121,9 @@ class Trainer:
             self.optimizer.step = resume_from.optim_step
             for stat, values in resume_from.optim_state.items():
                 self.optimizer.state[stat].flat[...] = values.flat
+            lo, hi = self.rows
             for key, value in resume_from.state.items():
-                self.state[key][...] = value
+                self.state[key][...] = value[:, lo:hi]
             self.step = resume_from.step
             self.epoch = resume_from.epoch
             self.epoch_step = resume_from.epoch_step
@@ -143,7 +150,14 @@ class Trainer:
         (for a schedule that follows a time budget); returns (train bpc, grad norm, lr)."""
         inputs, targets = self.data.batches.chunk(self.epoch_step)
         masks = self.dropout.draw(self.rng) if self.dropout is not None else None
-        loss = self.net.loss_and_grad(inputs, targets, self.state, masks)
+        lo, hi = self.rows
+        if (lo, hi) != (0, inputs.shape[0]):  # this rank's streams of the batch
+            inputs, targets = inputs[lo:hi], targets[lo:hi]
+            masks = None if masks is None else masks[:, :, lo:hi]
+        loss = self.net.loss_and_grad(inputs, targets, self.state, masks,
+                                      mean_over=self.config.batch_size * self.config.seq_len)
+        self.ranks.ordered_sum(self.net.grads.flat)
+        loss = self.ranks.sum_in_order(loss)
         norm = clip_grad_norm(self.net.grads, self.config.clip)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             what = "loss" if not math.isfinite(loss) else "gradient norm"
@@ -173,12 +187,14 @@ class Trainer:
     def epoch_progress(self) -> float:
         return self.epoch + self.epoch_step / self.steps_per_epoch
 
-    def to_checkpoint(self, elapsed: float) -> Checkpoint:
+    def to_checkpoint(self, elapsed: float, state: dict | None = None) -> Checkpoint:
+        """The run as a checkpoint; ``state``: the whole batch's carried state (the
+        ranks' rows gathered), default this process's own."""
         return Checkpoint(
             config=self.config, corpus_files=self.data.corpus_files, vocab=self.data.vocab,
             params=self.net.params, optim_step=self.optimizer.step,
             optim_state=self.optimizer.state, step=self.step, epoch=self.epoch,
-            epoch_step=self.epoch_step, state=self.state,
+            epoch_step=self.epoch_step, state=self.state if state is None else state,
             rng_state=self.rng.bit_generator.state,
             metrics=np.array(self.metrics, dtype=np.float64).reshape(-1, len(METRIC_COLUMNS)),
             best_val_bpc=self.best_val_bpc, elapsed=elapsed, history=self.history,
@@ -286,7 +302,8 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
     cfg = trainer.config
     out_dir = Path(out_dir)
     last_path, best_path = out_dir / "last.npz", out_dir / "best.npz"
-    ckpt_io.remove_stale_temporaries(out_dir)
+    if trainer.ranks.is_root:
+        ckpt_io.remove_stale_temporaries(out_dir)
     began = time.perf_counter()
     started = began if started is None else started
     deadline = started + cfg.time_limit if cfg.time_limit is not None else None
@@ -299,16 +316,25 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
     timing = {"save": 0.0, "step": 0.0, "val_per_char": None}
     saved = {"step": None}
 
+    ranks = trainer.ranks
+    root = ranks.is_root
+
     def save(path: Path) -> None:
+        """Write a checkpoint: the ranks' carried states gathered (every rank calls this
+        at the same step), rank 0 writes."""
+        whole = ranks.gather_rows(trainer.state)
+        if not root:
+            return
         t0 = time.perf_counter()
         try:
-            ckpt_io.save(trainer.to_checkpoint(elapsed()), path)
+            ckpt_io.save(trainer.to_checkpoint(elapsed(), whole), path)
         except CheckpointError as e:
             if path == last_path:
                 raise
             # best.npz could not be written: keep the progress in last.npz if it can be.
             try:
-                save(last_path)
+                ckpt_io.save(trainer.to_checkpoint(elapsed(), whole), last_path)
+                saved["step"] = trainer.step
             except CheckpointError:
                 raise CheckpointError(f"{e}; last.npz could not be written either "
                                       f"(step {saved['step']} is the last saved)") from None
@@ -323,12 +349,13 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
         # The time budget is the schedule's horizon: what it leaves for training once
         # start-up is done (the final validation's share is small; the rate is then
         # close to lr_min).
-        cfg = trainer.config = cfg.replace(lr_horizon_time=trainer.elapsed_before + deadline - began)
+        horizon = ranks.bcast(trainer.elapsed_before + deadline - began)  # rank 0's clock
+        cfg = trainer.config = cfg.replace(lr_horizon_time=horizon)
     has_val = len(trainer.data.val_ids) >= 2
     step_limit = trainer.step_limit()
     chars_per_step = cfg.batch_size * cfg.seq_len
-    log = MetricsLog(out_dir / "metrics.jsonl", trainer.metrics)
-    bar = tqdm(total=step_limit, initial=trainer.step, file=sys.stderr, disable=quiet,
+    log = MetricsLog(out_dir / "metrics.jsonl", trainer.metrics) if root else None
+    bar = tqdm(total=step_limit, initial=trainer.step, file=sys.stderr, disable=quiet or not root,
                unit="step", dynamic_ncols=True, leave=True)
     window = {"bits": 0.0, "steps": 0, "seconds": 0.0}
     last_val = float("nan")
@@ -361,7 +388,8 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
         return signals.signum is not None or (
             deadline is not None and time.perf_counter() + timing["save"] >= deadline)
 
-    def evaluate() -> float:
+    def evaluate() -> tuple[float, bool]:
+        """Validate (rank 0): the score, NaN if cut short, and whether it is the best."""
         nonlocal last_val
         t0 = time.perf_counter()
         value = trainer.validate(validation_must_stop)
@@ -372,13 +400,13 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
             why = "a signal" if signals.signum is not None else "the --time budget"
             trainer.stop_reason = (f"{why} cut the validation at step {trainer.step} "
                                    f"short; it has no validation score")
-            return value
+            return value, False
         timing["val_per_char"] = (time.perf_counter() - t0) / (len(trainer.validation_ids()) - 1)
         last_val = value
         if not (last_val >= trainer.best_val_bpc):  # true when best is NaN
             trainer.best_val_bpc = last_val
-            save(best_path)
-        return last_val
+            return last_val, True
+        return last_val, False
 
     def log_row(val, lr, norm) -> None:
         steps = max(window["steps"], 1)
@@ -399,21 +427,29 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
     def budget_spent() -> bool:
         return (step_limit is not None and trainer.step >= step_limit) or out_of_time()
 
+    agreed = {"signal": 0}  # the signal that stops every rank (any rank's, the largest)
+
+    def agreed_stop() -> bool:
+        """Whether to stop before the next step, the same on every rank: a signal on any
+        rank, or rank 0's budget."""
+        agreed["signal"] = ranks.most(signals.signum or 0)
+        return bool(agreed["signal"]) or ranks.bcast(budget_spent() if root else None)
+
     try:
         with signals:
             if trainer.step == 0 or not last_path.exists():
                 save(last_path)  # a run directory always holds a checkpoint to resume
             else:
                 saved["step"] = trainer.step  # resumed from last.npz as it is
-            if deadline is not None and budget_spent() and trainer.step != step_limit:
+            if root and deadline is not None and budget_spent() and trainer.step != step_limit:
                 trainer.stop_reason = (
                     f"the --time budget ({_clock(cfg.time_limit)}) was spent before the "
                     f"first step: starting took {time.perf_counter() - started:.1f} s "
                     f"(compiling the kernels, on a first run); give a longer --time")
             first = True
-            while signals.signum is None and not budget_spent():
+            while not agreed_stop():
                 t0 = time.perf_counter()
-                bits, norm, lr = trainer.train_step(elapsed())
+                bits, norm, lr = trainer.train_step(ranks.bcast(elapsed()))
                 timing["step"] = time.perf_counter() - t0
                 if first and deadline is not None:
                     # The first step of a process also loads (or compiles) the kernels:
@@ -423,16 +459,28 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                 window["seconds"] += timing["step"]
                 window["bits"] += bits
                 window["steps"] += 1
-                interrupted = signals.signum is not None
-                final = interrupted or budget_spent()
-                val = float("nan")
-                if has_val and not interrupted and (
-                        final
-                        or (cfg.eval_every > 0 and trainer.step % cfg.eval_every == 0)
-                        or (cfg.eval_every == 0 and trainer.epoch_step == 0)):
-                    val = evaluate()
-                    final = final or trainer.stop_reason is not None
-                if trainer.step % cfg.log_every == 0 or not math.isnan(val) or final:
+                agreed["signal"] = ranks.most(signals.signum or 0)
+                interrupted = bool(agreed["signal"])
+                decision = None
+                if root:  # rank 0 decides what depends on its clock, and validates
+                    final = interrupted or budget_spent()
+                    val, improved, problem = float("nan"), False, None
+                    if has_val and not interrupted and (
+                            final
+                            or (cfg.eval_every > 0 and trainer.step % cfg.eval_every == 0)
+                            or (cfg.eval_every == 0 and trainer.epoch_step == 0)):
+                        try:
+                            val, improved = evaluate()
+                        except TrainingDiverged as e:
+                            problem = str(e)
+                        final = final or trainer.stop_reason is not None
+                    decision = (final, val, improved, problem)
+                final, val, improved, problem = ranks.bcast(decision)
+                if problem is not None:
+                    raise TrainingDiverged(problem)
+                if improved:
+                    save(best_path)
+                if root and (trainer.step % cfg.log_every == 0 or not math.isnan(val) or final):
                     log_row(val, lr, norm)
                 if trainer.step % cfg.save_every == 0 and not final:
                     save(last_path)
@@ -447,9 +495,11 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
             f"weights are already too large") from None
     finally:
         bar.close()
-        log.close()
+        if log is not None:
+            log.close()
         trainer.net.close()  # the shard threads; a later step would start them again
         if trainer.lock is not None:
             trainer.lock.release()
             trainer.lock = None
-    return 128 + signals.signum if signals.signum is not None else 0
+    signalled = agreed["signal"] or signals.signum or 0
+    return 128 + signalled if signalled else 0

@@ -1,0 +1,130 @@
+"""One training run over several processes: the ranks of an MPI job (``--distributed mpi``,
+the optional extra ``charlstm[mpi]``), or the one process of an ordinary run.
+
+The global batch's B streams are split over the ranks in contiguous rows, as
+shards.shard_bounds splits them over threads, and within a rank over its --threads
+shards as always. Every rank holds the whole model and optimizer; after each backward
+pass the ranks' gradients are summed **in rank order**, so every rank applies the same
+update and the parameters never need to be sent. MPI_Allreduce is not used for this sum:
+its summation order depends on the MPI library and the algorithm it picks, and float32
+addition is not associative. Instead (``ordered_sum``) each rank receives its slice of
+every rank's gradient (MPI_Alltoallv), adds the pieces in rank order, and the sums are
+gathered back to all (MPI_Allgatherv). With one shard per rank, ``mpiexec -n 2 ...
+--threads 1`` thus adds the same numbers in the same order as one process with
+``--threads 2``, and the two runs are bit-identical.
+
+Rank 0 decides what depends on a clock (the --time budget, validation), validates,
+writes every file and prints; the other ranks follow its decisions, sent once a step.
+``SingleProcess`` has the same interface for an ordinary run, so the training loop has
+one code path.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import UserError
+from .shards import shard_bounds
+
+MPI_HINT = "--distributed mpi needs mpi4py and an MPI: pip install 'charlstm[mpi]'"
+
+
+class SingleProcess:
+    """An ordinary run: one rank, every collective a no-op."""
+
+    rank, size = 0, 1
+    is_root = True
+
+    def rows(self, batch: int) -> tuple[int, int]:
+        return 0, batch
+
+    def ordered_sum(self, flat: np.ndarray) -> None:
+        pass
+
+    def sum_in_order(self, value: float) -> float:
+        return value
+
+    def bcast(self, value):
+        return value
+
+    def most(self, value: int) -> int:
+        return value
+
+    def gather_rows(self, state: dict) -> dict:
+        return state
+
+    def barrier(self) -> None:
+        pass
+
+
+class MpiRanks:
+    """This process's place in an MPI job (mpi4py's COMM_WORLD)."""
+
+    def __init__(self):
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            raise UserError(MPI_HINT) from None
+        self.MPI = MPI
+        self.comm = MPI.COMM_WORLD
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.is_root = self.rank == 0
+
+    def local_size(self) -> int:
+        """Ranks of this job on this machine (sharing its cores)."""
+        return self.comm.Split_type(self.MPI.COMM_TYPE_SHARED).Get_size()
+
+    def rows(self, batch: int) -> tuple[int, int]:
+        """This rank's contiguous streams of a batch of ``batch``. Raises UserError when
+        there are more ranks than streams."""
+        if batch < self.size:
+            raise UserError(f"--batch-size {batch} has fewer streams than the {self.size} ranks; "
+                            f"raise --batch-size or start fewer ranks")
+        return shard_bounds(batch, self.size)[self.rank]
+
+    def _type(self, array: np.ndarray):
+        return {np.dtype(np.float32): self.MPI.FLOAT, np.dtype(np.float64): self.MPI.DOUBLE}[array.dtype]
+
+    def ordered_sum(self, flat: np.ndarray) -> None:
+        """Replace ``flat`` (the same length on every rank) by the sum over ranks, added
+        in rank order ((g0 + g1) + g2) + ...: rank j receives slice j of every rank's
+        array, adds them in that order, and the summed slices are gathered to all."""
+        R = self.size
+        bounds = shard_bounds(flat.size, R)
+        counts = [hi - lo for lo, hi in bounds]
+        displs = [lo for lo, _ in bounds]
+        mine = counts[self.rank]
+        received = np.empty(R * mine, flat.dtype)
+        kind = self._type(flat)
+        self.comm.Alltoallv([flat, (counts, displs), kind],
+                            [received, ([mine] * R, [mine * r for r in range(R)]), kind])
+        total = received[:mine].copy()
+        for r in range(1, R):
+            total += received[r * mine:(r + 1) * mine]
+        self.comm.Allgatherv([total, kind], [flat, (counts, displs), kind])
+
+    def sum_in_order(self, value: float) -> float:
+        """The sum over ranks of a Python float, in rank order, on every rank."""
+        total = 0.0
+        for v in self.comm.allgather(value):
+            total += v
+        return total
+
+    def bcast(self, value):
+        """Rank 0's ``value`` on every rank."""
+        return self.comm.bcast(value, root=0)
+
+    def most(self, value: int) -> int:
+        """The largest ``value`` over ranks (exact for integers), on every rank."""
+        return self.comm.allreduce(value, op=self.MPI.MAX)
+
+    def gather_rows(self, state: dict) -> dict | None:
+        """The carried state of the whole batch on rank 0 (each rank's [L, rows, H]
+        joined in rank order along the batch axis), None on the others."""
+        pieces = self.comm.gather(state, root=0)
+        if not self.is_root:
+            return None
+        return {key: np.concatenate([p[key] for p in pieces], axis=1) for key in state}
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
