@@ -108,6 +108,12 @@ def _steering_options(f, resume: bool):
                      help="Decoupled weight decay (AdamW style): every step shrinks all "
                           "parameters by the factor 1 - lr * weight_decay before the "
                           "optimizer's update." + shown("weight_decay")),
+        click.option("--patience", type=NON_NEGATIVE, default=default("patience"),
+                     help="Stop after this many validations in a row without an improvement "
+                          "of at least --min-delta bpc over the best; 0: never." + shown("patience")),
+        click.option("--min-delta", type=Real(min=0), default=default("min_delta"),
+                     help="The improvement in validation bpc that counts, for --patience."
+                          + shown("min_delta")),
         click.option("--val-chars", type=NON_NEGATIVE, default=default("val_chars"),
                      help="Validate on the first N characters of the validation split, the "
                           "same ones each time; 0: all of it." + shown("val_chars")),

@@ -77,6 +77,10 @@ class TrainConfig:
     steps: int | None = None
     epochs: float | None = None
     time_limit: float | None = None  # seconds, per invocation
+    # early stopping: end the run after `patience` validations in a row that do not beat
+    # the best so far by at least `min_delta` bpc (0: never)
+    patience: int = 0
+    min_delta: float = 0.0
     # cadence
     save_every: int = 200
     eval_every: int = 0  # 0 means at the end of every epoch and of the run
@@ -175,6 +179,8 @@ RULES = {
     "encoding": _encoding,
     "val_frac": _real_in(0, 1),
     "val_chars": _int_at_least(0),
+    "patience": _int_at_least(0),
+    "min_delta": _real_in(0),
     "ranks": _int_at_least(1),
     "cell": _one_of(CELLS),
     "hidden_size": _int_at_least(1),

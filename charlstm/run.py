@@ -18,7 +18,7 @@ from .errors import UsageProblem, UserError
 from .lock import RunLock
 from .ranks import SingleProcess
 from .tokens import CACHE_DIR_NAME, fingerprint, write_cache
-from .train import Trainer, prepare_data
+from .train import Trainer, prepare_data, validations_without_improvement
 from .tune import fall_back_if_missing, resolve
 
 DEFAULT_EPOCHS = 10  # the budget of a run that names none
@@ -28,6 +28,7 @@ OPTION_OF = {"time_limit": "time"}  # settings whose option is not named after t
 RESUMABLE = ("lr", "lr_schedule", "warmup", "lr_decay", "lr_decay_every", "lr_min",
              "lr_horizon", "clip", "dropout", "weight_decay", "steps", "epochs",
              "time_limit", "save_every", "eval_every", "log_every", "val_chars", "threads", "ranks",
+             "patience", "min_delta",
              "corpus", "encoding", "blas", "step_weights")
 # What --init-from takes from its checkpoint: the model's shape and vocabulary.
 ARCHITECTURE = ("cell", "hidden_size", "num_layers")
@@ -295,6 +296,12 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
         raise BudgetReached(
             f"the run already reached its budget (step {trainer.step}); "
             f"give a larger --steps or --epochs, or --time, to train further")
+    stale, best = validations_without_improvement(trainer.metrics, config.min_delta)
+    if config.patience and stale >= config.patience:
+        raise BudgetReached(
+            f"the run stopped early: its last {stale} validations did not beat {best:.4f} bpc "
+            f"by {config.min_delta:g} (--patience {config.patience}); give a larger --patience, "
+            f"or --patience 0, to train further")
     if not ranks.is_root:
         return trainer  # rank 0 alone writes
     prepare_run_dir(run_dir, fix=f"make {run_dir} writable")

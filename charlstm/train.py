@@ -278,6 +278,24 @@ class MetricsLog:
             pass  # a failed flush was already reported by write()
 
 
+def validations_without_improvement(metrics, min_delta: float) -> tuple[int, float]:
+    """(count, best) over the validation scores in ``metrics`` (rows of METRIC_COLUMNS):
+    how many validations in a row, up to the last, did not beat the best before them by
+    at least ``min_delta`` bpc, and that best. The rule of Keras's EarlyStopping: a score
+    counts as better when below best - min_delta, and only then becomes the best."""
+    val = METRIC_COLUMNS.index("val_bpc")
+    count, best = 0, math.inf
+    for row in metrics:
+        v = row[val]
+        if v != v:  # NaN: no validation on this row
+            continue
+        if v < best - min_delta:
+            best, count = v, 0
+        else:
+            count += 1
+    return count, best
+
+
 def _clock(seconds: float) -> str:
     if seconds < 10:
         return f"{max(0.0, seconds):.1f}s"
@@ -427,6 +445,25 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
     def budget_spent() -> bool:
         return (step_limit is not None and trainer.step >= step_limit) or out_of_time()
 
+    stale = {"count": 0, "best": math.inf}
+    stale["count"], stale["best"] = validations_without_improvement(trainer.metrics, cfg.min_delta)
+
+    def patience_ran_out(val: float) -> bool:
+        """Count ``val`` for early stopping (rank 0) and say whether the run must end."""
+        if cfg.patience == 0 or math.isnan(val):
+            return False
+        if val < stale["best"] - cfg.min_delta:
+            stale["best"], stale["count"] = val, 0
+            return False
+        stale["count"] += 1
+        if stale["count"] < cfg.patience:
+            return False
+        trainer.stop_reason = (
+            f"stopped early: {stale['count']} validations in a row did not beat "
+            f"{stale['best']:.4f} bpc by {cfg.min_delta:g} (--patience {cfg.patience}); "
+            f"best.npz holds the best model")
+        return True
+
     agreed = {"signal": 0}  # the signal that stops every rank (any rank's, the largest)
 
     def agreed_stop() -> bool:
@@ -473,7 +510,7 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                             val, improved = evaluate()
                         except TrainingDiverged as e:
                             problem = str(e)
-                        final = final or trainer.stop_reason is not None
+                        final = final or patience_ran_out(val) or trainer.stop_reason is not None
                     decision = (final, val, improved, problem)
                 final, val, improved, problem = ranks.bcast(decision)
                 if problem is not None:

@@ -72,3 +72,24 @@ def test_the_time_horizon_stays_out_of_run_files(tmp_path):
     assert "lr_horizon_time" not in toml and 'lr_schedule = "cosine"' in toml
     with np.load(out / "last.npz", allow_pickle=False) as z:
         assert json.loads(z["config"].item())["hyperparameters"]["lr_horizon_time"] > 0
+
+
+def test_patience_stops_the_run_and_resume_respects_and_changes_it(tmp_path):
+    from charlstm.train import validations_without_improvement
+
+    nan = float("nan")
+    rows = [[s, 0, 0, v, 0, 0, 0, 0] for s, v in enumerate([3.0, nan, 2.5, 2.45, 2.6, nan, 2.44])]
+    assert validations_without_improvement(rows, 0.1) == (3, 2.5)
+    assert validations_without_improvement(rows, 0.0) == (0, 2.44)
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(8000))
+    out = tmp_path / "run"
+    # A min-delta no validation can meet: the first score is the best, then two misses.
+    proc = run_cli("train", corpus, *TINY, "--eval-every", "1", "--patience", "2",
+                   "--min-delta", "100", "--steps", "50", "--out", out)
+    assert "stopped early: 2 validations in a row" in proc.stderr
+    assert np.load(out / "last.npz")["step"] == 3
+    refused = run_cli("resume", out, check=False)
+    assert refused.returncode == 2 and "--patience" in refused.stderr
+    run_cli("resume", out, "--patience", "4", "--quiet")
+    assert np.load(out / "last.npz")["step"] == 5  # two more misses make four
