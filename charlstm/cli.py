@@ -140,6 +140,14 @@ def _distributed_option(f):
              "machine shared by its ranks].")(f)
 
 
+def _tensorboard_option(f):
+    return click.option(
+        "--tensorboard", "tensorboard", default=None, is_flag=False, flag_value="",
+        metavar="[DIR]", help="Also write the metrics as TensorBoard events to DIR "
+        "(--tensorboard alone: RUN_DIR/tensorboard), and the run's hyperparameters at the "
+        "end (pip install 'charlstm[tensorboard]').")(f)
+
+
 def _cadence_options(f):
     f = click.option("--quiet", is_flag=True, help="Hide the progress bar.")(f)
     f = click.option("--log-every", type=POSITIVE, default=None,
@@ -275,8 +283,10 @@ def _read_run_file(ctx, param, value):
 @click.option("--force", is_flag=True, help="Start over in an --out directory that already holds a run.")
 @_cadence_options
 @_distributed_option
+@_tensorboard_option
 @click.pass_context
-def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, distributed, **options):
+def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, distributed, tensorboard,
+          **options):
     """Train a model on the text in PATHS (files, directories, globs).
 
     With no PATHS it trains on the corpus of --config's file, if it names one, else on
@@ -303,8 +313,17 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, distribu
                                  init_from=init_from, ranks=ranks)
     quiet = quiet or not ranks.is_root
     _announce(trainer, out_dir, quiet)
-    status = run_training(trainer, out_dir, quiet=quiet, started=INVOCATION_STARTED)
+    status = run_training(trainer, out_dir, quiet=quiet, started=INVOCATION_STARTED,
+                          tensorboard=_board_dir(tensorboard, out_dir))
     _finish(trainer, out_dir, status, quiet)
+
+
+def _board_dir(option: str | None, run_dir: Path) -> Path | None:
+    if option is None:
+        return None
+    if option == "":
+        return Path(run_dir) / "tensorboard"
+    return Path(option)
 
 
 def _ranks(ctx, distributed: str):
@@ -378,9 +397,10 @@ def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
 @_steering_options_resume
 @_cadence_options
 @_distributed_option
+@_tensorboard_option
 @click.pass_context
 def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weights, quiet,
-           distributed, **settings):
+           distributed, tensorboard, **settings):
     """Continue the run in RUN_DIR from its last.npz, exactly where it stopped.
 
     Without options that change how it trains, the run goes on bit-identical to one that
@@ -403,7 +423,8 @@ def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_
                          warn=lambda line: click.echo(f"Warning: {line}", err=True), ranks=ranks)
     quiet = quiet or not ranks.is_root
     _announce(trainer, run_dir, quiet)
-    status = run_training(trainer, run_dir, quiet=quiet, started=INVOCATION_STARTED)
+    status = run_training(trainer, run_dir, quiet=quiet, started=INVOCATION_STARTED,
+                          tensorboard=_board_dir(tensorboard, run_dir))
     _finish(trainer, run_dir, status, quiet)
 
 
@@ -496,9 +517,17 @@ def _read_checkpoint(checkpoint):
     names the checkpoint on stderr, so they never quietly speak of different models (and
     an error stays one line)."""
     from charlstm import checkpoint as ckpt_io
+    from charlstm.export import HF_WEIGHTS, is_hf_folder, load_safetensors
 
-    path = ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True)
-    ckpt = ckpt_io.load(path)
+    if is_hf_folder(checkpoint):  # an `export --format hf` folder
+        path = Path(checkpoint) / HF_WEIGHTS
+        ckpt = load_safetensors(path)
+    elif str(checkpoint).endswith(".safetensors"):
+        path = Path(checkpoint)
+        ckpt = load_safetensors(path)
+    else:
+        path = ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True)
+        ckpt = ckpt_io.load(path)
 
     def say_which():
         if Path(checkpoint).is_dir():
@@ -633,6 +662,31 @@ def info(checkpoint, as_json, as_toml):
     click.echo("configuration")
     for key, value in summary["config"].items():
         click.echo(f"  {key:<15}{value}")
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx", "hf", "tensorboard"]),
+              required=True, help="safetensors (pip install 'charlstm[safetensors]'), onnx "
+              "('charlstm[onnx]'), hf (a folder: safetensors, config, vocabulary, model card) "
+              "or tensorboard (a run directory's metrics as events; 'charlstm[tensorboard]').")
+@click.option("-o", "--output", type=click.Path(), required=True,
+              help="The file to write (safetensors, onnx) or the directory (hf, tensorboard).")
+def export(checkpoint, fmt, output):
+    """Write CHECKPOINT (a .npz, or a run directory: its best.npz, else last.npz) in a
+    format other tools read. See the README, "export"."""
+    from charlstm import export as exports
+
+    output = Path(output)
+    if fmt == "tensorboard":
+        rows = exports.export_tensorboard(Path(checkpoint), output)
+        click.echo(f"{rows} metrics rows written to {output}")
+        return
+    path, ckpt, say_which = _read_checkpoint(checkpoint)
+    say_which()
+    {"safetensors": exports.export_safetensors, "onnx": exports.export_onnx,
+     "hf": exports.export_hf}[fmt](ckpt, output)
+    click.echo(str(output))
 
 
 @main.command()

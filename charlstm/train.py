@@ -252,7 +252,8 @@ class MetricsLog:
             raise UserError(f"could not write {path} ({e.strerror or e})") from None
 
     @staticmethod
-    def _line(row) -> str:
+    def as_dict(row) -> dict:
+        """A metrics row as metrics.jsonl writes it: NaN columns left out."""
         d = {}
         for key, value in zip(METRIC_COLUMNS, row):
             if key == "step":
@@ -261,7 +262,11 @@ class MetricsLog:
                 continue  # e.g. no validation at this step
             else:
                 d[key] = round(float(value), 6)
-        return json.dumps(d) + "\n"
+        return d
+
+    @classmethod
+    def _line(cls, row) -> str:
+        return json.dumps(cls.as_dict(row)) + "\n"
 
     def write(self, row) -> None:
         try:
@@ -305,11 +310,13 @@ def _clock(seconds: float) -> str:
 
 
 def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
-                 started: float | None = None) -> int:
+                 started: float | None = None, tensorboard: Path | None = None) -> int:
     """Train until the budget is spent or a signal arrives; returns the exit status
     (0, or 128 + signal number after a clean stop on SIGINT/SIGTERM).
 
     ``started``: the time.perf_counter() at which the invocation began (default: now).
+    ``tensorboard``: a directory to write each metrics row to as TensorBoard events too
+    (tensorboard.py), and the hyperparameters at the end.
     A --time budget bounds the whole invocation from then: training stops early enough
     that the final validation (timed on the validation text as the run goes) and the last
     save fit, and a validation still running at the deadline, or when a signal arrives,
@@ -373,6 +380,11 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
     step_limit = trainer.step_limit()
     chars_per_step = cfg.batch_size * cfg.seq_len
     log = MetricsLog(out_dir / "metrics.jsonl", trainer.metrics) if root else None
+    board = None
+    if tensorboard is not None and root:
+        from .tensorboard import TensorBoardLog
+
+        board = TensorBoardLog(tensorboard)
     bar = tqdm(total=step_limit, initial=trainer.step, file=sys.stderr, disable=quiet or not root,
                unit="step", dynamic_ncols=True, leave=True)
     window = {"bits": 0.0, "steps": 0, "seconds": 0.0}
@@ -433,6 +445,8 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                if window["steps"] else float("nan"), val, lr, norm, cps, elapsed()]
         trainer.metrics.append(row)
         log.write(row)
+        if board is not None:
+            board.write(MetricsLog.as_dict(row))
         window.update(bits=0.0, steps=0, seconds=0.0)
         val_text = "-" if math.isnan(last_val) else f"{last_val:.3f}"  # none yet, not "nan"
         budget = ""
@@ -534,6 +548,8 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
         bar.close()
         if log is not None:
             log.close()
+        if board is not None:
+            board.close(trainer.config, trainer.best_val_bpc)
         trainer.net.close()  # the shard threads; a later step would start them again
         if trainer.lock is not None:
             trainer.lock.release()

@@ -1,0 +1,260 @@
+"""A trained model in the formats other tools read: safetensors, ONNX, a Hugging Face
+style folder, TensorBoard event files. Each needs an optional package, named in the
+error when it is missing.
+
+- **safetensors**: the parameters under their state_dict names (float32), with the
+  configuration and the vocabulary (code points) as JSON in the metadata. The lstm, gru
+  and rnn load into ``nn.LSTM``/``nn.GRU``/``nn.RNN`` named ``rnn`` and ``nn.Linear``
+  named ``decoder`` with ``load_state_dict``.
+- **onnx**: the network as ONNX LSTM, GRU or RNN operators (opset 17), one per layer,
+  and the decoder: inputs ``ids`` int64 [T, B] and the carried state ``h0`` (and ``c0``)
+  [L, B, H]; outputs ``logits`` [T, B, V] and ``hn`` (and ``cn``). PyTorch's gate order
+  i, f, g, o becomes ONNX's i, o, f, c; the GRU's r, z, n becomes z, r, h with
+  linear_before_reset=1, which is PyTorch's GRU. The peephole cell passes its diagonal
+  weights as ONNX's P = [ci, co, cf]. The cifg cell is an ordinary ONNX LSTM whose
+  forget rows are the input rows negated: sigmoid(-a) = 1 - sigmoid(a), so f = 1 - i
+  exactly as the cell defines it, in every runtime (onnx's reference evaluator ignores
+  the input_forget attribute).
+- **hf**: a folder with model.safetensors, config.json, vocab.json and a README.md model
+  card, which ``charlstm sample FOLDER`` (and eval, info) read back.
+- **tensorboard**: a run's metrics.jsonl as TensorBoard scalars and hyperparameters.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .checkpoint import Checkpoint
+from .config import TrainConfig
+from .errors import UserError
+
+FORMATS = ("safetensors", "onnx", "hf", "tensorboard")
+EXTRA_OF = {"safetensors": "safetensors", "onnx": "onnx", "hf": "safetensors",
+            "tensorboard": "tensorboard"}
+ONNX_OPSET = 17
+HF_WEIGHTS, HF_CONFIG, HF_VOCAB, HF_CARD = "model.safetensors", "config.json", "vocab.json", "README.md"
+
+
+def _need(module: str, fmt: str):
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        raise UserError(f"--format {fmt} needs {module.split('.')[0]}: "
+                        f"pip install 'charlstm[{EXTRA_OF[fmt]}]'") from None
+
+
+def _metadata(ckpt: Checkpoint) -> dict:
+    return {"format": "charlstm", "charlstm_version": __version__,
+            "config": json.dumps(ckpt.config.to_json_dict()),
+            "vocab": json.dumps([ord(c) for c in ckpt.vocab.chars]),
+            "step": str(ckpt.step), "best_val_bpc": repr(float(ckpt.best_val_bpc))}
+
+
+def export_safetensors(ckpt: Checkpoint, path: Path) -> None:
+    """``ckpt``'s parameters to a .safetensors file at ``path`` (see the module's text)."""
+    numpy_api = _need("safetensors.numpy", "safetensors")
+    tensors = {name: np.ascontiguousarray(view) for name, view in ckpt.params.items()}
+    numpy_api.save_file(tensors, str(path), metadata=_metadata(ckpt))
+
+
+def load_safetensors(path: Path) -> Checkpoint:
+    """A Checkpoint (parameters, configuration and vocabulary; no optimizer state) from a
+    file ``export_safetensors`` wrote. Raises UserError for any other file."""
+    from .checkpoint import _validate_config
+    from .corpus import Vocab
+    from .parameters import FlatParams, param_shapes
+
+    numpy_api = _need("safetensors.numpy", "safetensors")
+    safe_open = _need("safetensors", "safetensors").safe_open
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+        if meta.get("format") != "charlstm":
+            raise UserError(f"{path} is not a charlstm export (no charlstm metadata)")
+        config = TrainConfig.from_json_dict(json.loads(meta["config"]))
+        vocab = Vocab(chr(c) for c in json.loads(meta["vocab"]))
+        tensors = numpy_api.load_file(str(path))
+    except UserError:
+        raise
+    except Exception as e:  # safetensors raises its own errors for damaged files
+        raise UserError(f"{path}: not a readable charlstm safetensors file ({e})") from None
+    _validate_config(config, len(vocab))
+    shapes = param_shapes(config, len(vocab))
+    params = FlatParams(shapes, dtype=np.float32)
+    for name, shape in shapes.items():
+        if name not in tensors or tensors[name].shape != tuple(shape):
+            raise UserError(f"{path}: tensor {name!r} is missing or not {list(shape)}")
+        params[name][...] = tensors[name]
+    L, H = config.num_layers, config.hidden_size
+    state = {"h": np.zeros((L, config.batch_size, H), np.float32)}
+    return Checkpoint(config=config, corpus_files=[], vocab=vocab, params=params,
+                      optim_step=0, optim_state={}, step=int(meta.get("step", 0)), epoch=0,
+                      epoch_step=0, state=state, rng_state={},
+                      best_val_bpc=float(meta.get("best_val_bpc", "nan")))
+
+
+def _lstm_rows(a: np.ndarray, cell: str) -> np.ndarray:
+    """PyTorch's gate blocks (lstm/peephole: i, f, g, o; cifg: i, g, o) in ONNX's order
+    i, o, f, c; cifg's f rows are its i rows negated (f = 1 - i = sigmoid(-a_i))."""
+    if cell == "cifg":
+        i, g, o = np.split(a, 3, axis=0)
+        f = -i
+    else:
+        i, f, g, o = np.split(a, 4, axis=0)
+    return np.concatenate([i, o, f, g], axis=0)
+
+
+def _gru_rows(a: np.ndarray) -> np.ndarray:
+    r, z, n = np.split(a, 3, axis=0)
+    return np.concatenate([z, r, n], axis=0)
+
+
+def onnx_model(ckpt: Checkpoint):
+    """``ckpt``'s network as an ONNX ModelProto (see the module's text)."""
+    onnx = _need("onnx", "onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    cfg, p = ckpt.config, ckpt.params
+    L, H, V = cfg.num_layers, cfg.hidden_size, len(ckpt.vocab)
+    family = {"lstm": "LSTM", "peephole": "LSTM", "cifg": "LSTM", "gru": "GRU", "rnn": "RNN"}[cfg.cell]
+    has_c = family == "LSTM"
+    inits, nodes = [], []
+
+    def const(name, array):
+        inits.append(numpy_helper.from_array(np.require(array, requirements="C"), name))  # keeps 0-d
+        return name
+
+    const("onehot_depth", np.array(V, np.int64))
+    const("onehot_values", np.array([0.0, 1.0], np.float32))
+    nodes.append(helper.make_node("OneHot", ["ids", "onehot_depth", "onehot_values"], ["x0"], axis=-1))
+    const("axis0", np.array([0], np.int64))
+    const("axis1", np.array([1], np.int64))
+    x, hs, cs = "x0", [], []
+    for k in range(L):
+        w, r = p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"]
+        b = np.concatenate([p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]])
+        bi, bh = p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"]
+        if family == "LSTM":
+            w, r = _lstm_rows(w, cfg.cell), _lstm_rows(r, cfg.cell)
+            b = np.concatenate([_lstm_rows(bi, cfg.cell), _lstm_rows(bh, cfg.cell)])
+        elif family == "GRU":
+            w, r = _gru_rows(w), _gru_rows(r)
+            b = np.concatenate([_gru_rows(bi), _gru_rows(bh)])
+        const(f"W{k}", w[None])
+        const(f"R{k}", r[None])
+        const(f"B{k}", b[None])
+        const(f"start{k}", np.array([k], np.int64))
+        const(f"end{k}", np.array([k + 1], np.int64))
+        nodes.append(helper.make_node("Slice", ["h0", f"start{k}", f"end{k}", "axis0"], [f"h0_{k}"]))
+        inputs = [x, f"W{k}", f"R{k}", f"B{k}", "", f"h0_{k}"]
+        outputs = [f"y{k}", f"hn{k}"]
+        attrs = {"hidden_size": H}
+        if has_c:
+            nodes.append(helper.make_node("Slice", ["c0", f"start{k}", f"end{k}", "axis0"], [f"c0_{k}"]))
+            inputs.append(f"c0_{k}")
+            outputs.append(f"cn{k}")
+            if cfg.cell == "peephole":
+                inputs.append(const(f"P{k}", np.concatenate(
+                    [p[f"rnn.weight_ci_l{k}"], p[f"rnn.weight_co_l{k}"], p[f"rnn.weight_cf_l{k}"]])[None]))
+        if family == "GRU":
+            attrs["linear_before_reset"] = 1
+        nodes.append(helper.make_node(family, inputs, outputs, **attrs))
+        nodes.append(helper.make_node("Squeeze", [f"y{k}", "axis1"], [f"x{k + 1}"]))
+        x = f"x{k + 1}"
+        hs.append(f"hn{k}")
+        cs.append(f"cn{k}")
+    const("dec_wt", p["decoder.weight"].T)
+    const("dec_b", p["decoder.bias"])
+    nodes.append(helper.make_node("MatMul", [x, "dec_wt"], ["dec"]))
+    nodes.append(helper.make_node("Add", ["dec", "dec_b"], ["logits"]))
+    nodes.append(helper.make_node("Concat", hs, ["hn"], axis=0))
+    graph_inputs = [helper.make_tensor_value_info("ids", TensorProto.INT64, ["T", "B"]),
+                    helper.make_tensor_value_info("h0", TensorProto.FLOAT, [L, "B", H])]
+    graph_outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["T", "B", V]),
+                     helper.make_tensor_value_info("hn", TensorProto.FLOAT, [L, "B", H])]
+    if has_c:
+        nodes.append(helper.make_node("Concat", cs, ["cn"], axis=0))
+        graph_inputs.append(helper.make_tensor_value_info("c0", TensorProto.FLOAT, [L, "B", H]))
+        graph_outputs.append(helper.make_tensor_value_info("cn", TensorProto.FLOAT, [L, "B", H]))
+    graph = helper.make_graph(nodes, f"charlstm_{cfg.cell}", graph_inputs, graph_outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+                              producer_name="charlstm", producer_version=__version__)
+    meta = _metadata(ckpt)
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def export_onnx(ckpt: Checkpoint, path: Path) -> None:
+    onnx = _need("onnx", "onnx")
+    onnx.save(onnx_model(ckpt), str(path))
+
+
+def model_card(ckpt: Checkpoint, sample: str) -> str:
+    """The README.md of an hf folder: metadata for the Hub, then what the model is."""
+    cfg = ckpt.config
+    best = ckpt.best_val_bpc
+    scored = "not validated" if math.isnan(best) else f"{best:.4f} bits per character"
+    corpora = ", ".join(f"`{f.path}`" for f in ckpt.corpus_files) or "unknown"
+    fence = "```"
+    return (f"---\nlibrary_name: charlstm\npipeline_tag: text-generation\ntags:\n- character-level\n"
+            f"- {cfg.cell}\n---\n\n# charlstm {cfg.cell} {cfg.num_layers}x{cfg.hidden_size}\n\n"
+            f"A character-level language model trained with charlstm {__version__}: {cfg.cell}, "
+            f"{cfg.num_layers} layers of hidden size {cfg.hidden_size}, a vocabulary of "
+            f"{len(ckpt.vocab)} characters, {ckpt.step} steps on {corpora}. Validation: {scored} "
+            f"on the last {cfg.val_frac:g} of the text.\n\n"
+            f"    charlstm sample THIS_FOLDER --length 500\n\n"
+            f"Files: `{HF_WEIGHTS}` (the parameters under PyTorch's state_dict names), "
+            f"`{HF_CONFIG}` (the training configuration), `{HF_VOCAB}` (the vocabulary as "
+            f"Unicode code points; a character's id is its index).\n\n"
+            f"## A sample (temperature 0.8, seed 0)\n\n{fence}text\n{sample}\n{fence}\n")
+
+
+def export_hf(ckpt: Checkpoint, folder: Path) -> None:
+    """An hf folder for ``ckpt`` (see the module's text)."""
+    import numpy as np
+
+    from .sample import Sampler
+
+    folder.mkdir(parents=True, exist_ok=True)
+    export_safetensors(ckpt, folder / HF_WEIGHTS)
+    (folder / HF_CONFIG).write_text(json.dumps({
+        "library_name": "charlstm", "charlstm_version": __version__,
+        "config": ckpt.config.to_json_dict(), "step": ckpt.step,
+        "best_val_bpc": None if math.isnan(ckpt.best_val_bpc) else ckpt.best_val_bpc,
+        "corpus": [{"path": f.path, "sha256": f.sha256} for f in ckpt.corpus_files]}, indent=2),
+        encoding="utf-8")
+    (folder / HF_VOCAB).write_text(json.dumps([ord(c) for c in ckpt.vocab.chars]), encoding="utf-8")
+    sampler = Sampler(ckpt)
+    rng = np.random.default_rng(0)
+    sampler.prime("", rng)
+    sample = "".join(sampler.stream(300, 0.8, 0, rng))
+    (folder / HF_CARD).write_text(model_card(ckpt, sample), encoding="utf-8")
+
+
+def is_hf_folder(path: Path) -> bool:
+    return Path(path).is_dir() and (Path(path) / HF_WEIGHTS).is_file() and (Path(path) / HF_CONFIG).is_file()
+
+
+def export_tensorboard(run_dir: Path, out: Path) -> int:
+    """The run's metrics.jsonl as TensorBoard events in ``out``; returns the rows written."""
+    from .tensorboard import TensorBoardLog
+
+    metrics = Path(run_dir) / "metrics.jsonl"
+    if not metrics.is_file():
+        raise UserError(f"{run_dir} has no metrics.jsonl; --format tensorboard exports a run directory")
+    from . import checkpoint as ckpt_io
+
+    ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(run_dir))
+    rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
+    log = TensorBoardLog(out)
+    for row in rows:
+        log.write(row)
+    log.close(ckpt.config, ckpt.best_val_bpc)
+    return len(rows)
