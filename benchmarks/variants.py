@@ -4,6 +4,7 @@ budget, on a text and on the recall corpora.
     python benchmarks/variants.py run [--corpus ../shared/data/tinyshakespeare.txt]
         [--time 10m] [--seeds 0 1 2] [--jobs 2] [--recall 4 16 48] [--out runs/variants]
     python benchmarks/variants.py table runs/variants/results.json
+    python benchmarks/variants.py curves runs/variants/results.json [--out docs/variants]
 
 ``run`` trains six variants: lstm, lstm with --forget-bias 1, peephole, cifg, gru and rnn,
 all at the same hidden size and layers, for the same --time budget, once per seed, on
@@ -119,7 +120,8 @@ def read_result(run: dict) -> dict:
         "variant": run["variant"], "cell": variant[1],
         "forget_bias": (float(variant[variant.index("--forget-bias") + 1])
                         if "--forget-bias" in variant else None),
-        "corpus": run["corpus"], "seed": run["seed"], "hidden_size": run["hidden_size"],
+        "corpus": run["corpus"], "seed": run["seed"], "time": run["time"],
+        "hidden_size": run["hidden_size"],
         "num_layers": run["num_layers"], "steps": rows[-1]["step"] if rows else 0,
         "elapsed": rows[-1]["elapsed"] if rows else 0.0,
         "final_val_bpc": curve[-1][2] if curve else None,
@@ -186,9 +188,10 @@ def command_table(a) -> None:
     for corpus in dict.fromkeys(r["corpus"] for r in runs):
         mine = [r for r in runs if r["corpus"] == corpus]
         first = mine[0]
-        print(f"### {corpus}: {first['num_layers']} x {first['hidden_size']}, "
-              f"{data['settings']['time']} per run\n")
         recall = corpus.startswith(RECALL)
+        budget = first.get("time") or ((data["settings"].get("recall_time") if recall else None)
+                                        or data["settings"]["time"])
+        print(f"### {corpus}: {first['num_layers']} x {first['hidden_size']}, {budget} per run\n")
         head = "| variant | final val bpc, mean | sd | best, mean | sd | steps, mean | per seed (final) |"
         if recall:
             b = first["bounds"]
@@ -210,6 +213,43 @@ def command_table(a) -> None:
                 line += f" {statistics.mean(fractions):.2f} |" if fractions else " - |"
             print(line)
         print()
+
+
+def command_curves(a) -> None:
+    """One PNG per corpus: validation bpc against training seconds, a line per run,
+    coloured by variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(Path(a.results).read_text())
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    colours = dict(zip(VARIANTS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for corpus in dict.fromkeys(r["corpus"] for r in data["runs"]):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        seen = set()
+        for r in (r for r in data["runs"] if r["corpus"] == corpus):
+            if not r["val_curve"]:
+                continue
+            _, seconds, bpc = zip(*r["val_curve"])
+            ax.plot(seconds, bpc, color=colours[r["variant"]], lw=1, alpha=0.8,
+                    label=None if r["variant"] in seen else r["variant"])
+            seen.add(r["variant"])
+        if corpus.startswith(RECALL):
+            bounds = recall_bounds(int(corpus[len(RECALL):]))
+            for key, style in (("with_recall", ":"), ("without_recall", "--")):
+                ax.axhline(bounds[key], color="grey", ls=style, lw=0.8)
+        ax.set_xlabel("training seconds")
+        ax.set_ylabel("validation bits per character")
+        ax.set_title(corpus)
+        ax.legend()
+        fig.tight_layout()
+        path = out / f"{corpus_tag(corpus)}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        print(path)
 
 
 def main(argv=None) -> None:
@@ -240,6 +280,10 @@ def main(argv=None) -> None:
     r.add_argument("--out", type=Path, default=Path("runs/variants"))
     r.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     r.set_defaults(func=command_run)
+    c = sub.add_parser("curves", help="validation curves of a results.json, one PNG per corpus")
+    c.add_argument("results")
+    c.add_argument("--out", type=Path, default=Path("docs/variants"))
+    c.set_defaults(func=command_curves)
     t = sub.add_parser("table", help="the markdown tables of a results.json")
     t.add_argument("results")
     t.set_defaults(func=command_table)
