@@ -35,7 +35,7 @@ import click
 
 from charlstm import __version__
 from charlstm.config import CELLS, DEFAULTS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_duration
-from charlstm.errors import UsageProblem, UserError
+from charlstm.errors import AnotherRankFailed, UsageProblem, UserError
 from charlstm.gradflow import DEFAULT_CHUNKS as DEFAULT_FLOW_CHUNKS, DEFAULT_LENGTH as DEFAULT_FLOW_LENGTH
 from charlstm.options import Real
 
@@ -162,43 +162,53 @@ def _cadence_options(f):
 
 class _Group(click.Group):
     """Turns charlstm's user errors into one "Error: ..." line and exit status 1, unless
-    --debug asks for the traceback. In a run over MPI ranks, the error ends the whole
-    job (a rank left waiting for the others would wait for ever)."""
+    --debug asks for the traceback. In a run over MPI ranks, rank 0 reports an error the
+    ranks agreed on (ranks.agree) and every rank exits with its status; an error one
+    rank met alone ends the whole job (the others would wait for it for ever)."""
 
     def invoke(self, ctx):
         try:
-            return self._invoke(ctx)
-        except click.ClickException as e:
-            ranks = (ctx.obj or {}).get("ranks")
-            if ranks is not None and ranks.size > 1:
-                if ranks.is_root or e.exit_code != 2:  # a usage error: rank 0 says it
-                    prefix = "" if ranks.is_root else f"(rank {ranks.rank}) "
-                    click.echo(f"Error: {prefix}{e.format_message()}", err=True)
-                ranks.comm.Abort(e.exit_code)
-            raise
+            return self._convert(ctx)
+        except AnotherRankFailed as e:
+            sys.exit(e.exit_code)  # rank 0 reports the error for the job
 
-    def _invoke(self, ctx):
+    def _convert(self, ctx):
+        def debug():  # --debug is known once the group's callback has run
+            return (ctx.obj or {}).get("debug")
+
         try:
-            return super().invoke(ctx)
+            return self._guard_ranks(ctx)
         except UsageProblem as e:
-            if (ctx.obj or {}).get("debug"):
+            if debug():
                 raise
             raise click.UsageError(str(e)) from None
         except UserError as e:
-            if (ctx.obj or {}).get("debug"):
+            if debug():
                 raise
             raise click.ClickException(str(e)) from None
         except MemoryError:
-            if (ctx.obj or {}).get("debug"):
+            if debug():
                 raise
             raise click.ClickException(
                 "out of memory; use a smaller model, --batch-size or --seq-len") from None
         except KeyboardInterrupt:
             # Ctrl-C outside training (which stops itself cleanly): quietly, with 128 +
             # SIGINT, as training and sample end, not click's "Aborted!" and 1.
-            if (ctx.obj or {}).get("debug"):
+            if debug():
                 raise
             sys.exit(130)
+
+    def _guard_ranks(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            ranks = (ctx.obj or {}).get("ranks")
+            if ranks is not None and ranks.size > 1 and not getattr(e, "agreed", False):
+                prefix = "" if ranks.is_root else f"(rank {ranks.rank}) "
+                click.echo(f"Error: {prefix}{e}", err=True)
+                sys.stderr.flush()
+                ranks.comm.Abort(2 if isinstance(e, UsageProblem) else 1)
+            raise
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -308,22 +318,31 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, distribu
             1, min(rows, default_threads(rows) // ranks.local_size()))
     if init_from is not None:
         _take_architecture_from(ctx, init_from, options)
+    board = _board_dir(tensorboard, None) if tensorboard else None  # a named one: checked first
     trainer, out_dir = start_run(TrainConfig(corpus=tuple(paths), **options, **cadence),
                                  Path(out) if out else None, force, blas, step_weights,
                                  init_from=init_from, ranks=ranks)
     quiet = quiet or not ranks.is_root
     _announce(trainer, out_dir, quiet)
+    if tensorboard == "":
+        board = _board_dir(tensorboard, out_dir)
     status = run_training(trainer, out_dir, quiet=quiet, started=INVOCATION_STARTED,
-                          tensorboard=_board_dir(tensorboard, out_dir))
+                          tensorboard=board)
     _finish(trainer, out_dir, status, quiet)
 
 
 def _board_dir(option: str | None, run_dir: Path) -> Path | None:
+    """--tensorboard's directory, made now: a directory that cannot be written is refused
+    before training starts."""
     if option is None:
         return None
-    if option == "":
-        return Path(run_dir) / "tensorboard"
-    return Path(option)
+    directory = Path(run_dir) / "tensorboard" if option == "" else Path(option)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--tensorboard: cannot write {directory} ({e.strerror or e}); "
+                        f"choose another directory") from None
+    return directory
 
 
 def _ranks(ctx, distributed: str):
@@ -419,12 +438,13 @@ def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_
         changes["threads"] = threads
     run_dir = Path(run_dir)
     ranks = _ranks(ctx, distributed)
+    board = _board_dir(tensorboard, run_dir) if ranks.is_root else None
     trainer = resume_run(run_dir, changes, blas, step_weights,
                          warn=lambda line: click.echo(f"Warning: {line}", err=True), ranks=ranks)
     quiet = quiet or not ranks.is_root
     _announce(trainer, run_dir, quiet)
     status = run_training(trainer, run_dir, quiet=quiet, started=INVOCATION_STARTED,
-                          tensorboard=_board_dir(tensorboard, run_dir))
+                          tensorboard=board)
     _finish(trainer, run_dir, status, quiet)
 
 
@@ -661,7 +681,7 @@ def info(checkpoint, as_json, as_toml):
                    + (f": {changes}" if changes else ""))
     click.echo("configuration")
     for key, value in summary["config"].items():
-        click.echo(f"  {key:<15}{value}")
+        click.echo(f"  {key:<17}{value}")
 
 
 @main.command()
@@ -678,14 +698,23 @@ def export(checkpoint, fmt, output):
     from charlstm import export as exports
 
     output = Path(output)
-    if fmt == "tensorboard":
-        rows = exports.export_tensorboard(Path(checkpoint), output)
-        click.echo(f"{rows} metrics rows written to {output}")
-        return
-    path, ckpt, say_which = _read_checkpoint(checkpoint)
-    say_which()
-    {"safetensors": exports.export_safetensors, "onnx": exports.export_onnx,
-     "hf": exports.export_hf}[fmt](ckpt, output)
+    folder = fmt in ("hf", "tensorboard")
+    if folder and output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise UserError(f"{output} already exists and is not an empty directory; remove it or "
+                        f"choose another -o")
+    if not folder and output.is_dir():
+        raise UserError(f"{output} is a directory; give -o the file to write")
+    try:
+        if fmt == "tensorboard":
+            rows = exports.export_tensorboard(Path(checkpoint), output)
+            click.echo(f"{rows} metrics rows written to {output}")
+            return
+        path, ckpt, say_which = _read_checkpoint(checkpoint)
+        say_which()
+        {"safetensors": exports.export_safetensors, "onnx": exports.export_onnx,
+         "hf": exports.export_hf}[fmt](ckpt, output)
+    except OSError as e:
+        raise UserError(f"cannot write {output} ({e.strerror or e}); choose another -o") from None
     click.echo(str(output))
 
 
@@ -713,6 +742,13 @@ def sweep(sweep_file, workers, scheduler, cores_per_trial, retries, dry_run, rep
     interrupted ones."""
     from charlstm import sweep as sweeps
 
+    if report_dir is not None and sweep_file is not None:
+        raise click.UsageError("give a sweep file to run, or --report DIR, not both")
+    if scheduler is not None and workers is not None:
+        raise click.UsageError("--workers sizes the local cluster; with --scheduler the cluster "
+                               "is yours: drop one")
+    if as_json and report_dir is None and not dry_run:
+        raise click.UsageError("--json goes with --report or --dry-run")
     if report_dir is not None:
         results = sweeps.report(Path(report_dir))
         click.echo(json.dumps(results, indent=2) if as_json else "\n".join(sweeps.report_lines(results)))

@@ -238,6 +238,10 @@ def validate(config: TrainConfig) -> TrainConfig:
                              f"no value with cell {config.cell}, which has no forget gate; "
                              f"{', '.join(FORGET_GATE_CELLS[:-1])} and {FORGET_GATE_CELLS[-1]} "
                              f"have one")
+    if config.patience > 0 and config.val_frac == 0:
+        raise InvalidSetting("patience", config.patience,
+                             "0 without a validation split (--val-frac 0): early stopping "
+                             "counts validations")
     return config
 
 

@@ -32,9 +32,10 @@ else:  # pragma: no cover - exercised on older Pythons only
 TABLE = "train"
 # TrainConfig fields a file may not set: those a run derives when it starts (the time
 # horizon of a cosine schedule that follows --time). Keys a file may set that are not fields:
-DERIVED = {"lr_horizon_time"}
+DERIVED = {"lr_horizon_time", "ranks"}
 EXTRA_KEYS = {"time": "time_limit"}
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name not in DERIVED}
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)
+           if f.name not in DERIVED and f.name not in EXTRA_KEYS.values()}
 _HINTS = typing.get_type_hints(TrainConfig)
 
 
@@ -105,10 +106,12 @@ def read(path) -> dict:
     missing or unreadable file, TOML syntax errors, a missing table, unknown keys and
     values of the wrong type."""
     document = load_document(path)
-    other = sorted(k for k in document if k != TABLE)
-    if other:
-        raise UserError(f"{path}: unknown table or key {other[0]!r} outside [{TABLE}]")
-    return train_options(document.get(TABLE), str(path))
+    table = document.get(TABLE)
+    if isinstance(table, dict):
+        other = sorted(k for k in document if k != TABLE)
+        if other:
+            raise UserError(f"{path}: unknown table or key {other[0]!r} outside [{TABLE}]")
+    return train_options(table, str(path))
 
 
 def write_options(options: dict, comment: str = "") -> str:
@@ -141,6 +144,10 @@ def write(config: TrainConfig, comment: str = "") -> str:
     are unset, None, are left out: unset is their default)."""
     lines = [f"# {line}" for line in comment.splitlines()] + [f"[{TABLE}]"]
     for name, value in config.to_json_dict().items():
-        if value is not None and name not in DERIVED:
+        if value is None or name in DERIVED:
+            continue
+        if name == "time_limit":
+            lines.append(f"time = \"{value!r}s\"")
+        else:
             lines.append(f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"

@@ -64,8 +64,8 @@ def export_safetensors(ckpt: Checkpoint, path: Path) -> None:
 def load_safetensors(path: Path) -> Checkpoint:
     """A Checkpoint (parameters, configuration and vocabulary; no optimizer state) from a
     file ``export_safetensors`` wrote. Raises UserError for any other file."""
-    from .checkpoint import _validate_config
-    from .corpus import Vocab
+    from .checkpoint import _validate_config, _vocab_from_array
+    from .errors import CheckpointError
     from .parameters import FlatParams, param_shapes
 
     numpy_api = _need("safetensors.numpy", "safetensors")
@@ -76,23 +76,40 @@ def load_safetensors(path: Path) -> Checkpoint:
         if meta.get("format") != "charlstm":
             raise UserError(f"{path} is not a charlstm export (no charlstm metadata)")
         config = TrainConfig.from_json_dict(json.loads(meta["config"]))
-        vocab = Vocab(chr(c) for c in json.loads(meta["vocab"]))
+        codes = json.loads(meta["vocab"])
+        if not isinstance(codes, list) or not all(isinstance(c, int) and 0 <= c <= 0x10FFFF for c in codes):
+            raise UserError(f"{path}: its vocabulary is not a list of code points")
+        vocab = _vocab_from_array(np.array(codes, dtype="<u4"))
+        step = int(meta.get("step", 0))
         tensors = numpy_api.load_file(str(path))
     except UserError:
         raise
     except Exception as e:  # safetensors raises its own errors for damaged files
         raise UserError(f"{path}: not a readable charlstm safetensors file ({e})") from None
-    _validate_config(config, len(vocab))
+    try:
+        _validate_config(config, len(vocab))
+    except CheckpointError as e:
+        raise UserError(f"{path}: {e}") from None
+    if step < 0:
+        raise UserError(f"{path}: its step is negative")
     shapes = param_shapes(config, len(vocab))
+    extra = sorted(set(tensors) - set(shapes))
+    if extra:
+        raise UserError(f"{path}: tensor {extra[0]!r} is not a parameter of its {config.cell} model")
     params = FlatParams(shapes, dtype=np.float32)
     for name, shape in shapes.items():
-        if name not in tensors or tensors[name].shape != tuple(shape):
-            raise UserError(f"{path}: tensor {name!r} is missing or not {list(shape)}")
+        if name not in tensors:
+            raise UserError(f"{path}: lacks the tensor {name!r}")
+        if tensors[name].shape != tuple(shape) or tensors[name].dtype != np.float32:
+            raise UserError(f"{path}: tensor {name!r} is {tensors[name].dtype}{list(tensors[name].shape)}, "
+                            f"expected float32{list(shape)} for a vocabulary of {len(vocab)} and its configuration")
         params[name][...] = tensors[name]
+    if not np.all(np.isfinite(params.flat)):
+        raise UserError(f"{path}: its parameters hold NaN or infinite values")
     L, H = config.num_layers, config.hidden_size
     state = {"h": np.zeros((L, config.batch_size, H), np.float32)}
     return Checkpoint(config=config, corpus_files=[], vocab=vocab, params=params,
-                      optim_step=0, optim_state={}, step=int(meta.get("step", 0)), epoch=0,
+                      optim_step=0, optim_state={}, step=step, epoch=0,
                       epoch_step=0, state=state, rng_state={},
                       best_val_bpc=float(meta.get("best_val_bpc", "nan")))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import UserError
+from .errors import AnotherRankFailed, UsageProblem, UserError
 from .shards import shard_bounds
 
 MPI_HINT = "--distributed mpi needs mpi4py and an MPI: pip install 'charlstm[mpi]'"
@@ -54,6 +54,11 @@ class SingleProcess:
 
     def barrier(self) -> None:
         pass
+
+    def agree(self, error: UserError | None, payload=None):
+        if error is not None:
+            raise error
+        return payload
 
 
 class MpiRanks:
@@ -128,3 +133,22 @@ class MpiRanks:
 
     def barrier(self) -> None:
         self.comm.Barrier()
+
+    def agree(self, error: UserError | None, payload=None):
+        """A point every rank reaches, with the UserError it met since the last one (or
+        None): if any rank met one, rank 0 raises it (its own first; another rank's
+        named by rank) and the other ranks raise AnotherRankFailed, so the job prints
+        one error and every rank exits with its status. Otherwise rank 0's ``payload``
+        is returned on every rank."""
+        met = self.comm.allgather(None if error is None else
+                                  (str(error), 2 if isinstance(error, UsageProblem) else 1))
+        failed = [(r, m) for r, m in enumerate(met) if m is not None]
+        if failed:
+            rank, (message, code) = failed[0]
+            if not self.is_root:
+                raise AnotherRankFailed(code)
+            if error is None:
+                error = (UsageProblem if code == 2 else UserError)(f"(rank {rank}) {message}")
+            error.agreed = True  # every rank knows: the job can end normally
+            raise error
+        return self.bcast(payload)

@@ -114,44 +114,67 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
     every rank checks and reads the same inputs, rank 0 alone measures the BLAS (its
     choice is every rank's), and claims and writes the run directory."""
     ranks = ranks if ranks is not None else SingleProcess()
-    if config.steps is None and config.epochs is None and config.time_limit is None:
-        config = config.replace(epochs=DEFAULT_EPOCHS)
-    config = checked(config.replace(ranks=ranks.size))
     out_dir = Path(ranks.bcast(str(out_dir) if out_dir is not None else str(default_run_dir())))
-    if (out_dir / "last.npz").exists() and not force:
-        raise UserError(
-            f"{out_dir} already holds a run; continue it with `charlstm resume {out_dir}` "
-            f"or pass --force to start over")
-    source = None
-    if init_from is not None:
-        source_path = ckpt_io.resolve_checkpoint(init_from, prefer_best=True)
-        source = ckpt_io.load(source_path)
-        if config.forget_bias is not None:
-            raise UsageProblem("--forget-bias sets initial weights, which --init-from takes "
-                               "from the checkpoint: drop one of them")
-        for name in ARCHITECTURE:
-            if getattr(config, name) != getattr(source.config, name):
-                raise UsageProblem(
-                    f"--{name.replace('_', '-')} {getattr(config, name)} differs from "
-                    f"{source_path}'s {getattr(source.config, name)}; --init-from takes the "
-                    f"model's shape from the checkpoint: drop the option")
-    data = prepare_data(config, vocab=source.vocab if source is not None else None)
-    config = fix_schedule_horizon(config, data.batches.steps_per_epoch)
-    config = ranks.bcast(resolve(config, len(data.vocab), blas, step_weights)[0]
-                         if ranks.is_root else None)
-    # The model is built before anything is written, so one too large for memory leaves
-    # no directory behind.
-    trainer = Trainer(config, data, initial_params=source.params if source is not None else None,
-                      ranks=ranks)
-    trainer.origin = corpus_origin(out_dir)
-    trainer.history.append({"step": 0, "event": "train"})
-    if source is not None:
-        trainer.history[-1].update(init_from=str(source_path), init_from_step=source.step,
-                                   init_from_corpus=[f.sha256 for f in source.corpus_files])
-        trainer.notes.append(f"starting from the weights of {source_path} (step {source.step})")
-    if not ranks.is_root:
-        return trainer, out_dir  # rank 0 alone writes
-    existed = out_dir.exists()
+    # Every rank checks and reads the same inputs; what one rank meets, all hear of at
+    # the agreement points (ranks.agree), so an error ends every rank the same way.
+    source, planned, error = None, None, None
+    try:
+        if config.steps is None and config.epochs is None and config.time_limit is None:
+            config = config.replace(epochs=DEFAULT_EPOCHS)
+        config = checked(config.replace(ranks=ranks.size))
+        if (out_dir / "last.npz").exists() and not force:
+            raise UserError(
+                f"{out_dir} already holds a run; continue it with `charlstm resume {out_dir}` "
+                f"or pass --force to start over")
+        if init_from is not None:
+            source_path = ckpt_io.resolve_checkpoint(init_from, prefer_best=True)
+            source = ckpt_io.load(source_path)
+            if config.forget_bias is not None:
+                raise UsageProblem("--forget-bias sets initial weights, which --init-from takes "
+                                   "from the checkpoint: drop one of them")
+            for name in ARCHITECTURE:
+                if getattr(config, name) != getattr(source.config, name):
+                    raise UsageProblem(
+                        f"--{name.replace('_', '-')} {getattr(config, name)} differs from "
+                        f"{source_path}'s {getattr(source.config, name)}; --init-from takes the "
+                        f"model's shape from the checkpoint: drop the option")
+        data = prepare_data(config, vocab=source.vocab if source is not None else None)
+        config = fix_schedule_horizon(config, data.batches.steps_per_epoch)
+        if ranks.is_root:  # rank 0 measures; its choice is every rank's
+            planned = resolve(config, len(data.vocab), blas, step_weights)[0]
+    except UserError as e:
+        error = e
+    config = ranks.agree(error, planned)
+    error, existed = None, out_dir.exists()
+    try:
+        # The model is built before anything is written, so one too large for memory
+        # leaves no directory behind.
+        trainer = Trainer(config, data, initial_params=source.params if source is not None else None,
+                          ranks=ranks)
+        trainer.origin = corpus_origin(out_dir)
+        trainer.history.append({"step": 0, "event": "train"})
+        if source is not None:
+            trainer.history[-1].update(init_from=str(source_path), init_from_step=source.step,
+                                       init_from_corpus=[f.sha256 for f in source.corpus_files])
+            trainer.notes.append(f"starting from the weights of {source_path} (step {source.step})")
+        if ranks.is_root:  # rank 0 alone writes
+            _claim_run_dir(trainer, out_dir, force, existed)
+    except UserError as e:
+        error = e
+    try:
+        ranks.agree(error)
+    except BaseException:
+        if ranks.is_root and error is None:  # another rank failed: undo the claim
+            trainer.lock.release()
+            if not existed:
+                shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    return trainer, out_dir
+
+
+def _claim_run_dir(trainer: Trainer, out_dir: Path, force: bool, existed: bool) -> None:
+    """Create and lock the run directory, and write the token cache: after every check,
+    so a refused run leaves nothing behind (a directory it made is removed)."""
     prepare_run_dir(out_dir)
     try:
         trainer.lock = RunLock(out_dir).acquire()
@@ -168,13 +191,12 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
                 f"continue it with `charlstm resume {out_dir}` or pass --force to start over")
         if force:
             _clear_previous_run(out_dir)
-        write_cache(token_cache_dir(out_dir), data.encoded)
+        write_cache(token_cache_dir(out_dir), trainer.data.encoded)
     except BaseException:  # a refusal, or Ctrl-C before the first checkpoint
         trainer.lock.release()
         if not existed:
             shutil.rmtree(out_dir, ignore_errors=True)  # nothing of it was the user's
         raise
-    return trainer, out_dir
 
 
 def _clear_previous_run(out_dir: Path) -> None:
@@ -249,61 +271,83 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
     ``start_run`` takes it; a run may continue on another number of ranks (recorded)."""
     ranks = ranks if ranks is not None else SingleProcess()
     run_dir = Path(run_dir)
-    changes = dict(changes or {})
-    refused = sorted(set(changes) - set(RESUMABLE))
-    if refused:
-        raise UsageProblem(f"resume cannot change {', '.join(refused)}")
-    last_path = ckpt_io.resolve_checkpoint(run_dir)
-    ckpt = ckpt_io.load(last_path)
-    loaded = _identity(last_path)
-    config = checked(ckpt.config.replace(**changes, ranks=ranks.size))
-    origin = ckpt.origin
-    if "corpus" not in changes:
-        readable, origin = locate_corpus(ckpt, run_dir)
-        data = prepare_data(config.replace(corpus=readable), vocab=ckpt.vocab,
-                            cache_dir=token_cache_dir(run_dir))
-        data.corpus_files = ckpt.corpus_files  # the same SHA-256, under the paths as given
-    else:
-        origin = corpus_origin(run_dir)
-        data = prepare_data(config, vocab=ckpt.vocab, cache_dir=token_cache_dir(run_dir))
-    budgets = ("steps", "epochs", "time_limit")
-    if config.lr_horizon_time > 0 and not any(k in changes for k in budgets):
-        # A schedule that follows a time budget: continue to its end, no further.
-        remaining = config.lr_horizon_time - ckpt.elapsed
-        if remaining <= 0.05 * config.lr_horizon_time:  # the rest went to the last validation
+    error = None
+    try:
+        changes = dict(changes or {})
+        refused = sorted(set(changes) - set(RESUMABLE))
+        if refused:
+            raise UsageProblem(f"resume cannot change {', '.join(refused)}")
+        last_path = ckpt_io.resolve_checkpoint(run_dir)
+        ckpt = ckpt_io.load(last_path)
+        loaded = _identity(last_path)
+        config = checked(ckpt.config.replace(**changes, ranks=ranks.size))
+        origin = ckpt.origin
+        if "corpus" not in changes:
+            readable, origin = locate_corpus(ckpt, run_dir)
+            data = prepare_data(config.replace(corpus=readable), vocab=ckpt.vocab,
+                                cache_dir=token_cache_dir(run_dir))
+            data.corpus_files = ckpt.corpus_files  # the same SHA-256, under the paths as given
+        else:
+            origin = corpus_origin(run_dir)
+            data = prepare_data(config, vocab=ckpt.vocab, cache_dir=token_cache_dir(run_dir))
+        budgets = ("steps", "epochs", "time_limit")
+        if config.lr_horizon_time > 0 and not any(k in changes for k in budgets):
+            # A schedule that follows a time budget: continue to its end, no further.
+            remaining = config.lr_horizon_time - ckpt.elapsed
+            if remaining <= 0.05 * config.lr_horizon_time:  # the rest went to the last validation
+                raise BudgetReached(
+                    f"the run already spent its time budget ({config.lr_horizon_time:.0f} s of "
+                    f"training); give --steps, --epochs or --time to train further")
+            config = config.replace(time_limit=remaining)
+            follow_schedule = True
+        else:
+            follow_schedule = False
+        if "lr_schedule" in changes and changes["lr_schedule"] != ckpt.config.lr_schedule:
+            config = fix_schedule_horizon(config.replace(lr_horizon=changes.get("lr_horizon", 0)),
+                                          data.batches.steps_per_epoch)
+        if blas is not None or step_weights is not None:
+            if ranks.is_root:  # rank 0 measures; its choice is every rank's
+                config = resolve(config, len(data.vocab), blas or config.blas,
+                                 step_weights or (None if blas == "auto" else config.step_weights))[0]
+        else:
+            config, warning = fall_back_if_missing(config)
+            if warning and warn is not None and ranks.is_root:
+                warn(warning)
+    except UserError as e:
+        error = e
+    config, follow_schedule = ranks.agree(error, (config, follow_schedule) if error is None else None)
+    error = None
+    try:
+        trainer = Trainer(config, data, resume_from=ckpt, ranks=ranks)
+        trainer.train_to_schedule_end = follow_schedule
+        limit = trainer.step_limit()
+        if limit is not None and trainer.step >= limit and changes.get("time_limit") is None:
             raise BudgetReached(
-                f"the run already spent its time budget ({config.lr_horizon_time:.0f} s of "
-                f"training); give --steps, --epochs or --time to train further")
-        config = config.replace(time_limit=remaining)
-        follow_schedule = True
-    else:
-        follow_schedule = False
-    if "lr_schedule" in changes and changes["lr_schedule"] != ckpt.config.lr_schedule:
-        config = fix_schedule_horizon(config.replace(lr_horizon=changes.get("lr_horizon", 0)),
-                                      data.batches.steps_per_epoch)
-    if blas is not None or step_weights is not None:
-        config = ranks.bcast(resolve(config, len(data.vocab), blas or config.blas,
-                                     step_weights or (None if blas == "auto" else config.step_weights))[0]
-                             if ranks.is_root else None)
-    else:
-        config, warning = fall_back_if_missing(config)
-        if warning and warn is not None and ranks.is_root:
-            warn(warning)
-    trainer = Trainer(config, data, resume_from=ckpt, ranks=ranks)
-    trainer.train_to_schedule_end = follow_schedule
-    limit = trainer.step_limit()
-    if limit is not None and trainer.step >= limit and changes.get("time_limit") is None:
-        raise BudgetReached(
-            f"the run already reached its budget (step {trainer.step}); "
-            f"give a larger --steps or --epochs, or --time, to train further")
-    stale, best = validations_without_improvement(trainer.metrics, config.min_delta)
-    if config.patience and stale >= config.patience:
-        raise BudgetReached(
-            f"the run stopped early: its last {stale} validations did not beat {best:.4f} bpc "
-            f"by {config.min_delta:g} (--patience {config.patience}); give a larger --patience, "
-            f"or --patience 0, to train further")
-    if not ranks.is_root:
-        return trainer  # rank 0 alone writes
+                f"the run already reached its budget (step {trainer.step}); "
+                f"give a larger --steps or --epochs, or --time, to train further")
+        stale, best = validations_without_improvement(trainer.metrics, config.min_delta)
+        if config.patience and stale >= config.patience:
+            raise BudgetReached(
+                f"the run stopped early: its last {stale} validations did not beat {best:.4f} bpc "
+                f"by {config.min_delta:g} (--patience {config.patience}); give a larger --patience, "
+                f"or --patience 0, to train further")
+        if ranks.is_root:  # rank 0 alone writes
+            _claim_resumed_run(trainer, run_dir, ckpt, config, data, origin, last_path, loaded)
+    except UserError as e:
+        error = e
+    try:
+        ranks.agree(error)
+    except BaseException:
+        if ranks.is_root and error is None and trainer.lock is not None:
+            trainer.lock.release()  # another rank failed
+        raise
+    return trainer
+
+
+def _claim_resumed_run(trainer, run_dir: Path, ckpt, config, data, origin, last_path: Path,
+                       loaded) -> None:
+    """Lock the run directory (rank 0), check that last.npz is the one read, write the
+    token cache, record the resume in the history and settle best.npz."""
     prepare_run_dir(run_dir, fix=f"make {run_dir} writable")
     trainer.lock = RunLock(run_dir).acquire()
     try:
@@ -325,7 +369,6 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
     except BaseException:
         trainer.lock.release()
         raise
-    return trainer
 
 
 def _identity(path: Path):

@@ -95,7 +95,10 @@ def read_sweep(path) -> Sweep:
     metric = settings.get("metric", "best_val_bpc")
     if metric not in METRICS:
         raise UserError(f"{path} [sweep]: metric must be one of {', '.join(METRICS)}, not {metric!r}")
-    out = Path(settings.get("out", Path("sweeps") / path.stem))
+    out = settings.get("out", str(Path("sweeps") / path.stem))
+    if not isinstance(out, str) or not out:
+        raise UserError(f"{path} [sweep]: out must be a directory path (a string), not {out!r}")
+    out = Path(out)
     # Workers may run elsewhere: paths are made absolute here, where the user gave them.
     if "corpus" in base:
         base["corpus"] = tuple(p if p.startswith("builtin:") else str(Path(p).resolve())
@@ -110,7 +113,7 @@ def trials(sweep: Sweep, cores_per_trial: int | None = None) -> list[Trial]:
     from .config import InvalidSetting, TrainConfig, validate
 
     names = list(sweep.grid)
-    found = []
+    found, seen = [], set()
     for values in itertools.product(*(sweep.grid[n] for n in names)):
         options = {**sweep.base, **dict(zip(names, values))}
         if cores_per_trial is not None and "threads" not in options:
@@ -123,7 +126,9 @@ def trials(sweep: Sweep, cores_per_trial: int | None = None) -> list[Trial]:
         key = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
                          sort_keys=True)
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
-        found.append(Trial(options, sweep.out / f"trial-{digest}"))
+        if digest not in seen:  # a value listed twice is one trial
+            seen.add(digest)
+            found.append(Trial(options, sweep.out / f"trial-{digest}"))
     return found
 
 
@@ -196,8 +201,10 @@ def _trial_result(options: dict, run_dir: Path, metric: str) -> dict:
     return result
 
 
-def _finished(out: Path) -> dict:
-    """The trials already in OUT/sweep.jsonl, by name."""
+def _finished(out: Path, include_failed: bool = False) -> dict:
+    """The trials in OUT/sweep.jsonl, by name (the last line of each): those that
+    finished, and with ``include_failed`` those that failed too, which a new run of the
+    sweep tries again."""
     path = out / RESULTS_NAME
     if not path.is_file():
         return {}
@@ -208,7 +215,7 @@ def _finished(out: Path) -> dict:
             found[record["trial"]] = record
         except (ValueError, KeyError, TypeError):
             continue  # a line cut by a crash: that trial is run again
-    return found
+    return {k: r for k, r in found.items() if include_failed or r.get("status") == "finished"}
 
 
 def run_sweep(sweep: Sweep, workers: int | None = None, scheduler: str | None = None,
@@ -220,13 +227,34 @@ def run_sweep(sweep: Sweep, workers: int | None = None, scheduler: str | None = 
     to OUT/sweep.jsonl as its trial ends; returns them all. Raises UserError when Dask is
     not installed or the scheduler cannot be reached."""
     try:
-        from distributed import Client, LocalCluster, as_completed
+        import distributed  # noqa: F401
     except ImportError:
         raise UserError(SWEEP_HINT) from None
-    from tqdm import tqdm
+
+    from .lock import RunLock
+    from .tokens import fingerprint
 
     planned = trials(sweep, cores_per_trial)
-    sweep.out.mkdir(parents=True, exist_ok=True)
+    # What every trial reads is checked once, here, before any worker starts.
+    for corpus in dict.fromkeys(t.options.get("corpus", ()) for t in planned):
+        fingerprint(corpus, sweep.base.get("encoding", "utf-8"))
+    try:
+        sweep.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {sweep.out} ({e.strerror or e}); choose another out") from None
+    lock = RunLock(sweep.out).acquire()  # one sweep at a time writes sweep.jsonl
+    try:
+        return _run_trials(sweep, planned, workers, scheduler, cores_per_trial, retries, quiet, echo)
+    finally:
+        lock.release()
+
+
+def _run_trials(sweep, planned, workers, scheduler, cores_per_trial, retries, quiet, echo):
+    import logging
+
+    from distributed import Client, LocalCluster, as_completed
+    from tqdm import tqdm
+
     finished = _finished(sweep.out)
     todo = [t for t in planned if t.name not in finished]
     if not quiet:
@@ -237,11 +265,14 @@ def run_sweep(sweep: Sweep, workers: int | None = None, scheduler: str | None = 
     cluster = None
     if scheduler is None:
         n = workers or max(1, (os.cpu_count() or 1) // max(cores_per_trial, 1))
+        # The scheduler's HTTP server (its health checks and, when bokeh is installed,
+        # the dashboard) on a free loopback port: never 8787, which may be taken.
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None, memory_limit=0)
+                               dashboard_address="127.0.0.1:0", memory_limit=0,
+                               silence_logs=logging.CRITICAL)  # a failed trial is reported once, below
     try:
         client = Client(cluster if cluster is not None else scheduler, timeout="30s")
-    except (OSError, TimeoutError) as e:
+    except (OSError, TimeoutError, ValueError) as e:
         if cluster is not None:
             cluster.close()
         raise UserError(f"cannot reach the Dask scheduler {scheduler} ({e}); start it with "

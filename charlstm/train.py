@@ -411,7 +411,9 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
             return False
         needed = timing["save"] + EXIT_SECONDS
         if timing["step"] > 0:  # a step of this invocation ran: the kernels are loaded
-            needed += timing["step"] + 1.1 * validation_seconds()
+            # Half again the estimate: a probe of two chunks reads faster per character
+            # than a whole validation, whose text no longer fits in the caches.
+            needed += timing["step"] + 1.5 * validation_seconds()
         return time.perf_counter() + needed >= deadline
 
     def validation_must_stop() -> bool:

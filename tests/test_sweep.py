@@ -149,3 +149,15 @@ def test_a_trial_that_keeps_failing_is_recorded_and_the_sweep_goes_on(tmp_path):
     lines = {r["options"]["encoding"]: r for r in _lines(tmp_path / "out")}
     assert lines["utf-8"]["status"] == "finished"
     assert lines["utf-32"]["status"] == "failed" and "not valid utf-32" in lines["utf-32"]["reason"]
+
+
+def test_a_rerun_tries_failed_trials_again_and_a_missing_corpus_stops_it_at_once(tmp_path):
+    path = _sweep_file(tmp_path, grid='[grid]\nhidden_size = [8]\nencoding = ["utf-8", "utf-32"]\n\n')
+    run_cli("sweep", path, "--workers", "2", "--retries", "0", "--quiet", check=False)
+    again = run_cli("sweep", path, "--workers", "2", "--retries", "0", check=False)
+    assert "2 trials, 1 finished before" in again.stderr and again.returncode == 1
+    (tmp_path / "c.txt").unlink()
+    t0 = time.monotonic()
+    missing = run_cli("sweep", path, "--workers", "2", check=False)
+    assert missing.returncode == 1 and "no such file" in missing.stderr
+    assert "Traceback" not in missing.stderr and time.monotonic() - t0 < 30
