@@ -9,7 +9,9 @@ import pytest
 
 from conftest import make_text, run_cli
 
-TINY = ["--hidden-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "2", "--quiet"]
+TINY = ["--hidden-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "2", "--quiet",
+        # the tuner (tests/test_blas_choice.py) would add seconds to every run here
+        "--blas", "openblas", "--step-weights", "stored/stored"]
 
 
 def assert_user_error(proc, code, *patterns):

@@ -12,7 +12,9 @@ import pytest
 from charlstm import checkpoint as ckpt_io
 from conftest import CHARLSTM, make_text, run_cli
 
-TINY = ["--hidden-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "2", "--quiet"]
+TINY = ["--hidden-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "2", "--quiet",
+        # the tuner (tests/test_blas_choice.py) would add seconds to every run here
+        "--blas", "openblas", "--step-weights", "stored/stored"]
 
 
 def start_training(corpus, run, *extra, preexec_fn=None):

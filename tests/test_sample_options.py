@@ -17,7 +17,9 @@ from conftest import make_text, run_cli
 
 CHARS = "abcdefghij\n"
 H = 12
-TINY = ["--hidden-size", "16", "--num-layers", "1", "--seq-len", "16", "--batch-size", "4", "--quiet"]
+TINY = ["--hidden-size", "16", "--num-layers", "1", "--seq-len", "16", "--batch-size", "4", "--quiet",
+        # the tuner (tests/test_blas_choice.py) would add seconds to every run here
+        "--blas", "openblas", "--step-weights", "stored/stored"]
 
 
 # -- the kernel against the reference ------------------------------------------------------
