@@ -759,8 +759,7 @@ def sweep(sweep_file, workers, scheduler, cores_per_trial, retries, dry_run, rep
     if dry_run:
         planned = sweeps.trials(spec, cores_per_trial)
         if as_json:
-            click.echo(json.dumps([{"trial": t.name, "run_dir": str(t.run_dir), "options":
-                                    {k: list(v) if isinstance(v, tuple) else v for k, v in t.options.items()}}
+            click.echo(json.dumps([{"trial": t.name, "run_dir": str(t.run_dir), "options": sweeps.json_options(t.options)}
                                    for t in planned], indent=2))
         else:
             for t in planned:

@@ -123,8 +123,7 @@ def trials(sweep: Sweep, cores_per_trial: int | None = None) -> list[Trial]:
         except (InvalidSetting, TypeError) as e:
             combo = ", ".join(f"{n} = {v!r}" for n, v in zip(names, values))
             raise UserError(f"the trial {combo or 'of [train]'} is not a valid run: {e}") from None
-        key = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
-                         sort_keys=True)
+        key = json.dumps(json_options(options), sort_keys=True)
         digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:12]
         if digest not in seen:  # a value listed twice is one trial
             seen.add(digest)
@@ -141,6 +140,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def json_options(options: dict) -> dict:
+    """Trial options as JSON holds them (the corpus tuple as a list)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
 class TrialFailed(RuntimeError):
@@ -194,7 +198,7 @@ def _trial_result(options: dict, run_dir: Path, metric: str) -> dict:
     scored = [r["val_bpc"] for r in rows if "val_bpc" in r]
     best = None if last.best_val_bpc != last.best_val_bpc else last.best_val_bpc  # NaN: none
     result = {"trial": run_dir.name, "run_dir": str(run_dir), "status": "finished",
-              "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+              "options": json_options(options),
               "best_val_bpc": best, "final_val_bpc": scored[-1] if scored else None,
               "steps": last.step, "elapsed": last.elapsed}
     result["metric"] = result[metric]
@@ -289,8 +293,7 @@ def _run_trials(sweep, planned, workers, scheduler, cores_per_trial, retries, qu
             except Exception as e:  # the trial failed on every try, or its worker kept dying
                 reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
                 result = {"trial": trial.name, "run_dir": str(trial.run_dir), "status": "failed",
-                          "reason": reason, "options": {k: list(v) if isinstance(v, tuple) else v
-                                                        for k, v in trial.options.items()},
+                          "reason": reason, "options": json_options(trial.options),
                           "metric": None}
             log.write(json.dumps(result) + "\n")
             log.flush()
