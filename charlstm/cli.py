@@ -63,7 +63,10 @@ NON_NEGATIVE = click.IntRange(min=0)
 def _budget_options(f):
     f = click.option("--time", "time_limit", type=Duration(), default=None,
                      help="Stop so that this whole invocation (start-up, training, the final "
-                          "validation and save) takes at most this long, e.g. 90s, 10m, 1h30m.")(f)
+                          "validation and save) takes at most this long, e.g. 90s, 10m, 1h30m. "
+                          "For train with no other budget and no --hidden-size/--num-layers, "
+                          "the model, batch, rate schedule and dropout not given are chosen "
+                          "for the budget and the text's size (docs/QUALITY.md).")(f)
     f = click.option("--epochs", type=Real(min=0, min_open=True), default=None,
                      help="Stop when this many epochs (in total) are done.")(f)
     f = click.option("--steps", type=NON_NEGATIVE, default=None,
@@ -321,7 +324,7 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, distribu
     board = _board_dir(tensorboard, None) if tensorboard else None  # a named one: checked first
     trainer, out_dir = start_run(TrainConfig(corpus=tuple(paths), **options, **cadence),
                                  Path(out) if out else None, force, blas, step_weights,
-                                 init_from=init_from, ranks=ranks)
+                                 init_from=init_from, ranks=ranks, given=_given(ctx, options))
     quiet = quiet or not ranks.is_root
     _announce(trainer, out_dir, quiet)
     if tensorboard == "":
@@ -329,6 +332,15 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, distribu
     status = run_training(trainer, out_dir, quiet=quiet, started=INVOCATION_STARTED,
                           tensorboard=board)
     _finish(trainer, out_dir, status, quiet)
+
+
+def _given(ctx, options: dict) -> set[str]:
+    """The settings among ``options`` that the user chose, on the command line or in
+    --config's file: the budget table (budget.py) fills only the others."""
+    from click.core import ParameterSource
+
+    return {name for name in options
+            if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
 
 
 def _board_dir(option: str | None, run_dir: Path) -> Path | None:

@@ -283,5 +283,15 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def format_duration(seconds: float) -> str:
+    """``seconds`` as parse_duration reads it back: '90s', '3m', '1h30m', '2.5s'."""
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    text = (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{s}s" if s else "")
+    return text or "0s"
+
+
 def config_json(config: TrainConfig) -> str:
     return json.dumps(config.to_json_dict(), sort_keys=True)

@@ -6,6 +6,7 @@ budget, the BLAS) is checked the same way everywhere.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -13,12 +14,13 @@ import time
 from pathlib import Path
 
 from . import checkpoint as ckpt_io
+from .budget import apply_recipe, describe, recipe_for, wants_recipe
 from .config import InvalidSetting, TrainConfig, validate
 from .errors import UsageProblem, UserError
 from .lock import RunLock
 from .ranks import SingleProcess
 from .tokens import CACHE_DIR_NAME, fingerprint, write_cache
-from .train import Trainer, prepare_data, validations_without_improvement
+from .train import Trainer, batches_for, prepare_data, validations_without_improvement
 from .tune import fall_back_if_missing, resolve
 
 DEFAULT_EPOCHS = 10  # the budget of a run that names none
@@ -97,7 +99,8 @@ def corpus_origin(run_dir: Path, base: Path | None = None) -> dict:
 
 def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = False,
               blas: str = "auto", step_weights: str | None = None,
-              init_from: Path | None = None, ranks=None) -> tuple[Trainer, Path]:
+              init_from: Path | None = None, ranks=None,
+              given: set[str] | None = None) -> tuple[Trainer, Path]:
     """A new run of ``config`` in ``out_dir`` (default runs/<timestamp>), ready to train.
 
     ``config.threads`` is taken as given; a config with no budget trains DEFAULT_EPOCHS
@@ -112,12 +115,17 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
 
     ``ranks``: this process's place in a run over several processes (ranks.MpiRanks):
     every rank checks and reads the same inputs, rank 0 alone measures the BLAS (its
-    choice is every rank's), and claims and writes the run directory."""
+    choice is every rank's), and claims and writes the run directory.
+
+    ``given``: the settings (TrainConfig fields) the user chose. When it is passed and the
+    run has a --time budget alone and no chosen model size, the settings it lacks come
+    from the budget table (budget.py), the choice is told in a note and recorded in the
+    run's history. None: ``config`` is taken as it is."""
     ranks = ranks if ranks is not None else SingleProcess()
     out_dir = Path(ranks.bcast(str(out_dir) if out_dir is not None else str(default_run_dir())))
     # Every rank checks and reads the same inputs; what one rank meets, all hear of at
     # the agreement points (ranks.agree), so an error ends every rank the same way.
-    source, planned, error = None, None, None
+    source, planned, error, recipe_note = None, None, None, None
     try:
         if config.steps is None and config.epochs is None and config.time_limit is None:
             config = config.replace(epochs=DEFAULT_EPOCHS)
@@ -139,6 +147,8 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
                         f"{source_path}'s {getattr(source.config, name)}; --init-from takes the "
                         f"model's shape from the checkpoint: drop the option")
         data = prepare_data(config, vocab=source.vocab if source is not None else None)
+        if given is not None and source is None and wants_recipe(config, given):
+            config, data, recipe_note = _take_budget_recipe(config, data, given)
         config = fix_schedule_horizon(config, data.batches.steps_per_epoch)
         if ranks.is_root:  # rank 0 measures; its choice is every rank's
             planned = resolve(config, len(data.vocab), blas, step_weights)[0]
@@ -153,6 +163,9 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
                           ranks=ranks)
         trainer.origin = corpus_origin(out_dir)
         trainer.history.append({"step": 0, "event": "train"})
+        if recipe_note is not None:
+            trainer.history[-1].update(budget_recipe=recipe_note[0], chosen=recipe_note[1])
+            trainer.notes.append(recipe_note[2])
         if source is not None:
             trainer.history[-1].update(init_from=str(source_path), init_from_step=source.step,
                                        init_from_corpus=[f.sha256 for f in source.corpus_files])
@@ -170,6 +183,21 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
                 shutil.rmtree(out_dir, ignore_errors=True)
         raise
     return trainer, out_dir
+
+
+def _take_budget_recipe(config: TrainConfig, data, given: set[str]):
+    """``config`` and ``data`` with the budget table's settings the user did not give, and
+    (recipe name, the settings chosen, the line that tells the user), or None when the
+    table chose nothing. Raises UserError when the chosen batch does not fit the text."""
+    train_chars = len(data.train_ids)
+    recipe = recipe_for(train_chars, config.time_limit)
+    config, chosen = apply_recipe(config, recipe, given)
+    if not chosen:
+        return config, data, None
+    config = checked(config)
+    if (data.batches.B, data.batches.T) != (config.batch_size, config.seq_len):
+        data = dataclasses.replace(data, batches=batches_for(data.train_ids, config))
+    return config, data, (recipe.name, chosen, describe(config, recipe, chosen, train_chars))
 
 
 def _claim_run_dir(trainer: Trainer, out_dir: Path, force: bool, existed: bool) -> None:

@@ -48,16 +48,22 @@ def prepare_data(config: TrainConfig, vocab: Vocab | None = None, cache_dir: Pat
     corpus = load_corpus(config.corpus, config.encoding, vocab=vocab, cache_dir=cache_dir)
     vocab, ids = corpus.vocab, corpus.ids
     train_ids, val_ids = split(ids, config.val_frac)
+    if config.val_frac > 0 and len(val_ids) < 2:
+        raise UserError(
+            f"the validation split has {len(val_ids)} characters; raise --val-frac or give --val-frac 0")
+    return Data(corpus.files, vocab, train_ids, val_ids, batches_for(train_ids, config), corpus,
+                list(corpus.notes))
+
+
+def batches_for(train_ids: np.ndarray, config: TrainConfig) -> Batches:
+    """The training text cut into config.batch_size streams of config.seq_len steps.
+    Raises UserError when the text is too short for them."""
     need = Batches.min_chars(config.batch_size, config.seq_len)
     if len(train_ids) < need:
         raise UserError(
             f"the training text has {len(train_ids)} characters; --batch-size {config.batch_size} "
             f"with --seq-len {config.seq_len} needs at least {need}: give more text or lower them")
-    if config.val_frac > 0 and len(val_ids) < 2:
-        raise UserError(
-            f"the validation split has {len(val_ids)} characters; raise --val-frac or give --val-frac 0")
-    return Data(corpus.files, vocab, train_ids, val_ids,
-                Batches(train_ids, config.batch_size, config.seq_len), corpus, list(corpus.notes))
+    return Batches(train_ids, config.batch_size, config.seq_len)
 
 
 class TrainingDiverged(UserError):

@@ -1,0 +1,98 @@
+"""Defaults chosen for a time budget: what to train when the user gives only --time.
+
+A run with a --time budget and no other (no --steps, no --epochs) whose model size the
+user left unset takes its model, batch, learning rate, schedule and dropout from
+BUDGET_TABLE, by the size of its training text and the length of its budget. Every
+setting the user did give (on the command line or in --config's file) wins over the
+table. The table's rows were chosen from candidate recipes trained for the same --time
+on this project's machines (benchmarks/budget_recipes.py; the curves and the CPU are in
+docs/QUALITY.md): the longer the budget relative to the text, the larger the model and
+the stronger the dropout that pays, and a cosine decay over the budget beats a constant
+rate at every budget measured.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import TrainConfig, format_duration
+
+# The settings a recipe may choose: the model's size and how it is trained. Anything
+# else (the cell, the corpus, the cadence, the BLAS) stays the user's or the default.
+RECIPE_SETTINGS = ("hidden_size", "num_layers", "batch_size", "seq_len", "lr",
+                   "lr_schedule", "lr_min", "dropout")
+# The settings whose presence means the user chose the model: then no recipe applies.
+MODEL_SIZE = ("hidden_size", "num_layers")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    settings: dict  # TrainConfig field -> value, for every name of RECIPE_SETTINGS
+    measured: str  # where the recipe was measured, as docs/QUALITY.md reports it
+
+
+def _recipe(name, measured, hidden_size, num_layers, lr, dropout, lr_min=1e-4,
+            batch_size=32, seq_len=64) -> Recipe:
+    return Recipe(name, {"hidden_size": hidden_size, "num_layers": num_layers,
+                         "batch_size": batch_size, "seq_len": seq_len, "lr": lr,
+                         "lr_schedule": "cosine", "lr_min": lr_min, "dropout": dropout},
+                  measured)
+
+
+SHORT = _recipe("short", "tinyshakespeare, 3 minutes", 256, 2, 3e-3, 0.1)  # 2.138 bpc
+LONG = _recipe("long", "tinyshakespeare, 30 minutes", 512, 2, 2e-3, 0.25)
+
+# (training characters at most, budget seconds at most, recipe): the first row that
+# holds both the text's size and the budget applies.
+BUDGET_TABLE = (
+    (float("inf"), 10 * 60, SHORT),
+    (float("inf"), float("inf"), LONG),
+)
+
+
+def recipe_for(train_chars: int, seconds: float) -> Recipe:
+    """The recipe of BUDGET_TABLE for ``train_chars`` characters of training text and a
+    budget of ``seconds`` (wall clock, the whole invocation)."""
+    for most_chars, most_seconds, recipe in BUDGET_TABLE:
+        if train_chars <= most_chars and seconds <= most_seconds:
+            return recipe
+    raise AssertionError("BUDGET_TABLE's last row holds every size and budget")
+
+
+def wants_recipe(config: TrainConfig, given: set[str]) -> bool:
+    """Whether a new run takes its defaults from the budget table: it has a --time
+    budget and no other, and the user set no model size. ``given``: the TrainConfig
+    fields the user set (command line or --config file)."""
+    return (config.time_limit is not None and config.steps is None and config.epochs is None
+            and not given & {"hidden_size", "num_layers", "steps", "epochs"})
+
+
+def apply_recipe(config: TrainConfig, recipe: Recipe, given: set[str]) -> tuple[TrainConfig, dict]:
+    """``config`` with the recipe's settings that the user did not give, and those
+    settings (name -> value) as chosen."""
+    chosen = {name: value for name, value in recipe.settings.items() if name not in given}
+    if "batch_size" in chosen:
+        chosen_threads = min(config.threads, chosen["batch_size"])
+        if chosen_threads != config.threads and "threads" not in given:
+            chosen["threads"] = chosen_threads
+    return config.replace(**chosen), chosen
+
+
+def describe(config: TrainConfig, recipe: Recipe, chosen: dict, train_chars: int) -> str:
+    """One line: what the table chose for this budget and text, and why."""
+    parts = []
+    if {"hidden_size", "num_layers"} & set(chosen):
+        parts.append(f"{config.cell} {config.num_layers}x{config.hidden_size}")
+    if {"batch_size", "seq_len"} & set(chosen):
+        parts.append(f"batch {config.batch_size}x{config.seq_len}")
+    if "lr" in chosen or "lr_schedule" in chosen or "lr_min" in chosen:
+        rate = f"lr {config.lr:g}"
+        if config.lr_schedule == "cosine":
+            rate += f" cosine to {config.lr_min:g} over the budget"
+        parts.append(rate)
+    if "dropout" in chosen:
+        parts.append(f"dropout {config.dropout:g}")
+    kept = "; options you gave win" if set(recipe.settings) - set(chosen) else ""
+    return (f"--time {format_duration(config.time_limit)} on {train_chars:,} training "
+            f"characters: chose {', '.join(parts)} (the budget table's '{recipe.name}' recipe, "
+            f"measured on {recipe.measured}: docs/QUALITY.md){kept}")
