@@ -17,7 +17,7 @@ cadence (every epoch and at the end).
 Each run's directory (OUT/<corpus>/<time>/<recipe>-s<seed>) gets result.json when it
 ends; a run whose result.json has the same options is not trained again. Every result
 run so far, of any corpus or budget, is gathered into OUT/results.json: per run the
-recipe, its options, the corpus, the budget, the seed, the steps and epochs taken, the
+recipe, its options, charlstm's commit, the corpus, the budget, the seed, the steps and epochs taken, the
 best and the final validation bpc, the validation curve [step, elapsed seconds, val bpc]
 from the run's metrics.jsonl, and the machine (charlstm.bench.machine_summary).
 """
@@ -35,32 +35,29 @@ sys.path.insert(0, str(ROOT))
 from charlstm.bench import format_machine, machine_summary  # noqa: E402
 from charlstm.config import parse_duration  # noqa: E402
 
-# name -> `charlstm train` options; everything not named is charlstm's default
+def recipe(hidden_size: int, lr: str, dropout: str, schedule: str = "cosine",
+           lr_min: str | None = "1e-4", cell: str = "lstm") -> list[str]:
+    """`charlstm train` options of a 2-layer model; what they leave out is the default."""
+    return ([] if cell == "lstm" else ["--cell", cell]) + [
+        "--hidden-size", str(hidden_size), "--num-layers", "2", "--lr", lr,
+        "--lr-schedule", schedule, *([] if lr_min is None else ["--lr-min", lr_min]),
+        "--dropout", dropout]
+
+
+# name -> `charlstm train` options; "defaults": none, what charlstm chooses for --time
 RECIPES = {
     "defaults": [],
-    "m-constant": ["--hidden-size", "256", "--num-layers", "2", "--lr", "2e-3",
-                   "--lr-schedule", "constant", "--dropout", "0"],
-    "m-cosine": ["--hidden-size", "256", "--num-layers", "2", "--lr", "2e-3",
-                 "--lr-schedule", "cosine", "--lr-min", "0", "--dropout", "0"],
-    "m-cosine-lr3": ["--hidden-size", "256", "--num-layers", "2", "--lr", "3e-3",
-                     "--lr-schedule", "cosine", "--lr-min", "1e-4", "--dropout", "0"],
-    "m-cosine-lr3-d10": ["--hidden-size", "256", "--num-layers", "2", "--lr", "3e-3",
-                         "--lr-schedule", "cosine", "--lr-min", "1e-4", "--dropout", "0.1"],
-    "m-gru-cosine-lr3": ["--cell", "gru", "--hidden-size", "256", "--num-layers", "2",
-                         "--lr", "3e-3", "--lr-schedule", "cosine", "--lr-min", "1e-4",
-                         "--dropout", "0"],
-    "384-cosine-lr3": ["--hidden-size", "384", "--num-layers", "2", "--lr", "3e-3",
-                       "--lr-schedule", "cosine", "--lr-min", "1e-4", "--dropout", "0"],
-    "l-cosine-lr2": ["--hidden-size", "512", "--num-layers", "2", "--lr", "2e-3",
-                     "--lr-schedule", "cosine", "--lr-min", "1e-4", "--dropout", "0"],
-    "384-cosine-lr3-d25": ["--hidden-size", "384", "--num-layers", "2", "--lr", "3e-3",
-                           "--lr-schedule", "cosine", "--lr-min", "1e-4", "--dropout", "0.25"],
-    "l-cosine-lr2-d25": ["--hidden-size", "512", "--num-layers", "2", "--lr", "2e-3",
-                         "--lr-schedule", "cosine", "--lr-min", "1e-4", "--dropout", "0.25"],
-    "l-cosine-lr2-d40": ["--hidden-size", "512", "--num-layers", "2", "--lr", "2e-3",
-                         "--lr-schedule", "cosine", "--lr-min", "1e-4", "--dropout", "0.4"],
-    "m-cosine-lr3-d25": ["--hidden-size", "256", "--num-layers", "2", "--lr", "3e-3",
-                         "--lr-schedule", "cosine", "--lr-min", "1e-4", "--dropout", "0.25"],
+    "m-constant": recipe(256, "2e-3", "0", schedule="constant", lr_min=None),
+    "m-cosine": recipe(256, "2e-3", "0", lr_min="0"),
+    "m-cosine-lr3": recipe(256, "3e-3", "0"),
+    "m-cosine-lr3-d10": recipe(256, "3e-3", "0.1"),
+    "m-cosine-lr3-d25": recipe(256, "3e-3", "0.25"),
+    "m-gru-cosine-lr3": recipe(256, "3e-3", "0", cell="gru"),
+    "384-cosine-lr3": recipe(384, "3e-3", "0"),
+    "384-cosine-lr3-d25": recipe(384, "3e-3", "0.25"),
+    "l-cosine-lr2": recipe(512, "2e-3", "0"),
+    "l-cosine-lr2-d25": recipe(512, "2e-3", "0.25"),
+    "l-cosine-lr2-d40": recipe(512, "2e-3", "0.4"),
 }
 
 
@@ -112,6 +109,9 @@ def command_run(a) -> None:
     if not a.dry_run:
         warm_up(a.out, a.corpus)
     machine = machine_summary()
+    # "defaults" means what charlstm chose at this commit
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip() or None
     for recipe in a.recipes:
         for seed in a.seeds:
             directory = run_dir(a.out, a.corpus, a.time, recipe, seed)
@@ -129,6 +129,7 @@ def command_run(a) -> None:
                 raise SystemExit(f"{directory}: charlstm train exited {proc.returncode}:\n"
                                  f"{proc.stderr}")
             result = {"recipe": recipe, "options": options, "corpus": a.corpus,
+                      "commit": commit,
                       "time": a.time, "seconds": parse_duration(a.time), "seed": seed,
                       "machine": machine, "stderr": proc.stderr.strip().splitlines()[-3:],
                       **read_result(directory)}
@@ -153,9 +154,10 @@ def command_table(a) -> None:
         print("|---|---|---|---|---|---|")
         for r in sorted(mine, key=lambda r: r["best_val_bpc"]):
             options = " ".join(r["options"][r["options"].index(r["time"]) + 1:
-                                            r["options"].index("--quiet")]) or "(none)"
+                                            r["options"].index("--quiet")])
+            options = f"`{options}`" if options else f"none (charlstm {r.get('commit') or '?'})"
             epochs = f"{r['epochs']:.1f}" if r.get("epochs") is not None else "-"
-            print(f"| {r['recipe']} | `{options}` | {r['steps']} | {epochs} | "
+            print(f"| {r['recipe']} | {options} | {r['steps']} | {epochs} | "
                   f"{r['best_val_bpc']:.4f} | {r['final_val_bpc']:.4f} |")
         print()
 
