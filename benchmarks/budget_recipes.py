@@ -147,7 +147,8 @@ def command_run(a) -> None:
 
 def command_table(a) -> None:
     runs = json.loads(Path(a.results).read_text())["runs"]
-    for key in dict.fromkeys((r["corpus"], r["time"]) for r in runs):
+    for key in sorted({(r["corpus"], r["time"]) for r in runs},
+                      key=lambda k: (k[0], parse_duration(k[1]))):
         mine = [r for r in runs if (r["corpus"], r["time"]) == key]
         print(f"### {key[0]}, --time {key[1]} ({format_machine(mine[0]['machine'])})\n")
         print("| recipe | options | steps | epochs | best val bpc | final val bpc |")
@@ -163,8 +164,8 @@ def command_table(a) -> None:
 
 
 def command_curves(a) -> None:
-    """One PNG per corpus: validation bpc against minutes, a line per run, with the
-    horizontal lines of --anchor NAME=BPC."""
+    """One PNG per corpus and budget: validation bpc against minutes, a line per run,
+    with the horizontal lines of --anchor NAME=BPC@CORPUS."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,12 +173,14 @@ def command_curves(a) -> None:
 
     runs = json.loads(Path(a.results).read_text())["runs"]
     a.out.mkdir(parents=True, exist_ok=True)
-    for corpus in dict.fromkeys(r["corpus"] for r in runs):
+    for corpus, budget in dict.fromkeys((r["corpus"], r["time"]) for r in runs):
         fig, ax = plt.subplots(figsize=(8, 5))
-        for r in (r for r in runs if r["corpus"] == corpus and r["val_curve"]):
+        for r in (r for r in runs if (r["corpus"], r["time"]) == (corpus, budget)
+                  and r["val_curve"]):
             _, seconds, bpc = zip(*r["val_curve"])
             ax.plot([s / 60 for s in seconds], bpc, marker=".", lw=1,
-                    label=f"{r['recipe']} ({r['time']})")
+                    label=r["recipe"] if r["recipe"] != "defaults"
+                    else f"defaults of charlstm {r.get('commit') or '?'}")
         for anchor in a.anchor:
             if anchor.split("@", 1)[-1] not in (corpus, corpus_tag(corpus)):
                 continue
@@ -188,10 +191,12 @@ def command_curves(a) -> None:
         ax.set_xlabel("minutes")
         ax.set_ylabel("validation bits per character")
         ax.set_ylim(top=a.ymax)
-        ax.set_title(f"{corpus} ({format_machine(runs[0]['machine'])})", fontsize=9)
+        machine = runs[0]["machine"]
+        ax.set_title(f"{corpus}, --time {budget}; {machine['cpu']}, {machine['cores']} cores",
+                     fontsize=8)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = a.out / f"{corpus_tag(corpus)}.png"
+        path = a.out / f"{corpus_tag(corpus)}-{budget}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         print(path)
