@@ -181,13 +181,10 @@ def command_curves(a) -> None:
             ax.plot([s / 60 for s in seconds], bpc, marker=".", lw=1,
                     label=r["recipe"] if r["recipe"] != "defaults"
                     else f"defaults of charlstm {r.get('commit') or '?'}")
-        for anchor in a.anchor:
-            if anchor.split("@", 1)[-1] not in (corpus, corpus_tag(corpus)):
-                continue
-            name, value = anchor.split("@", 1)[0].rsplit("=", 1)
-            ax.axhline(float(value), color="grey", ls=":", lw=0.8)
-            ax.annotate(name, (ax.get_xlim()[1], float(value)), fontsize=7, ha="right",
-                        va="bottom", color="grey")
+        mine = [anchor.split("@", 1)[0].rsplit("=", 1) for anchor in a.anchor
+                if anchor.split("@", 1)[-1] in (corpus, corpus_tag(corpus))]
+        for (name, value), style in zip(mine, [":", "--", "-.", (0, (1, 4))] * 4):
+            ax.axhline(float(value), color="grey", ls=style, lw=0.9, label=f"{name}: {value}")
         ax.set_xlabel("minutes")
         ax.set_ylabel("validation bits per character")
         ax.set_ylim(top=a.ymax)
