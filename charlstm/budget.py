@@ -78,6 +78,8 @@ def apply_recipe(config: TrainConfig, recipe: Recipe, given: set[str]) -> tuple[
     """``config`` with the recipe's settings that the user did not give, and those
     settings (name -> value) as chosen."""
     chosen = {name: value for name, value in recipe.settings.items() if name not in given}
+    if "lr" in given and "lr_min" in chosen:  # the floor keeps its ratio to the rate
+        chosen["lr_min"] = config.lr * recipe.settings["lr_min"] / recipe.settings["lr"]
     if "batch_size" in chosen:
         chosen_threads = min(config.threads, chosen["batch_size"])
         if chosen_threads != config.threads and "threads" not in given:
@@ -86,20 +88,31 @@ def apply_recipe(config: TrainConfig, recipe: Recipe, given: set[str]) -> tuple[
 
 
 def describe(config: TrainConfig, recipe: Recipe, chosen: dict, train_chars: int) -> str:
-    """One line: what the table chose for this budget and text, and why."""
+    """One line: what the table chose for this budget and text (only what it chose), and
+    why."""
     parts = []
-    if {"hidden_size", "num_layers"} & set(chosen):
+    if "hidden_size" in chosen:  # with num_layers: either one given turns the table off
         parts.append(f"{config.cell} {config.num_layers}x{config.hidden_size}")
-    if {"batch_size", "seq_len"} & set(chosen):
+    if {"batch_size", "seq_len"} <= set(chosen):
         parts.append(f"batch {config.batch_size}x{config.seq_len}")
-    if "lr" in chosen or "lr_schedule" in chosen or "lr_min" in chosen:
-        rate = f"lr {config.lr:g}"
-        if config.lr_schedule == "cosine":
-            rate += f" cosine to {config.lr_min:g} over the budget"
-        parts.append(rate)
+    elif "batch_size" in chosen:
+        parts.append(f"batch size {config.batch_size}")
+    elif "seq_len" in chosen:
+        parts.append(f"sequence length {config.seq_len}")
+    if "lr" in chosen:
+        parts.append(f"lr {config.lr:.3g}")
+    if "lr_schedule" in chosen:
+        over = ("over the budget" if config.lr_horizon == 0
+                else f"over {config.lr_horizon} steps")
+        parts.append(f"{config.lr_schedule} schedule to {config.lr_min:.3g} {over}"
+                     if config.lr_schedule == "cosine" else f"{config.lr_schedule} schedule")
+    elif "lr_min" in chosen:
+        parts.append(f"lr floor {config.lr_min:.3g}")
     if "dropout" in chosen:
         parts.append(f"dropout {config.dropout:g}")
+    measured = (f"on {recipe.measured}" if config.cell == "lstm"
+                else f"with lstm on {recipe.measured}")
     kept = "; options you gave win" if set(recipe.settings) - set(chosen) else ""
     return (f"--time {format_duration(config.time_limit)} on {train_chars:,} training "
             f"characters: chose {', '.join(parts)} (the budget table's '{recipe.name}' recipe, "
-            f"measured on {recipe.measured}: docs/QUALITY.md){kept}")
+            f"measured {measured}: docs/QUALITY.md){kept}")

@@ -5,6 +5,7 @@ charlstm ...`` runs it too, and ``python cli.py ...`` from a checkout.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
@@ -60,13 +61,16 @@ POSITIVE = click.IntRange(min=1)
 NON_NEGATIVE = click.IntRange(min=0)
 
 
-def _budget_options(f):
+def _budget_options(f, train: bool = False):
+    table = (" With no other budget, no --hidden-size/--num-layers and no --init-from, the "
+             "model size, batch, learning rate, its cosine schedule over the budget and "
+             "dropout that are not given come from a table measured for the budget and the "
+             "text's size, and the defaults shown here for them do not apply (README, \"A "
+             "time budget\")." if train else "")
     f = click.option("--time", "time_limit", type=Duration(), default=None,
                      help="Stop so that this whole invocation (start-up, training, the final "
-                          "validation and save) takes at most this long, e.g. 90s, 10m, 1h30m. "
-                          "For train with no other budget and no --hidden-size/--num-layers, "
-                          "the model, batch, rate schedule and dropout not given are chosen "
-                          "for the budget and the text's size (docs/QUALITY.md).")(f)
+                          "validation and save) takes at most this long, e.g. 90s, 10m, "
+                          "1h30m." + table)(f)
     f = click.option("--epochs", type=Real(min=0, min_open=True), default=None,
                      help="Stop when this many epochs (in total) are done.")(f)
     f = click.option("--steps", type=NON_NEGATIVE, default=None,
@@ -290,7 +294,7 @@ def _read_run_file(ctx, param, value):
               help="Which copy of weight_hh the per-step products read in each direction: "
                    "stored, transposed, or packed (once per chunk by mkl), e.g. "
                    "transposed/stored.  [default: measured with --blas auto, else stored/stored]")
-@_budget_options
+@functools.partial(_budget_options, train=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory.  [default: runs/<timestamp>]")
 @click.option("--force", is_flag=True, help="Start over in an --out directory that already holds a run.")
@@ -689,6 +693,9 @@ def info(checkpoint, as_json, as_toml):
     for event in history:
         changes = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in event.get("changes", {}).items())
         origin = f" from {event['init_from']} (step {event['init_from_step']})" if "init_from" in event else ""
+        if "budget_recipe" in event:
+            changes = (f"budget table's '{event['budget_recipe']}' recipe chose "
+                       + ", ".join(f"{k} {v}" for k, v in event.get("chosen", {}).items()))
         click.echo(f"history        step {event.get('step')}: {event.get('event')}{origin}"
                    + (f": {changes}" if changes else ""))
     click.echo("configuration")

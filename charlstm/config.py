@@ -238,6 +238,10 @@ def validate(config: TrainConfig) -> TrainConfig:
                              f"no value with cell {config.cell}, which has no forget gate; "
                              f"{', '.join(FORGET_GATE_CELLS[:-1])} and {FORGET_GATE_CELLS[-1]} "
                              f"have one")
+    if config.lr_schedule == "cosine" and config.lr_min > config.lr:
+        raise InvalidSetting("lr_min", config.lr_min,
+                             f"at most --lr ({config.lr:g}): the cosine schedule falls from "
+                             f"--lr to --lr-min")
     if config.patience > 0 and config.val_frac == 0:
         raise InvalidSetting("patience", config.patience,
                              "0 without a validation split (--val-frac 0): early stopping "

@@ -21,7 +21,7 @@ import sys
 import typing
 from pathlib import Path
 
-from .config import TrainConfig, parse_duration
+from .config import TrainConfig, format_duration, parse_duration
 from .errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -122,7 +122,7 @@ def write_options(options: dict, comment: str = "") -> str:
         if value is None:
             continue
         if name == "time_limit":
-            lines.append(f"time = \"{value!r}s\"")
+            lines.append(f"time = \"{format_duration(value)}\"")
         else:
             lines.append(f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
@@ -147,7 +147,7 @@ def write(config: TrainConfig, comment: str = "") -> str:
         if value is None or name in DERIVED:
             continue
         if name == "time_limit":
-            lines.append(f"time = \"{value!r}s\"")
+            lines.append(f"time = \"{format_duration(value)}\"")
         else:
             lines.append(f"{name} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"

@@ -375,13 +375,6 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
         if path == last_path:
             saved["step"] = trainer.step
 
-    if (cfg.lr_schedule == "cosine" and cfg.lr_horizon == 0 and cfg.lr_horizon_time == 0
-            and deadline is not None and cfg.steps is None and cfg.epochs is None):
-        # The time budget is the schedule's horizon: what it leaves for training once
-        # start-up is done (the final validation's share is small; the rate is then
-        # close to lr_min).
-        horizon = ranks.bcast(trainer.elapsed_before + deadline - began)  # rank 0's clock
-        cfg = trainer.config = cfg.replace(lr_horizon_time=horizon)
     has_val = len(trainer.data.val_ids) >= 2
     step_limit = trainer.step_limit()
     chars_per_step = cfg.batch_size * cfg.seq_len
@@ -411,6 +404,17 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                 stream_bits_per_char(trainer.net, probe)
                 timing["val_per_char"] = (time.perf_counter() - t0) / (len(probe) - 1)
         return timing["val_per_char"] * (len(ids) - 1)
+
+    if (cfg.lr_schedule == "cosine" and cfg.lr_horizon == 0 and cfg.lr_horizon_time == 0
+            and deadline is not None and cfg.steps is None and cfg.epochs is None):
+        # The time budget is the schedule's horizon: what it leaves for training once
+        # start-up is done and the final validation is set aside (estimated as
+        # out_of_time does), so the rate reaches lr_min as training stops.
+        reserve = 1.5 * validation_seconds() + EXIT_SECONDS
+        now = time.perf_counter()
+        horizon = ranks.bcast(trainer.elapsed_before + now - began
+                              + max(deadline - now - reserve, 1e-3))
+        cfg = trainer.config = cfg.replace(lr_horizon_time=horizon)  # rank 0's clock
 
     def out_of_time() -> bool:
         if deadline is None:

@@ -6,7 +6,8 @@ import pytest
 
 from charlstm.budget import (BUDGET_TABLE, RECIPE_SETTINGS, apply_recipe, describe,
                              recipe_for, wants_recipe)
-from charlstm.config import TrainConfig, format_duration, parse_duration
+from charlstm.config import (InvalidSetting, TrainConfig, format_duration, parse_duration,
+                             validate)
 from charlstm.run import start_run
 from conftest import make_text, run_cli
 
@@ -56,6 +57,31 @@ def test_settings_the_user_gave_win_and_the_line_says_so():
     assert f"{config.num_layers}x{config.hidden_size}" in line and "docs/QUALITY.md" in line
 
 
+def test_a_rate_of_ones_own_keeps_the_tables_ratio_of_floor_to_rate():
+    recipe = recipe_for(1_000_000, 180)
+    config, chosen = apply_recipe(TrainConfig(time_limit=180.0, lr=5e-5), recipe, {"lr"})
+    ratio = recipe.settings["lr_min"] / recipe.settings["lr"]
+    assert config.lr_min == pytest.approx(5e-5 * ratio) and config.lr_min < config.lr
+    validate(config)
+
+
+def test_a_cosine_floor_above_the_rate_is_refused():
+    with pytest.raises(InvalidSetting, match="lr_min.*at most --lr"):
+        validate(TrainConfig(lr=1e-4, lr_min=1e-3, lr_schedule="cosine"))
+    validate(TrainConfig(lr=1e-4, lr_min=1e-3, lr_schedule="constant"))  # no floor then
+
+
+def test_the_line_names_only_what_the_table_chose():
+    recipe = recipe_for(1_000_000, 180)
+    given = {"batch_size", "cell", "lr_min"}
+    config, chosen = apply_recipe(TrainConfig(time_limit=180.0, batch_size=8, cell="gru",
+                                              lr_min=0.0), recipe, given)
+    line = describe(config, recipe, chosen, 1_000_000)
+    assert "batch 8" not in line and "batch size" not in line and "sequence length 64" in line
+    assert "cosine schedule to 0 " in line  # the user's floor, as the schedule uses it
+    assert "measured with lstm on" in line and line.endswith("options you gave win")
+
+
 def test_durations_print_as_they_are_read():
     for seconds in (2.5, 59, 60, 180, 1800, 5400, 7201):
         assert parse_duration(format_duration(seconds)) == seconds
@@ -94,12 +120,30 @@ def test_cli_time_alone_tells_the_choice_and_saves_it_in_the_run(tmp_path):
     chosen = info["history"][0]["chosen"]
     assert info["history"][0]["budget_recipe"] == recipe.name and "lr" not in chosen
     assert info["config"]["lr"] == 1e-3
+    ratio = recipe.settings["lr_min"] / recipe.settings["lr"]
+    assert info["config"]["lr_min"] == chosen["lr_min"] == pytest.approx(1e-3 * ratio)
     for name, value in chosen.items():
-        assert info["config"][name] == value == recipe.settings[name]
+        if name != "lr_min":
+            assert info["config"][name] == value == recipe.settings[name]
     # the run's file repeats the run: every setting is written out, so the table's
     # later rows cannot change a repeat
     toml = run_cli("info", out / "last.npz", "--toml").stdout
-    assert f"hidden_size = {recipe.settings['hidden_size']}" in toml
+    assert f"hidden_size = {recipe.settings['hidden_size']}" in toml and 'time = "3s"' in toml
+    text = run_cli("info", out).stdout
+    assert f"budget table's '{recipe.name}' recipe chose" in text
+
+
+def test_cli_the_rate_reaches_its_floor_as_training_stops(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(60_000))
+    out = tmp_path / "run"
+    run_cli("train", corpus, "--time", "5s", "--hidden-size", "16", "--num-layers", "1",
+            "--seq-len", "16", "--batch-size", "4", "--lr-schedule", "cosine", "--lr", "1e-2",
+            "--lr-min", "1e-3", "--val-frac", "0.5", "--val-chars", "0", "--log-every", "1",
+            *FIXED_BLAS, "--quiet", "--out", out)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    # a tenth of the way from the floor back to the rate: the last 20% of the cosine
+    assert rows[-1]["lr"] < 1e-3 + 0.1 * (1e-2 - 1e-3)
 
 
 @pytest.mark.parametrize("options", [["--hidden-size", "16", "--num-layers", "1"],
