@@ -71,7 +71,7 @@ def wants_recipe(config: TrainConfig, given: set[str]) -> bool:
     budget and no other, and the user set no model size. ``given``: the TrainConfig
     fields the user set (command line or --config file)."""
     return (config.time_limit is not None and config.steps is None and config.epochs is None
-            and not given & {"hidden_size", "num_layers", "steps", "epochs"})
+            and not given & {*MODEL_SIZE, "steps", "epochs"})
 
 
 def apply_recipe(config: TrainConfig, recipe: Recipe, given: set[str]) -> tuple[TrainConfig, dict]:
