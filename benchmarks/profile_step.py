@@ -26,6 +26,7 @@ from charlstm.bench import CONFIGS, GATES  # noqa: E402
 from charlstm.config import TrainConfig  # noqa: E402
 from charlstm.kernels import blas  # noqa: E402
 from charlstm.kernels.jit import kernel  # noqa: E402
+from charlstm.kernels.panels import pack_panels, panel_buffer  # noqa: E402
 from charlstm.train import Trainer, prepare_data  # noqa: E402
 from charlstm.tune import resolve  # noqa: E402
 
@@ -67,6 +68,9 @@ def per_step_gemm_seconds(B, H, G, T, layouts=("stored", "stored")):
         if layout == "packed":
             buf = blas.BLAS.packed_buffer(w.shape, np.float32, forward, rows)
             return buf, lambda: blas.BLAS.pack_step_weight(w, buf, forward, rows)
+        if layout == "panels":
+            buf = panel_buffer(H, G * H, np.float32) if forward else panel_buffer(G * H, H, np.float32)
+            return buf, lambda: pack_panels(w, buf, forward)
         return (wt if layout == "transposed" else w), (lambda: None)
 
     (w_fwd, pack_fwd), (w_bwd, pack_bwd) = copy(layouts[0], True, B), copy(layouts[1], False, B)

@@ -12,7 +12,7 @@ from .cells import CELL_TABLE, FORGET_GATE_CELLS
 CELLS = tuple(CELL_TABLE)
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
 LR_SCHEDULES = ("constant", "cosine", "step")
-STEP_WEIGHT_COPIES = ("stored", "transposed", "packed")
+STEP_WEIGHT_COPIES = ("stored", "transposed", "packed", "panels")
 
 # Gates per cell: the G in PyTorch's [G*H, in] weight layout.
 GATES = {name: cell.gates for name, cell in CELL_TABLE.items()}
@@ -68,8 +68,10 @@ class TrainConfig:
     # compute: the BLAS behind the matrix products, as LIBRARY or STEP/CHUNK (the per-time-
     # step products of the recurrences, and all the others; kernels/blas.py), and which copy
     # of weight_hh the forward/backward step products read: "stored" (PyTorch's [G*H, H]),
-    # "transposed" (a [H, G*H] copy) or "packed" (packed by the step library once per chunk;
-    # oneMKL only). `train --blas auto` measures these choices on the machine (tune.py).
+    # "transposed" (a [H, G*H] copy), "packed" (packed by the step library once per chunk;
+    # oneMKL only) or "panels" (packed once per chunk into column panels for charlstm's own
+    # register-blocked product, kernels/panels.py, no BLAS). `train --blas auto` measures
+    # these choices on the machine (tune.py).
     # Saved with the run because each choice rounds float32 its own way.
     blas: str = "openblas"
     step_weights: str = "stored/stored"

@@ -24,6 +24,7 @@ from .kernels.cifg import cifg_backward, cifg_forward
 from .kernels.gru import gru_backward, gru_forward
 from .kernels.lstm import lstm_backward, lstm_forward
 from .kernels.onehot import onehot_backward, onehot_forward
+from .kernels.panels import pack_panels, panel_buffer
 from .kernels.peephole import peephole_backward, peephole_forward, peephole_weight_grads
 from .kernels.rnn import rnn_backward, rnn_forward
 from .kernels.softmax import softmax_xent_grad, softmax_xent_loss
@@ -100,6 +101,7 @@ class Network:
             self._w_hh_t = [np.empty((self.H, self.G * self.H + pad), self.dtype)
                             for _ in range(self.num_layers)]
         self._packed: dict[tuple, np.ndarray] = {}  # (layer, forward, rows) -> buffer
+        self._panels: dict[tuple, np.ndarray] = {}  # (layer, forward) -> panel buffer
 
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
         """The carried state of ``batch`` streams at zero: [num_layers, batch, H] per key
@@ -117,8 +119,17 @@ class Network:
 
     def _step_weight(self, k: int, layout: str, forward: bool, rows: int):
         """Layer k's weight_hh as one direction's step products read it, and the kernels'
-        code for that copy; a packed copy is packed here, for ``rows`` rows."""
+        code for that copy; a packed copy is packed here, for ``rows`` rows, and panels
+        here too (of W_hh.T for the forward, of W_hh for the backward)."""
         w_hh = self.params[f"rnn.weight_hh_l{k}"]
+        if layout == "panels":
+            key = (k, forward)
+            if key not in self._panels:
+                GH, H = w_hh.shape
+                k_dim, n_dim = (H, GH) if forward else (GH, H)
+                self._panels[key] = panel_buffer(k_dim, n_dim, self.dtype)
+            pack_panels(w_hh, self._panels[key], forward)
+            return self._panels[key], STEP_LAYOUTS[layout]
         if layout == "transposed":
             return self._w_hh_t[k], STEP_LAYOUTS[layout]
         if layout == "packed":

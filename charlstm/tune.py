@@ -37,6 +37,7 @@ from .errors import UserError
 from .kernels import blas_libraries
 from .kernels.blas import DEFAULT_BLAS, TRANSPOSED_PAD, format_blas, parse_blas
 from .kernels.blas_libraries import NO_TRANS, ROW_MAJOR, TRANS
+from .kernels.panels import pack_panels, panel_buffer, repeated_panel_product
 
 # How much faster a non-default choice must measure to be taken. A library other than
 # OpenBLAS needs more: products timed alone flatter it. At M on the AMD EPYC Zen 5, MKL's
@@ -132,6 +133,37 @@ class _PackedProduct:
         return 2.0 * self.rows * self.n * self.k
 
 
+class _PanelProduct:
+    """One time step's product through charlstm's own kernel (kernels/panels.py), with
+    weight_hh packed into panels once per chunk: the product per step plus the packing
+    shared out over the chunk's T steps. No BLAS is involved, so one timing serves every
+    library."""
+
+    def __init__(self, rows, H, GH, forward, T, rng):
+        self.forward, self.T = forward, T
+        n, k = (GH, H) if forward else (H, GH)
+        self.w = rng.standard_normal((GH, H)).astype(np.float32)
+        self.a = rng.standard_normal((rows, k)).astype(np.float32)
+        self.c = np.empty((rows, n), np.float32)
+        self.panels = panel_buffer(k, n, np.float32)
+        self.flops = 2.0 * rows * n * k
+
+    def seconds(self, reps: int) -> float:
+        t0 = time.perf_counter()
+        pack_panels(self.w, self.panels, self.forward)
+        pack_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        repeated_panel_product(self.a, self.panels, self.c, reps)
+        return (time.perf_counter() - t0) / reps + pack_s / self.T
+
+
+def _panel_products(config: TrainConfig, rng) -> dict:
+    rows, _ = _shard_rows(config)
+    H, GH, T = config.hidden_size, config.gates * config.hidden_size, config.seq_len
+    return {direction: _PanelProduct(rows, H, GH, direction == "forward", T, rng)
+            for direction in ("forward", "backward")}
+
+
 def _step_products(config: TrainConfig, rng) -> dict[str, _Product]:
     """One time step's recurrent products, for each copy of weight_hh a plain gemm reads."""
     rows, _ = _shard_rows(config)
@@ -190,6 +222,7 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
     steps = _step_products(config, rng)
     packed = {name: _packed_products(config, libs[name], rng)
               for name in step_libraries if libs[name].packs}
+    panels = _panel_products(config, rng)
     chunks = _chunk_products(config, vocab_size, rng)
     _, blas_threads = _shard_rows(config)
     saved = {name: lib.get_threads() for name, lib in libs.items() if lib.get_threads}
@@ -202,7 +235,12 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
         for product in steps.values():  # warm up each library at each shape
             for name in step_libraries:
                 product.seconds(gemms[name], 3)
+        for product in panels.values():  # compiles the kernel, or loads it from the cache
+            product.seconds(3)
         for _ in range(rounds):
+            for direction, product in panels.items():
+                samples.setdefault(("panels", direction), []).append(
+                    product.seconds(_reps(product, STEP_BUDGET_S)))
             for name in step_libraries:
                 for key, product in steps.items():
                     samples.setdefault(("step", name, *key), []).append(
@@ -231,6 +269,7 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
     for name in step_libraries:
         layout = []
         for direction in ("forward", "backward"):
+            median[("step", name, direction, "panels")] = median[("panels", direction)]
             pick = better({copy: median[("step", name, direction, copy)]
                            for copy in STEP_WEIGHT_COPIES
                            if ("step", name, direction, copy) in median}, "stored",
@@ -248,7 +287,9 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
     timings = {"step_s": per_library,
                "chunk_s": {name: median[("chunk", name)] for name in chunk_libraries
                            if ("chunk", name) in median},
-               "step_product_s": {"/".join(k[1:]): v for k, v in median.items() if k[0] == "step"}}
+               "step_product_s": {"/".join(k[1:]): v for k, v in median.items() if k[0] == "step"
+                                  and k[-1] != "panels"}
+               | {f"panels/{d}": median[("panels", d)] for d in ("forward", "backward")}}
     return Choice(format_blas(step, chunk), "/".join(layouts[step]), timings)
 
 

@@ -17,7 +17,8 @@ from charlstm.kernels.blas import BLAS, format_blas, matmul_nn, parse_blas
 from charlstm.tune import resolve, tune
 from conftest import ROOT, make_text, run_cli, train_split_and_whole
 
-LAYOUTS = ["stored/stored", "transposed/stored", "stored/transposed", "transposed/transposed"]
+LAYOUTS = ["stored/stored", "transposed/stored", "stored/transposed", "transposed/transposed",
+           "panels/panels", "panels/transposed"]
 PACKED_LAYOUTS = ["packed/packed", "packed/stored", "transposed/packed"]  # oneMKL's only
 INSTALLED = blas_libraries.available()
 MKL_MISSING = "mkl" not in INSTALLED
@@ -159,6 +160,7 @@ TINY = ["--hidden-size", "16", "--num-layers", "2", "--seq-len", "8", "--batch-s
 
 @pytest.mark.parametrize("blas,weights", [("openblas", "transposed/stored"),
                                           ("openblas", "stored/transposed"),
+                                          ("openblas", "panels/panels"),
                                           pytest.param("mkl", "packed/packed", marks=pytest.mark.skipif(MKL_MISSING, reason=NO_MKL)),
                                           pytest.param("mkl/openblas", "transposed/packed", marks=pytest.mark.skipif(MKL_MISSING, reason=NO_MKL))])
 def test_resume_on_each_library_is_bit_identical(tmp_path, blas, weights):

@@ -407,3 +407,39 @@ def test_softmax_kernels_float32_huge_logits():
     np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
     np.testing.assert_allclose(loss2, want_loss, rtol=1e-5)
     np.testing.assert_allclose(work, want_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_panel_product_matches_numpy(dtype):
+    """charlstm's own step product (kernels/panels.py) against NumPy's a @ B in float64,
+    at the step shapes and at ragged ones: rows not a multiple of the register block,
+    columns not a multiple of the panel width, weights read transposed or not. Nothing
+    past the output is written, and the panels' padding columns are zero."""
+    from charlstm.kernels.panels import PANEL_WIDTH, pack_panels, panel_buffer, panel_product
+    from charlstm.kernels.jit import kernel
+
+    @kernel
+    def product(a, panels, out):
+        panel_product(a, panels, out)
+
+    rng = np.random.default_rng(4)
+    tol = 1e-13 if dtype == np.float64 else 2e-6
+    for m, k, n in [(16, 64, 256), (16, 256, 64), (1, 3, 5), (5, 7, 33), (13, 40, 160),
+                    (3, 64, 31), (11, 9, 97), (8, 1, 32)]:
+        for transpose in (True, False):
+            weight = rng.standard_normal((n, k) if transpose else (k, n)).astype(dtype)
+            b = weight.T if transpose else weight
+            panels = panel_buffer(k, n, dtype)
+            panels[...] = np.nan
+            pack_panels(weight, panels, transpose)
+            blocks = panels.reshape(-1, k, PANEL_WIDTH)
+            assert np.all(blocks[-1, :, n - (len(blocks) - 1) * PANEL_WIDTH:] == 0)
+            a = rng.standard_normal((m, k)).astype(dtype)
+            memory = np.full(m * n + PANEL_WIDTH, np.nan, dtype)  # a guard past the end
+            target = memory[:m * n].reshape(m, n)
+            product(a, panels, target)
+            assert np.isnan(memory[m * n:]).all(), "wrote past the output"
+            want = a.astype(np.float64) @ b.astype(np.float64)
+            scale = np.abs(want).max()
+            close(target, want, rtol=0, atol=tol * scale * k ** 0.5,
+                  what=f"{m}x{k}x{n} transpose={transpose}")

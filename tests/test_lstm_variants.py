@@ -169,12 +169,13 @@ def test_network_repeated_calls_and_carried_state(cell):
 
 @pytest.mark.parametrize("cell", VARIANTS)
 def test_every_copy_of_weight_hh_gives_the_same_result(cell):
-    """The kernels' step products read weight_hh as stored or as a transposed copy
-    (--step-weights): both are the reference's numbers."""
+    """The kernels' step products read weight_hh as stored, as a transposed copy or
+    packed into panels (--step-weights): all give the reference's numbers."""
     rng = np.random.default_rng(9)
     inputs, targets, h0, c0 = random_chunk(rng, 3, 4, 2)
     nets = {w: make_net(cell, 2, seed=4, step_weights=w)
-            for w in ("stored/stored", "transposed/transposed", "transposed/stored")}
+            for w in ("stored/stored", "transposed/transposed", "transposed/stored",
+                      "panels/panels")}
     want_loss, want_grads, want_dh0, want_dc0, _, _ = ref.reference_loss_and_grads(
         cell, params_dict(nets["stored/stored"]), inputs, targets, h0, c0)
     for which, net in nets.items():

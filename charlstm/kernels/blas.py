@@ -35,14 +35,18 @@ from . import blas_libraries
 from .blas_libraries import LIBRARY_NAMES, NO_TRANS as _NO_TRANS, ROW_MAJOR as _ROW_MAJOR
 from .blas_libraries import PACKED as _PACKED_STORAGE, TRANS as _TRANS, LibraryUnavailable
 from .jit import kernel
+from .panels import panel_product
 
 ROLES = ("step", "chunk")
 # Which copy of weight_hh a recurrence's step products read (config.step_weights): as
 # stored ([G*H, H], PyTorch's layout), a transposed copy ([H, G*H]), or packed once per
 # chunk by the step library into its own kernel layout (oneMKL's cblas_?gemm_pack, what
 # oneDNN's RNN does), so the T products of a chunk skip re-packing it.
-STEP_LAYOUTS = {"stored": 0, "transposed": 1, "packed": 2}
-_TRANSPOSED, _PACKED = STEP_LAYOUTS["transposed"], STEP_LAYOUTS["packed"]
+# Or, not through a BLAS at all, packed once per chunk into the column panels of charlstm's
+# own product (panels.py).
+STEP_LAYOUTS = {"stored": 0, "transposed": 1, "packed": 2, "panels": 3}
+_TRANSPOSED, _PACKED, _PANELS = (STEP_LAYOUTS["transposed"], STEP_LAYOUTS["packed"],
+                                 STEP_LAYOUTS["panels"])
 # Columns of padding after each row of a transposed weight_hh copy. Its rows are G*H
 # floats, a multiple of 4 KB at M and L, and rows a multiple of 4 KB apart fall into the
 # same cache sets, more or less depending on where the pages land. Whole training steps
@@ -388,14 +392,17 @@ def recurrent_forward(h, weight, out, layout):
     """out = h @ W_hh.T, one time step's recurrent product.
 
     ``weight`` is the copy of W_hh that ``layout`` (STEP_LAYOUTS) names: as stored ([n, k],
-    PyTorch's layout), a [k, n + TRANSPOSED_PAD] copy of its transpose, or packed by the
-    step library.
+    PyTorch's layout), a [k, n + TRANSPOSED_PAD] copy of its transpose, packed by the
+    step library, or W_hh.T packed into panels (panels.pack_panels) for charlstm's own
+    product.
     Which one multiplies fastest depends on the library and the CPU (OpenBLAS's AVX-512
     kernels took 14-19 us with the transposed copy against 31-35 us as stored for
     [16, 128] rows at S, and 61-67 against 134-147 us at M, on an AMD EPYC Zen 5:
     benchmarks/blas_choice.py), so it is measured, not assumed (charlstm/tune.py).
     """
-    if layout == _TRANSPOSED:
+    if layout == _PANELS:
+        panel_product(h, weight, out)
+    elif layout == _TRANSPOSED:
         step_nn(h, weight, out)
     elif layout == _PACKED:
         _compute_step(h.shape[0], out.shape[1], h.shape[1], h, weight, out)
@@ -406,8 +413,10 @@ def recurrent_forward(h, weight, out, layout):
 @kernel(inline="always")
 def recurrent_backward(dpre, weight, out, layout):
     """out = dpre @ W_hh, one time step's gradient through the recurrent product;
-    ``weight`` and ``layout`` as in ``recurrent_forward``."""
-    if layout == _TRANSPOSED:
+    ``weight`` and ``layout`` as in ``recurrent_forward``, but panels pack W_hh itself."""
+    if layout == _PANELS:
+        panel_product(dpre, weight, out)
+    elif layout == _TRANSPOSED:
         step_nt(dpre, weight, out)
     elif layout == _PACKED:
         _compute_step(dpre.shape[0], out.shape[1], dpre.shape[1], dpre, weight, out)
