@@ -62,9 +62,21 @@ def exp_f32(x):
     return p * scale
 
 
+def exp(x):
+    """e**x: exp_f32 for float32, libm's for float64; compiled only (overload below)."""
+    raise NotImplementedError
+
+
 def sigmoid(x):
     """Logistic function; compiled only (see the overload below)."""
     raise NotImplementedError
+
+
+@overload(exp, inline="always")
+def _exp(x):
+    if x == types.float32:
+        return lambda x: exp_f32(x)
+    return lambda x: np.exp(x)
 
 
 def tanh(x):
