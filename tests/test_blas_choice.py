@@ -66,6 +66,23 @@ def test_tune_measures_and_returns_a_concrete_choice():
     assert only.blas == "openblas" and only.timings["chunk_s"] == {}
 
 
+def test_the_tuner_leaves_the_library_open():
+    """tune() runs charlstm's panel kernels to time them; the process must still be free
+    to bind whichever library the tuner then chooses (here: another one than its start)."""
+    script = ("import sys; sys.path.insert(0, %r)\n"
+              "from charlstm.config import TrainConfig\n"
+              "from charlstm.kernels.blas import BLAS\n"
+              "from charlstm.tune import tune\n"
+              "choice = tune(TrainConfig(hidden_size=32, seq_len=8, batch_size=4), 20, rounds=1)\n"
+              "assert 'panels/forward' in choice.timings['step_product_s']\n"
+              "BLAS.bind('numpy')\n"
+              "print(BLAS.spec)\n" % str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "CHARLSTM_BLAS": "openblas"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["numpy"]
+
+
 def test_resolve_keeps_explicit_choices_and_refuses_bad_ones():
     config = TrainConfig(hidden_size=8, num_layers=1, seq_len=4, batch_size=2)
     fixed, measured = resolve(config, 10, "openblas")

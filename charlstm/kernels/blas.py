@@ -74,12 +74,15 @@ def format_blas(step: str, chunk: str) -> str:
 
 
 def _kernels_linked() -> bool:
-    """Whether any kernel of this package has been compiled or loaded in this process:
-    from then on its machine code holds the addresses the symbols had."""
+    """Whether any kernel of this package that calls a BLAS has been compiled or loaded in
+    this process: from then on its machine code holds the addresses the symbols had. A
+    module that sets ``LINKS_BLAS = False`` (panels.py, which the tuner runs before
+    binding) is not counted."""
     from numba.core.registry import CPUDispatcher
 
     for name, module in list(sys.modules.items()):
-        if name.startswith("charlstm.kernels") and module is not None:
+        if (name.startswith("charlstm.kernels") and module is not None
+                and getattr(module, "LINKS_BLAS", True)):
             for obj in list(vars(module).values()):
                 if isinstance(obj, CPUDispatcher) and obj.signatures:
                     return True

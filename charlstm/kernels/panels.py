@@ -33,6 +33,9 @@ import numpy as np
 
 from .jit import kernel
 
+# Nothing here calls a BLAS, so the tuner may time these kernels before the process binds
+# its library (blas._kernels_linked).
+LINKS_BLAS = False
 PANEL_WIDTH = 32  # columns per panel: two AVX-512 vectors of float32
 ROW_BLOCK = 8  # rows per register block: 8 x 2 accumulators leave room for the operands
 
