@@ -8,7 +8,7 @@ for its [16, 1024] x [1024, 256] backward twin on an AMD EPYC Zen 5, where the c
 products reach about 210 GFLOP/s. Here the weight is packed once per chunk and
 direction into column panels, and every step product runs a register-blocked kernel
 over them: on the same machine 34 us for either product, about 245 GFLOP/s
-(benchmarks/panel_product.py).
+(benchmarks/blas_choice.py, the "panels" rows).
 
 Layout: the right operand ``B`` ([K, N]) is cut into panels of ``PANEL_WIDTH`` columns
 (the last one zero-padded); panel p is stored as a [K, PANEL_WIDTH] block, rows k
