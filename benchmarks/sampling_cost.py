@@ -1,15 +1,17 @@
-"""What one batch-1 character costs at a configuration's shapes, piece by piece, and why
-sampling stays on one core.
+"""What one batch-1 character costs at a configuration's shapes, piece by piece, and what
+splitting it over two cores gives.
 
     python benchmarks/sampling_cost.py [--config M]
 
 - the LSTM cell step at batch 1 reading its old state in place (as sampling once did)
-  and from a copy (as it does now): an input that overlaps an output keeps LLVM's gate
-  loop scalar;
+  and from another array (as it does now, from the other of two state buffers): an
+  input that overlaps an output keeps LLVM's gate loop scalar;
 - the matrix-vector products of one character (weight_hh of every layer and the upper
   layers' weight_ih), from a cache that cannot hold them all;
 - the same products split over two cores by Numba's parallel regions, for each threading
-  layer that loads here: what one region costs decides whether splitting can pay.
+  layer that loads here: one region costs more than the work it splits;
+- whole samples (`Sampler.stream`) on one core and on two, each core computing half the
+  units and meeting the other at spinning barriers (kernels/sync.py), interleaved.
 """
 import argparse
 import sys
@@ -23,7 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from charlstm.bench import CONFIGS  # noqa: E402
 from charlstm.kernels.lstm import lstm_step  # noqa: E402
-from charlstm.kernels.sampling import vecmat  # noqa: E402
+from charlstm.kernels.panels import pack_panels, panel_buffer, panel_product  # noqa: E402
+from charlstm.config import TrainConfig  # noqa: E402
+from charlstm.corpus import Vocab  # noqa: E402
+from charlstm.parameters import init_params  # noqa: E402
+from charlstm.sample import Sampler  # noqa: E402
 
 
 @njit(error_model="numpy")
@@ -33,10 +39,10 @@ def _steps(gates, xproj, c_prev, c, h, tanh_c, n):
 
 
 @njit(error_model="numpy")
-def _products(x, weights, out, n):
+def _products(x, panels, out, n):
     for _ in range(n):
-        for k in range(weights.shape[0]):
-            vecmat(x, weights[k], out)
+        for k in range(panels.shape[0]):
+            panel_product(x, panels[k], out)
 
 
 @njit(error_model="numpy")
@@ -89,7 +95,10 @@ def main():
     count = 2 * L - 1  # weight_hh of every layer, weight_ih of the layers above the first
     weights = rng.standard_normal((count, H, 4 * H)).astype(np.float32)
     x, out = rng.standard_normal(H).astype(np.float32), np.empty(4 * H, np.float32)
-    alone = per_call_us(_products, x, weights, out, calls=500)
+    panels = panel_buffer(H, 4 * H, np.float32, count=count)
+    for k in range(count):
+        pack_panels(weights[k], panels[k], False)
+    alone = per_call_us(_products, x.reshape(1, H), panels, out.reshape(1, 4 * H), calls=500)
     print(f"{count} matrix-vector products [{H}] x [{H}, {4 * H}] per character: {alone:.1f} us "
           f"({count * H * 4 * H * 4 / alone / 1e3:.0f} GB/s of weights)")
     for layer in ([a.layer] if a.layer else ["omp", "tbb", "workqueue"]):
@@ -101,6 +110,23 @@ def main():
             continue
         print(f"  split over 2 cores with parallel regions ({layer}): {split:.1f} us")
         break  # Numba loads one threading layer per process
+    vocab = Vocab(sorted(map(chr, range(32, 97))))  # 65 characters, as tinyshakespeare
+    cfg = TrainConfig(**{k: v for k, v in spec.items() if k in ("cell", "hidden_size", "num_layers")})
+    model = argparse.Namespace(config=cfg, vocab=vocab,
+                               params=init_params(cfg, len(vocab), np.random.default_rng(0)))
+    samplers = {r: Sampler(model, ranks=r) for r in (1, 2) if r <= Sampler(model).blocks}
+    rates = {r: [] for r in samplers}
+    for sampler in samplers.values():
+        sampler.prime("A", np.random.default_rng(0))
+        "".join(sampler.stream(500, 1.0, 0, np.random.default_rng(1)))  # compile, warm
+    for _ in range(5):
+        for r, sampler in samplers.items():
+            t0 = time.perf_counter()
+            n = sum(map(len, sampler.stream(4000, 1.0, 0, np.random.default_rng(2))))
+            rates[r].append(n / (time.perf_counter() - t0))
+    for r, values in rates.items():
+        print(f"  Sampler.stream on {r} core{'s' * (r > 1)}: {np.median(values):,.0f} chars/s")
+    print(f"  Sampler's own measurement chooses {Sampler(model)._measure_ranks()} core(s)")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,17 @@
 """Generating text from a checkpoint, streamed in chunks from a compiled kernel."""
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .checkpoint import Checkpoint
 from .cells import CELL_TABLE
+from .kernels.panels import PANEL_WIDTH, pack_panels, panel_buffer
 from .kernels.sampling import generate
+from .kernels.sync import SLOT
+from .shards import available_cores
 
 STREAM_CHUNK = 32  # characters per kernel call: small enough to stream, large enough to be cheap
 
@@ -14,7 +20,9 @@ class Sampler:
     """Holds a model's weights in the stacked layout the sampling kernel reads, and the
     batch-1 state it carries."""
 
-    def __init__(self, ckpt: Checkpoint):
+    def __init__(self, ckpt: Checkpoint, ranks: int | None = None):
+        """``ranks``: the cores that generate (1, or 2 where the model splits into two
+        unit blocks); None measures which is faster here, at the first use."""
         cfg = ckpt.config
         p = ckpt.params
         L, H, G = cfg.num_layers, cfg.hidden_size, cfg.gates
@@ -43,22 +51,57 @@ class Sampler:
                 b_hh[2 * H:] = 0.0
             return b_hh
 
+        # The products' columns regrouped by unit block (kernels/sampling.py): with two
+        # blocks, each core computes every gate of half the units from its half of each
+        # weight matrix, and updates those units' state itself.
+        GH = G * H
+        self.blocks = 2 if GH % (2 * PANEL_WIDTH) == 0 and H % 2 == 0 else 1
+        Hb = H // self.blocks
+        order = np.concatenate([np.arange(g * H + b * Hb, g * H + (b + 1) * Hb)
+                                for b in range(self.blocks) for g in range(G)])
         self.table0 = np.ascontiguousarray(
-            p["rnn.weight_ih_l0"].T + p["rnn.bias_ih_l0"] + bias_hh_input_side(0))
-        self.w_ih_t = np.zeros((max(L - 1, 1), H, G * H), np.float32)
-        self.bias = np.zeros((max(L - 1, 1), G * H), np.float32)
+            (p["rnn.weight_ih_l0"].T + p["rnn.bias_ih_l0"] + bias_hh_input_side(0))[:, order])
+
+        def pack(weight, into):
+            """weight.T in panels (the right operand of x @ weight.T)."""
+            pack_panels(np.ascontiguousarray(weight, np.float32), into, True)
+            return into
+
+        self.w_ih_p = panel_buffer(H, GH, np.float32, count=max(L - 1, 1))
+        self.w_ih_p[...] = 0.0
+        self.bias = np.zeros((max(L - 1, 1), GH), np.float32)
         for k in range(1, L):
-            self.w_ih_t[k - 1] = p[f"rnn.weight_ih_l{k}"].T
-            self.bias[k - 1] = p[f"rnn.bias_ih_l{k}"] + bias_hh_input_side(k)
-        # C order: np.stack of transposes (and astype, which keeps strides) is neither C-
-        # nor F-contiguous, and the kernel's np.dot would copy each layer's matrix per step.
-        self.w_hh_t = np.ascontiguousarray(
-            np.stack([p[f"rnn.weight_hh_l{k}"].T for k in range(L)]), dtype=np.float32)
-        self.dec_w_t = np.ascontiguousarray(p["decoder.weight"].T)
+            pack(p[f"rnn.weight_ih_l{k}"][order], self.w_ih_p[k - 1])
+            self.bias[k - 1] = (p[f"rnn.bias_ih_l{k}"] + bias_hh_input_side(k))[order]
+        self.w_hh_p = panel_buffer(H, GH, np.float32, count=L)
+        for k in range(L):
+            pack(p[f"rnn.weight_hh_l{k}"][order], self.w_hh_p[k])
+        self.bias_hn = np.ascontiguousarray(self.bias_hn.reshape(L, self.blocks, Hb))
+        self.peepholes = np.ascontiguousarray(
+            self.peepholes.reshape(L, 3, self.blocks, Hb).transpose(0, 2, 1, 3))
+        self.dec_p = pack(p["decoder.weight"], panel_buffer(H, len(self.vocab), np.float32))
         self.dec_b = p["decoder.bias"].copy()
-        self.h = np.zeros((L, 1, H), np.float32)
-        self.c = np.zeros((L, 1, H), np.float32)
+        # The state, double-buffered (kernels/sampling.py): self.hs[self.parity] is current.
+        self.hs = np.zeros((2, L, self.blocks, 1, Hb), np.float32)
+        self.cs = np.zeros((2, L, self.blocks, 1, Hb), np.float32)
+        self.parity = 0
         self.next_input = None
+        if ranks not in (None, 1) and ranks != self.blocks:
+            raise ValueError(f"this model generates on 1 core or {self.blocks}, not {ranks}")
+        self.ranks = ranks  # None: measured at the first use
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def h(self) -> np.ndarray:
+        """The current hidden state, [L, 1, H] (a view)."""
+        L, H = self.hs.shape[1], self.hs.shape[2] * self.hs.shape[4]
+        return self.hs[self.parity].reshape(L, 1, H)
+
+    @property
+    def c(self) -> np.ndarray:
+        """The current cell state, [L, 1, H] (a view; zeros for cells without one)."""
+        L, H = self.cs.shape[1], self.cs.shape[2] * self.cs.shape[4]
+        return self.cs[self.parity].reshape(L, 1, H)
 
     def encode(self, text: str) -> np.ndarray:
         self.vocab.require_covers(text, "the prime text", "remove them or choose another prime")
@@ -66,8 +109,8 @@ class Sampler:
 
     def reset(self) -> None:
         """Zero the state (and forget the next input), as before the first prime."""
-        self.h[...] = 0.0
-        self.c[...] = 0.0
+        self.hs[...] = 0.0
+        self.cs[...] = 0.0
         self.next_input = None
 
     def prime(self, text: str, rng: np.random.Generator) -> None:
@@ -85,9 +128,50 @@ class Sampler:
         self.next_input = int(ids[-1])
 
     def _run(self, feed, first, uniforms, temperature, top_k, top_p, out):
-        return generate(self.cell, self.table0, self.w_ih_t, self.bias, self.w_hh_t,
-                        self.bias_hn, self.peepholes, self.dec_w_t, self.dec_b, self.h, self.c,
-                        feed, first, uniforms, float(temperature), int(top_k), float(top_p), out)
+        if self.ranks is None:
+            self.ranks = self._measure_ranks()
+        last = self._generate(self.ranks, self.hs, self.cs, self.parity, feed, first,
+                              uniforms, temperature, top_k, top_p, out)
+        self.parity = (self.parity + len(feed) + len(out)) % 2
+        return last
+
+    def _generate(self, ranks, hs, cs, parity, feed, first, uniforms, temperature, top_k,
+                  top_p, out):
+        """The sampling kernel on ``ranks`` cores: ranks 1.. in the worker threads, rank 0
+        here. Raises RuntimeError if a rank stopped answering."""
+        counts = np.zeros(ranks * SLOT, np.int64)
+        args = (counts, self.cell, self.table0, self.w_ih_p, self.bias, self.w_hh_p,
+                self.bias_hn, self.peepholes, self.dec_p, self.dec_b, hs, cs, parity, feed,
+                first, uniforms, float(temperature), int(top_k), float(top_p), out)
+        others = []
+        if ranks > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(ranks - 1, thread_name_prefix="charlstm-sample")
+            others = [self._pool.submit(generate, r, ranks, *args) for r in range(1, ranks)]
+        last = generate(0, ranks, *args)
+        if min([last] + [f.result() for f in others]) < 0:
+            raise RuntimeError("a core generating the sample stopped answering")
+        return last
+
+    def _measure_ranks(self, chars: int = 48, rounds: int = 3) -> int:
+        """1 or 2: whichever generates faster here (on scratch state; the results are the
+        same either way). Two cores pay off when the weights outgrow one core's caches:
+        on an AMD EPYC Zen 5 (1 MB of L2 per core), 27,700 against 43,300 chars/s at M
+        (3 MB of weights) and 8,300 against 15,000 at L, but 308,000 against 192,000 at S
+        (256 KB), where the barriers cost more than the halved products save
+        (benchmarks/sampling_cost.py)."""
+        if self.blocks < 2 or available_cores() < 2:
+            return 1
+        seconds = {1: [], 2: []}
+        out = np.empty(chars, np.int64)
+        none, draws = np.zeros(0, np.int64), np.zeros(chars)
+        for _ in range(rounds):
+            for ranks in (1, 2):
+                hs, cs = np.zeros_like(self.hs), np.zeros_like(self.cs)
+                t0 = time.perf_counter()
+                self._generate(ranks, hs, cs, 0, none, 0, draws, 0.0, 0, 1.0, out)
+                seconds[ranks].append(time.perf_counter() - t0)
+        return 2 if min(seconds[2]) < 0.9 * min(seconds[1]) else 1
 
     def check_stop(self, stop: str) -> None:
         """Refuse a stop string the model could never generate."""

@@ -7,7 +7,6 @@ import pytest
 import reference as ref
 from charlstm.config import TrainConfig
 from charlstm.corpus import Vocab
-from charlstm.kernels.sampling import vecmat
 from charlstm.parameters import init_params
 from charlstm.sample import Sampler
 
@@ -15,9 +14,9 @@ CHARS = "abcdefghij\n"
 H = 12
 
 
-def model(cell, num_layers, seed):
+def model(cell, num_layers, seed, hidden_size=H):
     vocab = Vocab(sorted(CHARS))
-    cfg = TrainConfig(cell=cell, hidden_size=H, num_layers=num_layers)
+    cfg = TrainConfig(cell=cell, hidden_size=hidden_size, num_layers=num_layers)
     params = init_params(cfg, len(vocab), np.random.default_rng(seed))
     params["decoder.weight"][...] *= 6.0  # decisive logits: greedy is far from ties
     return types.SimpleNamespace(config=cfg, params=params, vocab=vocab)
@@ -30,9 +29,9 @@ def reference_step(cell, p, char_id, h, c):
 
 def reference_run(cell, m, prime, uniforms, temperature, top_k):
     p = {n: np.array(v, np.float64) for n, v in m.params.items()}
-    L = m.config.num_layers
-    h = np.zeros((L, 1, H))
-    c = np.zeros((L, 1, H)) if cell in ref.CELL_STATE_CELLS else None
+    L, hidden = m.config.num_layers, m.config.hidden_size
+    h = np.zeros((L, 1, hidden))
+    c = np.zeros((L, 1, hidden)) if cell in ref.CELL_STATE_CELLS else None
     ids = [m.vocab.index[ch] for ch in prime]
     for i in ids[:-1]:
         _, h, c = reference_step(cell, p, i, h, c)
@@ -70,11 +69,35 @@ def test_sampling_matches_the_reference(cell, num_layers, temperature, top_k):
     np.testing.assert_allclose(sampler.h, h, rtol=1e-4, atol=1e-5)
 
 
-def test_vecmat_matches_numpy():
-    rng = np.random.default_rng(0)
-    for K, N in [(1, 5), (7, 3), (64, 256), (13, 1)]:
-        x = rng.standard_normal(K).astype(np.float32)
-        w = rng.standard_normal((K, N)).astype(np.float32)
-        out = np.full(N, np.nan, np.float32)
-        vecmat(x, w, out)
-        np.testing.assert_allclose(out, x.astype(np.float64) @ w, rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("cell", ref.CELLS)
+def test_two_cores_sample_what_one_core_samples(cell):
+    """With a hidden size that splits into two unit blocks, the sample drawn on two
+    cores (each computing half the units, meeting at barriers) is the one-core sample
+    to the last bit, state included, and both are the reference's."""
+    m = model(cell, 2, seed=14, hidden_size=64)
+    runs = {}
+    for ranks in (1, 2):
+        sampler = Sampler(m, ranks=ranks)
+        assert sampler.blocks == 2
+        rng = np.random.default_rng(5)
+        sampler.prime("abc\nde", rng)
+        text = "".join(sampler.stream(70, 0.9, 0, rng))  # three stream chunks
+        runs[ranks] = text, sampler.h.copy(), sampler.c.copy()
+    assert runs[1][0] == runs[2][0]
+    np.testing.assert_array_equal(runs[1][1], runs[2][1])
+    np.testing.assert_array_equal(runs[1][2], runs[2][2])
+    rng = np.random.default_rng(5)
+    rng.random(0)  # prime draws nothing from a text prime
+    want, h = reference_run(cell, m, "abc\nde", np.concatenate(
+        [rng.random(32), rng.random(32), rng.random(6)]), 0.9, 0)
+    assert runs[1][0] == want
+    np.testing.assert_allclose(runs[1][1], h, rtol=1e-4, atol=1e-5)
+
+
+def test_a_model_that_does_not_split_generates_on_one_core():
+    m = model("lstm", 1, seed=2, hidden_size=12)  # 4 * 12 gate columns: not two panels' worth
+    assert Sampler(m).blocks == 1
+    with pytest.raises(ValueError, match="1 core or 1, not 2"):
+        Sampler(m, ranks=2)
+
+

@@ -45,21 +45,27 @@ def panel_count(n: int) -> int:
     return -(-n // PANEL_WIDTH)
 
 
-def panel_buffer(k: int, n: int, dtype) -> np.ndarray:
+def panel_buffer(k: int, n: int, dtype, count: int | None = None) -> np.ndarray:
     """An uninitialised [panel_count(n) * k, PANEL_WIDTH] array, 64-byte aligned, for the
-    panels of a [k, n] right operand."""
+    panels of a [k, n] right operand; with ``count``, ``count`` of them stacked
+    ([count, panel_count(n) * k, PANEL_WIDTH], each aligned)."""
     rows = panel_count(n) * k
     itemsize = np.dtype(dtype).itemsize
-    raw = np.empty(rows * PANEL_WIDTH + 64 // itemsize, dtype)
+    size = (count or 1) * rows * PANEL_WIDTH
+    raw = np.empty(size + 64 // itemsize, dtype)
     offset = (-raw.ctypes.data % 64) // itemsize
-    return raw[offset:offset + rows * PANEL_WIDTH].reshape(rows, PANEL_WIDTH)
+    flat = raw[offset:offset + size]
+    return flat.reshape(rows, PANEL_WIDTH) if count is None else flat.reshape(count, rows, PANEL_WIDTH)
 
 
-def _register_block(rows: int):
-    """An intrinsic computing c[i, :PANEL_WIDTH] = a[i, :K] @ panel for ``rows`` rows.
+def _register_block(rows: int, panels_at_once: int = 1):
+    """An intrinsic computing c[i, j*PANEL_WIDTH:(j+1)*PANEL_WIDTH] = a[i, :K] @ panel j
+    for ``rows`` rows and ``panels_at_once`` consecutive panels j.
 
     Arguments: a, a_offset, lda, panels, panel_offset, c, c_offset, ldc, K (offsets and
-    leading dimensions in elements; K >= 1). Writes all PANEL_WIDTH columns of each row.
+    leading dimensions in elements; K >= 1; panel j starts j*K*PANEL_WIDTH elements after
+    panel_offset). Writes all PANEL_WIDTH columns of each row and panel. Each result is
+    the same chain of fused multiply-adds whatever the block's shape.
     """
     width = PANEL_WIDTH
 
@@ -84,16 +90,20 @@ def _register_block(rows: int):
                 f"llvm.fma.v{width}{suffix}")
             data = [context.make_array(signature.args[i])(context, builder, args[i]).data
                     for i in (0, 3, 5)]
-            a_ptr = builder.gep(data[0], [a_off])
-            p_ptr = builder.gep(data[1], [p_off])
-            c_ptr = builder.gep(data[2], [c_off])
             i64 = ir.IntType(64)
+            a_ptr = builder.gep(data[0], [a_off])
+            panel_stride = builder.mul(k_count, ir.Constant(i64, width))
+            panel_ptrs = [builder.gep(data[1], [builder.add(
+                p_off, builder.mul(ir.Constant(i64, j), panel_stride))])
+                for j in range(panels_at_once)]
+            c_ptr = builder.gep(data[2], [c_off])
             zero = ir.Constant(vector, None)
             undef = ir.Constant(vector, ir.Undefined)
             splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
             lane0 = ir.Constant(ir.IntType(32), 0)
             row_starts = [builder.gep(a_ptr, [builder.mul(ir.Constant(i64, r), lda_)])
                           for r in range(rows)]
+            cells = [(r, j) for r in range(rows) for j in range(panels_at_once)]
             entry = builder.block
             loop = builder.append_basic_block("panel.k")
             done = builder.append_basic_block("panel.done")
@@ -101,29 +111,34 @@ def _register_block(rows: int):
             builder.position_at_end(loop)
             k = builder.phi(i64)
             k.add_incoming(ir.Constant(i64, 0), entry)
-            accumulators = []
-            for _ in range(rows):
+            accumulators = {}
+            for cell in cells:
                 acc = builder.phi(vector)
                 acc.add_incoming(zero, entry)
-                accumulators.append(acc)
-            row_ptr = builder.gep(p_ptr, [builder.mul(k, ir.Constant(i64, width))])
-            b_row = builder.load(builder.bitcast(row_ptr, vector.as_pointer()), align=4)
-            updated = []
+                accumulators[cell] = acc
+            offset = builder.mul(k, ir.Constant(i64, width))
+            b_rows = [builder.load(builder.bitcast(builder.gep(ptr, [offset]),
+                                                   vector.as_pointer()), align=4)
+                      for ptr in panel_ptrs]
+            updated = {}
             for r in range(rows):
                 a_rk = builder.load(builder.gep(row_starts[r], [k]))
                 broadcast = builder.shuffle_vector(
                     builder.insert_element(undef, a_rk, lane0), undef, splat)
-                updated.append(builder.call(fma, [broadcast, b_row, accumulators[r]]))
+                for j in range(panels_at_once):
+                    updated[r, j] = builder.call(fma, [broadcast, b_rows[j],
+                                                       accumulators[r, j]])
             k_next = builder.add(k, ir.Constant(i64, 1))
             tail = builder.block
             k.add_incoming(k_next, tail)
-            for acc, new in zip(accumulators, updated):
-                acc.add_incoming(new, tail)
+            for cell in cells:
+                accumulators[cell].add_incoming(updated[cell], tail)
             builder.cbranch(builder.icmp_signed("<", k_next, k_count), loop, done)
             builder.position_at_end(done)
-            for r in range(rows):
-                out = builder.gep(c_ptr, [builder.mul(ir.Constant(i64, r), ldc_)])
-                builder.store(updated[r], builder.bitcast(out, vector.as_pointer()), align=4)
+            for r, j in cells:
+                out = builder.gep(c_ptr, [builder.add(builder.mul(ir.Constant(i64, r), ldc_),
+                                                      ir.Constant(i64, j * width))])
+                builder.store(updated[r, j], builder.bitcast(out, vector.as_pointer()), align=4)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -136,6 +151,10 @@ _block8 = _register_block(8)
 _block4 = _register_block(4)
 _block2 = _register_block(2)
 _block1 = _register_block(1)
+# One row (batch-1 sampling, evaluation): a single panel's two accumulators would wait on
+# each fused multiply-add's latency, so four panels are walked at once.
+WIDE_PANELS = 4
+_block1_wide = _register_block(1, WIDE_PANELS)
 
 
 @kernel(inline="always")
@@ -165,7 +184,12 @@ def panel_product(a, panels, out):
     n = out.shape[1]
     width = PANEL_WIDTH
     full = n // width
-    for p in range(full):
+    done = 0  # panels already computed
+    if m == 1:
+        while done + WIDE_PANELS <= full:
+            _block1_wide(a, 0, k, panels, done * k * width, out, done * width, n, k)
+            done += WIDE_PANELS
+    for p in range(done, full):
         for row in range(0, m, ROW_BLOCK):
             rows = min(ROW_BLOCK, m - row)
             _rows_of_panel(a, row, rows, k, panels, p * k * width, out, row * n + p * width, n)

@@ -1,0 +1,111 @@
+"""Two kernels on two cores meeting at a barrier, without leaving compiled code.
+
+Batch-1 sampling splits each character's matrix-vector products over the cores
+(sampling.py), and the cores must meet a few times per character: a few microseconds of
+work between meetings. Numba's parallel regions cost far more than that per region
+(234 us against 36 us of work; benchmarks/sampling_cost.py), so each core runs one long
+kernel call from its own thread, and they meet at a spinning barrier: each rank stores
+how many barriers it has reached (a release store) and spins on the others' counts
+(acquire loads), one 64-byte line per rank so the counts do not share a cache line.
+
+Numba has no atomics, so the loads, stores and the spin-loop hint are written in LLVM IR
+(numba.extending.intrinsic).
+"""
+import platform
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.errors import TypingError
+from numba.extending import intrinsic
+
+from .jit import kernel
+
+LINKS_BLAS = False  # see blas._kernels_linked
+SLOT = 8  # int64s per rank's counter: one 64-byte cache line each
+# Spins before a barrier gives up (a rank that never arrives: its thread failed to start).
+# A spin is one pause instruction, 10-150 cycles depending on the CPU: seconds in all.
+SPIN_LIMIT = 1 << 27
+# The LLVM intrinsic that tells the core it is in a spin loop (x86's pause, Arm's yield
+# hint), per architecture; nothing where unknown. (llvmlite's JIT has no assembler for
+# inline asm, so these are intrinsics.)
+_PAUSE = {"x86_64": ("llvm.x86.sse2.pause", ()), "amd64": ("llvm.x86.sse2.pause", ()),
+          "aarch64": ("llvm.aarch64.hint", (1,)), "arm64": ("llvm.aarch64.hint", (1,)),
+          }.get(platform.machine().lower())
+
+
+def _int64_array(arr):
+    return isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.layout == "C"
+
+
+def _element_pointer(context, builder, arr_type, arr, index):
+    data = context.make_array(arr_type)(context, builder, arr).data
+    return builder.gep(data, [index])
+
+
+@intrinsic
+def load_acquire(typingctx, arr, index):
+    """arr[index] of a C-contiguous int64 array, as an atomic load with acquire order."""
+    if not _int64_array(arr):
+        raise TypingError("load_acquire needs a C-contiguous int64 array")
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return types.int64(arr, types.intp), codegen
+
+
+@intrinsic
+def store_release(typingctx, arr, index, value):
+    """arr[index] = value for a C-contiguous int64 array, as an atomic store with release
+    order: every write before it is visible to a rank that load_acquires the value."""
+    if not _int64_array(arr):
+        raise TypingError("store_release needs a C-contiguous int64 array")
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        value = context.cast(builder, args[2], signature.args[2], types.int64)
+        builder.store_atomic(value, ptr, "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(arr, types.intp, types.int64), codegen
+
+
+@intrinsic
+def spin_pause(typingctx):
+    """The CPU's spin-loop hint (x86 pause, Arm yield): a waiting core yields its
+    pipeline to its sibling and stops speculating on the line it polls."""
+
+    def codegen(context, builder, signature, args):
+        if _PAUSE is not None:
+            name, operands = _PAUSE
+            i32 = ir.IntType(32)
+            hint = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i32] * len(operands)), name)
+            builder.call(hint, [ir.Constant(i32, v) for v in operands])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@kernel(inline="always")
+def barrier(counts, rank, ranks, reached):
+    """Wait until every rank of ``ranks`` has reached barrier number ``reached``.
+
+    counts : int64 [ranks * SLOT], zero at the start of the ranks' work; rank r's count
+    is counts[r * SLOT]. Returns False if another rank did not arrive within SPIN_LIMIT
+    spins (then the caller abandons its work), True otherwise. One rank: True at once.
+    """
+    if ranks == 1:
+        return True
+    store_release(counts, rank * SLOT, reached)
+    for other in range(ranks):
+        if other != rank:
+            spins = 0
+            while load_acquire(counts, other * SLOT) < reached:
+                spin_pause()
+                spins += 1
+                if spins > SPIN_LIMIT:
+                    return False
+    return True
