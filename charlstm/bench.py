@@ -294,13 +294,21 @@ def run_quality(config: str, corpus: str | None, seconds: float, eval_every_s: f
     threads = threads or default_threads(CONFIGS[config]["batch_size"])
     ours = _run_worker(["--worker", "quality-charlstm", "--threads", str(threads), "--blas", blas] + args
                        + (["--torch-init"] if same_init else []))["curve"]
-    echo(f"charlstm: validation {ours[-1][1]:.4f} bpc after {ours[-1][0]:.0f} s")
+    echo(_curve_summary("charlstm:", ours))
     theirs = _run_worker(["--worker", "quality-torch", "--threads", str(torch_threads)] + args)["curve"]
-    echo(f"PyTorch:  validation {theirs[-1][1]:.4f} bpc after {theirs[-1][0]:.0f} s")
+    echo(_curve_summary("PyTorch: ", theirs))
     return {"config": config, **CONFIGS[config], "seconds": seconds, "seed": seed,
             "same_init": same_init, "threads": threads, "torch_threads": torch_threads,
             "charlstm": ours, "torch": theirs,
             "machine": machine_summary(), "corpus": corpus or "builtin:pydoc"}
+
+
+def _curve_summary(name: str, curve: list) -> str:
+    """The last validation of a [(seconds, bpc), ...] curve and its best one (what a run
+    that keeps its best checkpoint, as charlstm's best.npz, ends with)."""
+    best = min(curve, key=lambda point: point[1])
+    return (f"{name} validation {curve[-1][1]:.4f} bpc after {curve[-1][0]:.0f} s; "
+            f"best {best[1]:.4f} bpc, at {best[0]:.0f} s")
 
 
 def _format_row(row: dict) -> str:
