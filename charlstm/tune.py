@@ -14,7 +14,10 @@ them, and keeps the fastest for each role:
   one time step, [B/shards, H] rows, T times per layer and direction; for each library
   each copy of W_hh it can read is timed: as stored ([G*H, H]), transposed ([H, G*H],
   rows padded as Network pads them) and, for oneMKL, packed (the packing, once per
-  chunk, shared out over the chunk's T steps);
+  chunk, shared out over the chunk's T steps); and charlstm's own product over weight_hh
+  packed into panels (kernels/panels.py), which needs no library and is timed once for
+  all of them: on the AMD EPYC Zen 5 it took 34-36 us at M where OpenBLAS's best copy
+  took 59-75 us (benchmarks/blas_choice.py);
 - the chunk products: decoder, input projections and weight gradients over all T*B/shards
   rows.
 
