@@ -90,12 +90,13 @@ def spin_pause(typingctx):
 
 
 @kernel(inline="always")
-def barrier(counts, rank, ranks, reached):
+def barrier(counts, rank, ranks, reached, spin_limit=SPIN_LIMIT):
     """Wait until every rank of ``ranks`` has reached barrier number ``reached``.
 
     counts : int64 [ranks * SLOT], zero at the start of the ranks' work; rank r's count
-    is counts[r * SLOT]. Returns False if another rank did not arrive within SPIN_LIMIT
-    spins (then the caller abandons its work), True otherwise. One rank: True at once.
+    is counts[r * SLOT]. Returns False if another rank did not arrive within
+    ``spin_limit`` spins (then the caller abandons its work), True otherwise. One rank:
+    True at once.
     """
     if ranks == 1:
         return True
@@ -106,6 +107,6 @@ def barrier(counts, rank, ranks, reached):
             while load_acquire(counts, other * SLOT) < reached:
                 spin_pause()
                 spins += 1
-                if spins > SPIN_LIMIT:
+                if spins > spin_limit:
                     return False
     return True
