@@ -1,6 +1,7 @@
 """Generating text from a checkpoint, streamed in chunks from a compiled kernel."""
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -87,9 +88,13 @@ class Sampler:
         self.parity = 0
         self.next_input = None
         if ranks not in (None, 1) and ranks != self.blocks:
-            raise ValueError(f"this model generates on 1 core or {self.blocks}, not {ranks}")
+            raise ValueError(f"ranks={ranks}: this model's {G} x {H} gate columns do not split "
+                             f"into two blocks of whole {PANEL_WIDTH}-column panels; use 1")
         self.ranks = ranks  # None: measured at the first use
+        self._forced = ranks is not None
+        self._one_core_s: float | None = None  # seconds per character on one core, measured
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid: int | None = None
 
     @property
     def h(self) -> np.ndarray:
@@ -128,38 +133,69 @@ class Sampler:
         self.next_input = int(ids[-1])
 
     def _run(self, feed, first, uniforms, temperature, top_k, top_p, out):
+        """Feed, then draw len(out) characters, on the cores chosen (see the class).
+
+        The text does not depend on the number of cores, so the choice may change at any
+        call: a two-core call that fails (the other core's thread could not start, or
+        did not answer within sync.SPIN_LIMIT spins) is repeated on one core from the
+        state saved before it, and without a forced ``ranks``, a two-core call slower per
+        character than one core measured (the machine grew busy: each barrier then waits
+        for the other thread's turn on a core) moves the rest of the sample to one core.
+        """
         if self.ranks is None:
             self.ranks = self._measure_ranks()
-        last = self._generate(self.ranks, self.hs, self.cs, self.parity, feed, first,
-                              uniforms, temperature, top_k, top_p, out)
-        self.parity = (self.parity + len(feed) + len(out)) % 2
+        args = (self.parity, feed, first, uniforms, temperature, top_k, top_p, out)
+        chars = len(feed) + len(out)
+        last = None
+        if self.ranks > 1:
+            saved = self.hs.copy(), self.cs.copy()
+            t0 = time.perf_counter()
+            last = self._generate(self.ranks, self.hs, self.cs, *args)
+            per_char = (time.perf_counter() - t0) / max(chars, 1)
+            if last is None:
+                self.hs[...], self.cs[...] = saved
+                self.ranks = 1
+            elif not self._forced and self._one_core_s and per_char > self._one_core_s:
+                self.ranks = 1
+        if last is None:
+            last = self._generate(1, self.hs, self.cs, *args)
+        self.parity = (self.parity + chars) % 2
         return last
 
     def _generate(self, ranks, hs, cs, parity, feed, first, uniforms, temperature, top_k,
                   top_p, out):
         """The sampling kernel on ``ranks`` cores: ranks 1.. in the worker threads, rank 0
-        here. Raises RuntimeError if a rank stopped answering."""
+        here. Returns the last character, or None if ranks > 1 failed: a worker could not
+        be started (after a fork, or at interpreter shutdown) or a rank stopped
+        answering; ``hs``/``cs`` are then partly advanced."""
         counts = np.zeros(ranks * SLOT, np.int64)
         args = (counts, self.cell, self.table0, self.w_ih_p, self.bias, self.w_hh_p,
                 self.bias_hn, self.peepholes, self.dec_p, self.dec_b, hs, cs, parity, feed,
                 first, uniforms, float(temperature), int(top_k), float(top_p), out)
-        others = []
-        if ranks > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(ranks - 1, thread_name_prefix="charlstm-sample")
+        if ranks == 1:
+            return generate(0, 1, *args)
+        if self._pool is None or self._pool_pid != os.getpid():
+            # A forked child inherits the pool but not its threads: start its own.
+            self._pool = ThreadPoolExecutor(ranks - 1, thread_name_prefix="charlstm-sample")
+            self._pool_pid = os.getpid()
+        try:
             others = [self._pool.submit(generate, r, ranks, *args) for r in range(1, ranks)]
+        except RuntimeError:  # the interpreter is shutting down: no new threads
+            return None
         last = generate(0, ranks, *args)
-        if min([last] + [f.result() for f in others]) < 0:
-            raise RuntimeError("a core generating the sample stopped answering")
-        return last
+        # A worker returns within SPIN_LIMIT spins of rank 0's return, whatever happened.
+        results = [f.result() for f in others]
+        return None if min([last] + results) < 0 else last
 
-    def _measure_ranks(self, chars: int = 48, rounds: int = 3) -> int:
-        """1 or 2: whichever generates faster here (on scratch state; the results are the
-        same either way). Two cores pay off when the weights outgrow one core's caches:
-        on an AMD EPYC Zen 5 (1 MB of L2 per core), 27,700 against 43,300 chars/s at M
-        (3 MB of weights) and 8,300 against 15,000 at L, but 308,000 against 192,000 at S
-        (256 KB), where the barriers cost more than the halved products save
-        (benchmarks/sampling_cost.py)."""
+    def _measure_ranks(self, chars: int = 32, rounds: int = 3) -> int:
+        """1 or 2: whichever generates faster here, by the median of ``rounds`` rounds,
+        each timing one core and two on scratch state (the text is the same either
+        way); one round settles it when two cores lose it. Two cores pay off when the
+        weights outgrow one core's caches: on an AMD EPYC Zen 5 (1 MB of L2 per core),
+        27,700 against 43,300 chars/s at M (3 MB of weights) and 8,300 against 15,000 at
+        L, but 308,000 against 192,000 at S (256 KB), where the barriers cost more than
+        the halved products save (benchmarks/sampling_cost.py). On a busy machine two
+        cores lose: each barrier waits for the other thread's turn on a core."""
         if self.blocks < 2 or available_cores() < 2:
             return 1
         seconds = {1: [], 2: []}
@@ -169,9 +205,12 @@ class Sampler:
             for ranks in (1, 2):
                 hs, cs = np.zeros_like(self.hs), np.zeros_like(self.cs)
                 t0 = time.perf_counter()
-                self._generate(ranks, hs, cs, 0, none, 0, draws, 0.0, 0, 1.0, out)
-                seconds[ranks].append(time.perf_counter() - t0)
-        return 2 if min(seconds[2]) < 0.9 * min(seconds[1]) else 1
+                done = self._generate(ranks, hs, cs, 0, none, 0, draws, 0.0, 0, 1.0, out)
+                seconds[ranks].append(time.perf_counter() - t0 if done is not None else np.inf)
+            self._one_core_s = float(np.median(seconds[1])) / chars
+            if seconds[2][-1] >= seconds[1][-1]:
+                return 1
+        return 2 if np.median(seconds[2]) < 0.9 * np.median(seconds[1]) else 1
 
     def check_stop(self, stop: str) -> None:
         """Refuse a stop string the model could never generate."""

@@ -23,9 +23,12 @@ from .jit import kernel
 
 LINKS_BLAS = False  # see blas._kernels_linked
 SLOT = 8  # int64s per rank's counter: one 64-byte cache line each
-# Spins before a barrier gives up (a rank that never arrives: its thread failed to start).
-# A spin is one pause instruction, 10-150 cycles depending on the CPU: seconds in all.
-SPIN_LIMIT = 1 << 27
+# Spins before a barrier gives up on a rank that does not arrive (its thread could not
+# start, or the machine is so busy that it waits for a core): about 0.2 s on an AMD EPYC
+# Zen 5, where a spin (one pause) took 25 ns; the sampler then redoes the characters on
+# one core (charlstm/sample.py). Longer, and Ctrl-C at the wrong moment kept a process
+# spinning for seconds before it could exit.
+SPIN_LIMIT = 1 << 23
 # The LLVM intrinsic that tells the core it is in a spin loop (x86's pause, Arm's yield
 # hint), per architecture; nothing where unknown. (llvmlite's JIT has no assembler for
 # inline asm, so these are intrinsics.)
