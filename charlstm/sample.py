@@ -93,6 +93,7 @@ class Sampler:
         self.ranks = ranks  # None: measured at the first use
         self._forced = ranks is not None
         self._one_core_s: float | None = None  # seconds per character on one core, measured
+        self._recent: list[bool] = []  # whether each of the last two-core calls was slower
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid: int | None = None
 
@@ -139,8 +140,10 @@ class Sampler:
         call: a two-core call that fails (the other core's thread could not start, or
         did not answer within sync.SPIN_LIMIT spins) is repeated on one core from the
         state saved before it, and without a forced ``ranks``, a two-core call slower per
-        character than one core measured (the machine grew busy: each barrier then waits
-        for the other thread's turn on a core) moves the rest of the sample to one core.
+        character than one core measured, in two of the last three calls (the machine
+        grew busy: each barrier then waits for the other thread's turn on a core; one
+        slow call alone is an interrupt or a page fault), moves the rest of the sample to
+        one core.
         """
         if self.ranks is None:
             self.ranks = self._measure_ranks()
@@ -155,8 +158,10 @@ class Sampler:
             if last is None:
                 self.hs[...], self.cs[...] = saved
                 self.ranks = 1
-            elif not self._forced and self._one_core_s and per_char > self._one_core_s:
-                self.ranks = 1
+            elif not self._forced and self._one_core_s:
+                self._recent = (self._recent + [per_char > self._one_core_s])[-3:]
+                if sum(self._recent) >= 2:
+                    self.ranks = 1
         if last is None:
             last = self._generate(1, self.hs, self.cs, *args)
         self.parity = (self.parity + chars) % 2

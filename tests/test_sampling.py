@@ -1,4 +1,6 @@
 """The sampling kernel against the NumPy reference, for every cell, and top-k."""
+import subprocess
+import sys
 import types
 
 import numpy as np
@@ -9,6 +11,7 @@ from charlstm.config import TrainConfig
 from charlstm.corpus import Vocab
 from charlstm.parameters import init_params
 from charlstm.sample import Sampler
+from conftest import ROOT
 
 CHARS = "abcdefghij\n"
 H = 12
@@ -101,3 +104,45 @@ def test_a_model_that_does_not_split_generates_on_one_core():
         Sampler(m, ranks=2)
 
 
+
+
+_AFTER_FORK_AND_AT_EXIT = """
+import atexit, os, sys
+import numpy as np
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
+from test_sampling import model
+from charlstm.sample import Sampler
+
+m = model("lstm", 2, seed=14, hidden_size=64)
+
+def text(ranks, n):
+    sampler = Sampler(m, ranks=ranks)
+    rng = np.random.default_rng(5)
+    sampler.prime("abc", rng)
+    return sampler, rng, "".join(sampler.stream(n, 0.9, 0, rng))
+
+want = text(1, 80)[2]
+sampler, rng, first = text(2, 40)  # the two-core pool's thread now runs in this process
+read, write = os.pipe()
+if os.fork() == 0:  # the child inherits the pool, not its thread
+    rest = "".join(sampler.stream(40, 0.9, 0, rng))
+    os.write(write, (first + rest).encode())
+    os._exit(0)
+os.close(write)
+child = os.read(read, 1000).decode()
+os.wait()
+print("fork", child == want)
+atexit.register(lambda: print("exit", text(2, 80)[2] == want, flush=True))
+"""
+
+
+def test_two_core_sampling_survives_a_fork_and_interpreter_shutdown():
+    """A forked child samples with the parent's two-core Sampler (whose worker thread it
+    did not inherit), and a Sampler runs inside an atexit handler (when no thread can
+    start): both give the one-core text instead of hanging or failing."""
+    script = _AFTER_FORK_AND_AT_EXIT.format(root=str(ROOT), tests=str(ROOT / "tests"))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["fork", "True", "exit", "True"]
