@@ -113,7 +113,9 @@ def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int, thre
     V = len(data.vocab)
     T, B, H, L = spec["seq_len"], spec["batch_size"], spec["hidden_size"], spec["num_layers"]
     cps = T * B / step_s
-    gemm_s = numpy_gemm_seconds(step_gemm_shapes(spec["cell"], H, L, V, T, B))
+    # Sampling before NumPy's GEMM reference: OpenBLAS's threads spin for about 0.1 s
+    # after a multi-threaded product, and a sampler choosing its cores then (sample.py)
+    # found the second core taken, where `charlstm sample`, a process of its own, does not.
     sampler = Sampler(trainer.to_checkpoint(0.0))
     rng = np.random.default_rng(0)
     sampler.prime("", rng)
@@ -123,6 +125,7 @@ def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int, thre
     for _ in sampler.stream(SAMPLE_CHARS, 0.8, 0, rng):
         pass
     sample_cps = SAMPLE_CHARS / (time.perf_counter() - t0)
+    gemm_s = numpy_gemm_seconds(step_gemm_shapes(spec["cell"], H, L, V, T, B))
     return {
         "config": name, **spec, "vocab": V, "threads": threads,
         "blas": config.blas, "step_weights": config.step_weights, "blas_detail": BLAS.describe(),
