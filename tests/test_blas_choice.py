@@ -66,9 +66,11 @@ def test_tune_measures_and_returns_a_concrete_choice():
     assert only.blas == "openblas" and only.timings["chunk_s"] == {}
 
 
-def test_the_tuner_leaves_the_library_open():
+def test_the_tuner_leaves_the_library_open(tmp_path):
     """tune() runs charlstm's panel kernels to time them; the process must still be free
-    to bind whichever library the tuner then chooses (here: another one than its start)."""
+    to bind whichever library the tuner then chooses (here: another one than its start).
+    With an empty kernel cache, so the kernels compile as on a fresh machine (loaded from
+    the cache, a kernel's callees are not compiled, and a fault hid)."""
     script = ("import sys; sys.path.insert(0, %r)\n"
               "from charlstm.config import TrainConfig\n"
               "from charlstm.kernels.blas import BLAS\n"
@@ -78,7 +80,8 @@ def test_the_tuner_leaves_the_library_open():
               "BLAS.bind('numpy')\n"
               "print(BLAS.spec)\n" % str(ROOT))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env={**os.environ, "CHARLSTM_BLAS": "openblas"}, timeout=300)
+                          env={**os.environ, "CHARLSTM_BLAS": "openblas",
+                               "NUMBA_CACHE_DIR": str(tmp_path / "cache")}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["numpy"]
 

@@ -76,16 +76,17 @@ def format_blas(step: str, chunk: str) -> str:
 def _kernels_linked() -> bool:
     """Whether any kernel of this package that calls a BLAS has been compiled or loaded in
     this process: from then on its machine code holds the addresses the symbols had. A
-    module that sets ``LINKS_BLAS = False`` (panels.py, which the tuner runs before
-    binding) is not counted."""
+    kernel defined in a module that sets ``LINKS_BLAS = False`` (panels.py, which the
+    tuner runs before binding) is not counted, wherever it is imported."""
     from numba.core.registry import CPUDispatcher
 
     for name, module in list(sys.modules.items()):
-        if (name.startswith("charlstm.kernels") and module is not None
-                and getattr(module, "LINKS_BLAS", True)):
+        if name.startswith("charlstm.kernels") and module is not None:
             for obj in list(vars(module).values()):
                 if isinstance(obj, CPUDispatcher) and obj.signatures:
-                    return True
+                    home = sys.modules.get(obj.py_func.__module__)
+                    if getattr(home, "LINKS_BLAS", True):
+                        return True
     return False
 
 
