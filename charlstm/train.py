@@ -393,16 +393,18 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
 
     def validation_seconds() -> float:
         """What the final validation will take, from the last one timed (or a probe of
-        its first chunks, the kernels being compiled by then)."""
+        its first chunks, the kernels being compiled by then: eight chunks, since one
+        scheduler pause in a two-chunk probe, a millisecond, scaled to a long validation
+        text let the final validation overrun a 4 s budget on a busy machine)."""
         if not has_val:
             return 0.0
         ids = trainer.validation_ids()
         if timing["val_per_char"] is None:
-            probe = ids[:2 * 256 + 1]
-            for _ in range(2):  # the first reading pays for loading batch-1 kernels
-                t0 = time.perf_counter()
-                stream_bits_per_char(trainer.net, probe)
-                timing["val_per_char"] = (time.perf_counter() - t0) / (len(probe) - 1)
+            stream_bits_per_char(trainer.net, ids[:2 * 256 + 1])  # loads batch-1 kernels
+            probe = ids[:8 * 256 + 1]
+            t0 = time.perf_counter()
+            stream_bits_per_char(trainer.net, probe)
+            timing["val_per_char"] = (time.perf_counter() - t0) / (len(probe) - 1)
         return timing["val_per_char"] * (len(ids) - 1)
 
     if (cfg.lr_schedule == "cosine" and cfg.lr_horizon == 0 and cfg.lr_horizon_time == 0
