@@ -19,7 +19,12 @@ STREAM_CHUNK = 32  # characters per kernel call: small enough to stream, large e
 
 class Sampler:
     """Holds a model's weights in the stacked layout the sampling kernel reads, and the
-    batch-1 state it carries."""
+    batch-1 state it carries.
+
+    Where the model splits into two unit blocks, characters are generated on one core or
+    two (kernels/sampling.py), the same text either way: ``ranks`` fixes it, or the first
+    use measures which is faster and later calls move to one core if two grow slow
+    (``_run``)."""
 
     def __init__(self, ckpt: Checkpoint, ranks: int | None = None):
         """``ranks``: the cores that generate (1, or 2 where the model splits into two
@@ -56,7 +61,7 @@ class Sampler:
         # blocks, each core computes every gate of half the units from its half of each
         # weight matrix, and updates those units' state itself.
         GH = G * H
-        self.blocks = 2 if GH % (2 * PANEL_WIDTH) == 0 and H % 2 == 0 else 1
+        self.blocks = 2 if GH % (2 * PANEL_WIDTH) == 0 else 1  # then H is even too
         Hb = H // self.blocks
         order = np.concatenate([np.arange(g * H + b * Hb, g * H + (b + 1) * Hb)
                                 for b in range(self.blocks) for g in range(G)])
@@ -97,17 +102,21 @@ class Sampler:
         self._pool: ThreadPoolExecutor | None = None
         self._pool_pid: int | None = None
 
+    def _current(self, buffers: np.ndarray) -> np.ndarray:
+        """The current half of double-buffered state [2, L, blocks, 1, H/blocks], as a
+        [L, 1, H] view."""
+        _, L, blocks, _, Hb = buffers.shape
+        return buffers[self.parity].reshape(L, 1, blocks * Hb)
+
     @property
     def h(self) -> np.ndarray:
         """The current hidden state, [L, 1, H] (a view)."""
-        L, H = self.hs.shape[1], self.hs.shape[2] * self.hs.shape[4]
-        return self.hs[self.parity].reshape(L, 1, H)
+        return self._current(self.hs)
 
     @property
     def c(self) -> np.ndarray:
         """The current cell state, [L, 1, H] (a view; zeros for cells without one)."""
-        L, H = self.cs.shape[1], self.cs.shape[2] * self.cs.shape[4]
-        return self.cs[self.parity].reshape(L, 1, H)
+        return self._current(self.cs)
 
     def encode(self, text: str) -> np.ndarray:
         self.vocab.require_covers(text, "the prime text", "remove them or choose another prime")
@@ -134,7 +143,7 @@ class Sampler:
         self.next_input = int(ids[-1])
 
     def _run(self, feed, first, uniforms, temperature, top_k, top_p, out):
-        """Feed, then draw len(out) characters, on the cores chosen (see the class).
+        """Feed, then draw len(out) characters, on the cores chosen.
 
         The text does not depend on the number of cores, so the choice may change at any
         call: a two-core call that fails (the other core's thread could not start, or

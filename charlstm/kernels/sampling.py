@@ -2,7 +2,9 @@
 
 The cell step functions are the same ones the training kernels use, so sampling cannot
 drift from training. The weights arrive stacked per layer, packed in panels for
-charlstm's own product (kernels/panels.py; see ``charlstm.sample``).
+charlstm's own product (kernels/panels.py; see ``charlstm.sample``). The cell is chosen
+by an integer code (kernels/codes.py; charlstm/cells.py gives each cell its own) so one
+compiled ``generate`` serves every cell.
 
 A character's products stream every weight matrix once (3 MB at M, more than one core's
 L2), so two cores each compute half of the hidden units: every gate's columns for those
@@ -10,24 +12,20 @@ units, from their share of each matrix, and the units' cell update. The cores me
 barrier after each layer, whose whole output the next reads, and after each draw
 (kernels/sync.py). At M on an AMD EPYC Zen 5 this took sampling from 27,700 to 43,300
 characters per second (benchmarks/sampling_cost.py).
-The cell is chosen by an integer code (kernels/codes.py; charlstm/cells.py gives each
-cell its own) so one compiled ``generate`` serves every cell.
 """
 import math
 
 import numpy as np
 
-from .jit import kernel
-
 from .cifg import cifg_step
 from .codes import CELL_CIFG, CELL_GRU, CELL_LSTM, CELL_PEEPHOLE
 from .gru import gru_step
+from .jit import kernel
 from .lstm import lstm_step
 from .panels import PANEL_WIDTH, panel_product
 from .peephole import peephole_step
 from .rnn import rnn_step
 from .sync import barrier
-
 
 
 @kernel(inline="always")
