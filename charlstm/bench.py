@@ -26,6 +26,31 @@ CONFIGS = {
     "R": dict(cell="rnn", hidden_size=256, num_layers=1, seq_len=64, batch_size=32),
 }
 SAMPLE_CHARS = 2000
+# How `bench --quality` trains both tools: 'budget', with the learning rate, cosine decay
+# over the budget and dropout that `charlstm train --time` takes from the budget table for
+# this text and budget (budget.py); 'constant', at the configuration's constant rate
+# without dropout.
+QUALITY_RECIPES = ("budget", "constant")
+
+
+def quality_spec(config: str, recipe: str, corpus: str | None, seconds: float) -> dict:
+    """The settings (TrainConfig fields) both tools train with in `bench --quality`:
+    configuration ``config``'s model and batch, trained by ``recipe`` (QUALITY_RECIPES)
+    for ``seconds`` of training. Raises ValueError for another recipe."""
+    if recipe not in QUALITY_RECIPES:
+        raise ValueError(f"unknown quality recipe {recipe!r}; expected one of {QUALITY_RECIPES}")
+    spec = dict(CONFIGS[config])
+    if recipe == "budget":
+        from .budget import recipe_for
+        from .config import TrainConfig
+        from .train import prepare_data
+
+        data = prepare_data(TrainConfig(corpus=(corpus,) if corpus else (), **spec))
+        chosen = recipe_for(len(data.train_ids), seconds).settings
+        # The model and batch stay the configuration's: the comparison is of one model.
+        spec.update({name: chosen[name] for name in ("lr", "lr_schedule", "lr_min", "dropout")},
+                    lr_horizon_time=seconds)
+    return spec
 
 
 def flops_per_char(cell: str, H: int, L: int, V: int) -> float:
@@ -186,7 +211,7 @@ def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_ever
     curve, trained, next_eval = [], 0.0, eval_every_s
     while trained < seconds:
         t0 = time.perf_counter()
-        trainer.train_step()
+        trainer.train_step(trained)
         trained += time.perf_counter() - t0
         if trained >= next_eval or trained >= seconds:
             curve.append((trained, trainer.validate()))
@@ -285,14 +310,21 @@ def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torc
 
 def run_quality(config: str, corpus: str | None, seconds: float, eval_every_s: float,
                 torch_threads: int, echo=print, seed: int = 0, same_init: bool = False,
-                threads: int | None = None, blas: str = "auto") -> dict:
-    """Validation bpc against training seconds, charlstm and PyTorch, equal budgets.
+                threads: int | None = None, blas: str = "auto", recipe: str = "budget") -> dict:
+    """Validation bpc against training seconds, charlstm and PyTorch, equal budgets, both
+    trained by ``recipe`` (QUALITY_RECIPES; see quality_spec).
     ``same_init``: charlstm starts from PyTorch's initial weights of ``seed``.
     ``threads``: charlstm's, as in run_bench."""
+    from .config import TrainConfig
     from .shards import default_threads
 
+    spec = quality_spec(config, recipe, corpus, seconds)
+    echo(f"both tools: {config} ({spec['cell']} {spec['num_layers']}x{spec['hidden_size']}, "
+         f"batch {spec['batch_size']}x{spec['seq_len']}), recipe '{recipe}': "
+         + (f"lr {spec['lr']:g}, cosine to {spec['lr_min']:g} over {seconds:g} s, dropout {spec['dropout']:g}"
+            if recipe == "budget" else f"lr {TrainConfig.lr:g}, constant, no dropout"))
     args = ["--config", config, "--seconds", str(seconds), "--eval-every", str(eval_every_s),
-            "--seed", str(seed)]
+            "--seed", str(seed), "--recipe", recipe]
     args += ["--corpus", corpus] if corpus else []
     threads = threads or default_threads(CONFIGS[config]["batch_size"])
     ours = _run_worker(["--worker", "quality-charlstm", "--threads", str(threads), "--blas", blas] + args
@@ -300,7 +332,7 @@ def run_quality(config: str, corpus: str | None, seconds: float, eval_every_s: f
     echo(_curve_summary("charlstm:", ours))
     theirs = _run_worker(["--worker", "quality-torch", "--threads", str(torch_threads)] + args)["curve"]
     echo(_curve_summary("PyTorch: ", theirs))
-    return {"config": config, **CONFIGS[config], "seconds": seconds, "seed": seed,
+    return {"config": config, **spec, "recipe": recipe, "seconds": seconds, "seed": seed,
             "same_init": same_init, "threads": threads, "torch_threads": torch_threads,
             "charlstm": ours, "torch": theirs,
             "machine": machine_summary(), "corpus": corpus or "builtin:pydoc"}
@@ -382,6 +414,7 @@ def _main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--torch-init", action="store_true")
+    ap.add_argument("--recipe", choices=QUALITY_RECIPES, default="constant")
     ap.add_argument("--blas", default="auto")
     ap.add_argument("--step-weights", default=None)
     a = ap.parse_args(argv)
@@ -393,12 +426,13 @@ def _main(argv=None):
         out = worker_torch(CONFIGS[a.config], a.corpus, a.steps, a.warmup, a.threads, SAMPLE_CHARS)
         out["peak_rss_mb"] = _peak_rss_mb()
     elif a.worker == "quality-charlstm":
-        out = {"curve": train_charlstm_for(CONFIGS[a.config], a.corpus, a.seconds, a.eval_every,
+        spec = quality_spec(a.config, a.recipe, a.corpus, a.seconds)
+        out = {"curve": train_charlstm_for(spec, a.corpus, a.seconds, a.eval_every,
                                            a.threads, a.seed, a.torch_init, a.blas)}
     elif a.worker == "quality-torch":
         from .bench_torch import train_torch_for
-        out = {"curve": train_torch_for(CONFIGS[a.config], a.corpus, a.seconds, a.eval_every,
-                                        a.threads, a.seed)}
+        out = {"curve": train_torch_for(quality_spec(a.config, a.recipe, a.corpus, a.seconds),
+                                        a.corpus, a.seconds, a.eval_every, a.threads, a.seed)}
     else:
         out = worker_jit(os.environ.get("NUMBA_CACHE_DIR", ""))
     print(json.dumps(out))

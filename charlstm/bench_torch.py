@@ -1,6 +1,7 @@
 """The PyTorch side of `charlstm bench --compare-torch` and `--quality`: the same model
 (one-hot input, nn.LSTM/nn.RNN/nn.GRU, Linear, softmax cross-entropy, Adam, clip 5,
-truncated BPTT over the same streams), timed the same way. Imported only when torch is
+truncated BPTT over the same streams, dropout where charlstm puts it, charlstm's own
+learning-rate schedule), timed the same way. Imported only when torch is
 installed; charlstm never depends on it."""
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 import numpy as np
 
 from .cells import CELL_TABLE
+from .optim import learning_rate
 
 
 class TorchTwin:
@@ -34,8 +36,13 @@ class TorchTwin:
         if module_name is None:
             raise ValueError(f"PyTorch has no {spec['cell']} module to compare charlstm with")
         cls = getattr(torch.nn, module_name)
-        self.module = cls(V, self.H, self.L)
+        # Dropout where charlstm's dropout.py puts it: between layers (nn.LSTM's own) and
+        # on the last layer's output before the decoder.
+        p = self.config.dropout
+        self.module = cls(V, self.H, self.L, dropout=p if self.L > 1 else 0.0)
+        self.output_dropout = torch.nn.Dropout(p)
         self.decoder = torch.nn.Linear(self.H, V)
+        self.steps_taken = 0
         self.eye = torch.eye(V)
         self.params = list(self.module.parameters()) + list(self.decoder.parameters())
         self.opt = torch.optim.Adam(self.params, lr=self.config.lr)
@@ -52,26 +59,36 @@ class TorchTwin:
         stream from zero state."""
         torch = self.torch
         val = torch.from_numpy(np.asarray(self.data.val_ids).astype(np.int64))
+        self.module.eval()  # no dropout
         with torch.no_grad():
             out, _ = self.module(self.eye[val[:-1]].view(-1, 1, self.V), self.zero(1))
             loss = torch.nn.functional.cross_entropy(self.decoder(out[:, 0]), val[1:])
+        self.module.train()
         return loss.item() / math.log(2)
 
     def zero(self, batch: int):
         z = self.torch.zeros(self.L, batch, self.H)
         return (z, z.clone()) if self.lstm else z
 
-    def step(self, k: int, state):
-        """One optimizer step on chunk k of an epoch; returns the carried state."""
+    def step(self, k: int, state, elapsed: float | None = None):
+        """One optimizer step on chunk k of an epoch, ``elapsed`` training seconds into
+        the run (for a schedule over a time budget, as Trainer.train_step); returns the
+        carried state."""
         T, V = self.T, self.V
         x = self.streams[:, k * T:(k + 1) * T]
         y = self.streams[:, k * T + 1:(k + 1) * T + 1]
         out, state = self.module(self.eye[x.T], state)
-        loss = self.torch.nn.functional.cross_entropy(self.decoder(out).reshape(-1, V), y.T.reshape(-1))
+        logits = self.decoder(self.output_dropout(out))
+        loss = self.torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.T.reshape(-1))
         self.opt.zero_grad()
         loss.backward()
         self.torch.nn.utils.clip_grad_norm_(self.params, self.config.clip)
+        lr = learning_rate(self.config, self.steps_taken, self.config.lr_horizon,
+                           self.data.batches.steps_per_epoch, elapsed)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
         self.opt.step()
+        self.steps_taken += 1
         return tuple(s.detach() for s in state) if self.lstm else state.detach()
 
 
@@ -112,7 +129,7 @@ def train_torch_for(spec: dict, corpus: str | None, seconds: float, eval_every_s
         t0 = time.perf_counter()
         if k == steps_per_epoch:
             k, state = 0, twin.zero(twin.B)
-        state = twin.step(k, state)
+        state = twin.step(k, state, trained)
         k += 1
         trained += time.perf_counter() - t0
         if trained >= next_eval or trained >= seconds:

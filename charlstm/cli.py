@@ -851,9 +851,14 @@ def baseline(paths, orders, encoding, val_frac, val_chars, discount, as_json):
 @click.option("--same-init", is_flag=True,
               help="With --quality: charlstm starts from PyTorch's initial weights (of --seed), "
                    "so the runs differ only in the implementation, not in the draw of weights.")
+@click.option("--recipe", type=click.Choice(["budget", "constant"]), default="budget",
+              show_default=True,
+              help="With --quality: how both tools train.  budget: the learning rate, cosine "
+                   "decay over the budget and dropout that train --time picks for this text "
+                   "and budget; constant: the configuration's constant rate, no dropout.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads, blas, repeat,
-          quality, seed, same_init, as_json):
+          quality, seed, same_init, recipe, as_json):
     """Measure training and sampling speed for S, M, L and R (see docs/BENCHMARKS.md)."""
     import os
 
@@ -869,7 +874,7 @@ def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads,
                             "(pip install torch==2.13.0 for a CPU build)") from None
         results = run_quality((configs or ("M",))[0], corpus, quality, max(quality / 10, 5.0),
                               torch_threads, echo=echo, seed=seed, same_init=same_init,
-                              threads=threads, blas=blas)
+                              threads=threads, blas=blas, recipe=recipe)
     else:
         results = run_bench(configs or ("S", "M", "L", "R"), corpus, steps, warmup, compare_torch,
                             torch_threads, echo=echo, repeat=repeat, threads=threads,
