@@ -85,6 +85,35 @@ def test_benchmark_twin_weights_load_into_charlstm(tmp_path, cell):
     assert all(np.array_equal(weights[k], again[k]) for k in weights)
 
 
+def test_benchmark_twin_trains_by_charlstm_schedule_and_dropout(tmp_path):
+    """The PyTorch twin of `bench --quality` follows charlstm's learning-rate schedule
+    (the rate of each step is optim.learning_rate's), drops out where charlstm does
+    (training outputs vary with the draw) and validates without dropout (twice the same)."""
+    from charlstm.bench_torch import TorchTwin
+    from charlstm.optim import learning_rate
+
+    from conftest import make_text
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(3000))
+    spec = dict(cell="lstm", hidden_size=8, num_layers=2, seq_len=8, batch_size=2, lr=3e-3,
+                lr_schedule="cosine", lr_min=1e-4, dropout=0.5, lr_horizon_time=10.0)
+    twin = TorchTwin(spec, str(corpus), threads=1, seed=3)
+    assert twin.module.dropout == 0.5 and twin.output_dropout.p == 0.5
+    state = twin.zero(twin.B)
+    for k, elapsed in enumerate([0.0, 5.0, 20.0]):
+        state = twin.step(k, state, elapsed)
+        expected = learning_rate(twin.config, k, 0, twin.data.batches.steps_per_epoch, elapsed)
+        assert twin.opt.param_groups[0]["lr"] == pytest.approx(expected)
+    assert twin.opt.param_groups[0]["lr"] == pytest.approx(1e-4)  # past the horizon: the floor
+    assert twin.validate() == twin.validate()
+    assert twin.module.training
+    x = twin.eye[twin.streams[:, :8].T]
+    first, _ = twin.module(x, twin.zero(twin.B))
+    second, _ = twin.module(x, twin.zero(twin.B))
+    assert not torch.equal(twin.output_dropout(first), twin.output_dropout(second))
+
+
 # --------------------------------------------------------------------------------------
 # The peephole and CIFG cells, which PyTorch does not have: written here with PyTorch
 # tensors and differentiated by autograd, an implementation independent of both the
