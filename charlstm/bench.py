@@ -414,7 +414,7 @@ def _main(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--torch-init", action="store_true")
-    ap.add_argument("--recipe", choices=QUALITY_RECIPES, default="constant")
+    ap.add_argument("--recipe", choices=QUALITY_RECIPES, default="budget")
     ap.add_argument("--blas", default="auto")
     ap.add_argument("--step-weights", default=None)
     a = ap.parse_args(argv)
