@@ -1,8 +1,9 @@
-"""Draw the curves of `charlstm bench --quality ... --json` (validation bpc against seconds).
+"""Draw the curves of `charlstm bench --quality ... --json` (validation bpc against seconds),
+one pair of curves per JSON file given (several seeds of one comparison, say).
 
     charlstm bench --quality 5m --same-init --corpus ../shared/data/tinyshakespeare.txt \\
-        --json > docs/quality-5m-same-init.json
-    python benchmarks/plot_quality.py docs/quality-5m-same-init.json docs/quality-5m-same-init.png
+        --json > docs/quality-5m-budget-zen5-seed0.json
+    python benchmarks/plot_quality.py docs/quality-5m-budget-zen5-seed*.json docs/quality-5m-budget-zen5.png
 """
 import json
 import sys
@@ -14,18 +15,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main():
-    src, dest = sys.argv[1], sys.argv[2]
-    d = json.load(open(src))
+    *sources, dest = sys.argv[1:]
+    runs = [json.load(open(src)) for src in sources]
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    for key, label in (("charlstm", "charlstm"), ("torch", "PyTorch 2 threads")):
-        seconds, bpc = zip(*d[key])
-        ax.plot(seconds, bpc, marker="o", ms=3, label=label)
-    init = "same initial weights (PyTorch's, seed %d)" % d["seed"] if d.get("same_init") else "each tool's own initialisation"
-    ax.set_title(f"config {d['config']} on {d['corpus'].split('/')[-1]}: {init}", fontsize=9)
+    for n, d in enumerate(runs):
+        for colour, (key, label) in enumerate((("charlstm", "charlstm"), ("torch", "PyTorch 2 threads"))):
+            seconds, bpc = zip(*d[key])
+            seed = f", seed {d['seed']}" if len(runs) > 1 else ""
+            ax.plot(seconds, bpc, marker="os^dv"[n % 5], ms=3, color=f"C{colour}",
+                    alpha=1.0 if n == 0 else 0.6, label=label + seed)
+    d = runs[0]
+    init = ("same initial weights (PyTorch's)" if d.get("same_init")
+            else "each tool's own initialisation")
+    recipe = f", recipe '{d['recipe']}'" if "recipe" in d else ""
+    ax.set_title(f"config {d['config']} on {d['corpus'].split('/')[-1]}{recipe}: {init}", fontsize=9)
     ax.set_xlabel("training seconds")
     ax.set_ylabel("validation bits per character")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(dest)
 
