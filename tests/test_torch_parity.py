@@ -100,12 +100,14 @@ def test_benchmark_twin_trains_by_charlstm_schedule_and_dropout(tmp_path):
                 lr_schedule="cosine", lr_min=1e-4, dropout=0.5, lr_horizon_time=10.0)
     twin = TorchTwin(spec, str(corpus), threads=1, seed=3)
     assert twin.module.dropout == 0.5 and twin.output_dropout.p == 0.5
-    state = twin.zero(twin.B)
+    state, rates = twin.zero(twin.B), []
     for k, elapsed in enumerate([0.0, 5.0, 20.0]):
         state = twin.step(k, state, elapsed)
+        rates.append(twin.opt.param_groups[0]["lr"])
         expected = learning_rate(twin.config, k, 0, twin.data.batches.steps_per_epoch, elapsed)
-        assert twin.opt.param_groups[0]["lr"] == pytest.approx(expected)
-    assert twin.opt.param_groups[0]["lr"] == pytest.approx(1e-4)  # past the horizon: the floor
+        assert rates[-1] == pytest.approx(expected)
+    # The cosine's start, its midpoint at half the horizon, and its floor past it.
+    assert rates == pytest.approx([3e-3, (3e-3 + 1e-4) / 2, 1e-4])
     assert twin.validate() == twin.validate()
     assert twin.module.training
     x = twin.eye[twin.streams[:, :8].T]
