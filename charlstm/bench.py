@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import GATES
+from .errors import UserError
 
 CONFIGS = {
     "S": dict(cell="lstm", hidden_size=128, num_layers=1, seq_len=64, batch_size=32),
@@ -219,9 +220,16 @@ def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_ever
     return curve
 
 
+# A worker's exit status when it refused the user's input (a UserError): its last line
+# of stderr is the message, which the parent raises again as a UserError of its own.
+USER_ERROR_EXIT = 3
+
+
 def _run_worker(args: list[str], env=None) -> dict:
     proc = subprocess.run([sys.executable, "-m", "charlstm.bench", *args], capture_output=True,
                           text=True, env={**os.environ, **(env or {})})
+    if proc.returncode == USER_ERROR_EXIT:
+        raise UserError(proc.stderr.strip().splitlines()[-1])
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -418,6 +426,15 @@ def _main(argv=None):
     ap.add_argument("--blas", default="auto")
     ap.add_argument("--step-weights", default=None)
     a = ap.parse_args(argv)
+    try:
+        out = _run_as_worker(a)
+    except UserError as error:  # the parent says it, once, as the CLI says any other
+        print(error, file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
+    print(json.dumps(out))
+
+
+def _run_as_worker(a) -> dict:
     if a.worker == "charlstm":
         out = worker_charlstm(a.config, a.corpus, a.steps, a.warmup, a.threads, a.blas,
                               a.step_weights)
@@ -435,7 +452,7 @@ def _main(argv=None):
                                         a.corpus, a.seconds, a.eval_every, a.threads, a.seed)}
     else:
         out = worker_jit(os.environ.get("NUMBA_CACHE_DIR", ""))
-    print(json.dumps(out))
+    return out
 
 
 if __name__ == "__main__":

@@ -844,7 +844,7 @@ def baseline(paths, orders, encoding, val_frac, val_chars, discount, as_json):
 @click.option("--blas", default="auto", help="charlstm's BLAS, as train --blas.")
 @click.option("--repeat", type=POSITIVE, default=1, help="Runs per configuration; medians are reported.")
 @click.option("--quality", type=Duration(), default=None,
-              help="Instead: train config M (or --config) this long in charlstm and in PyTorch "
+              help="Instead: train config M (or one --config) this long in charlstm and in PyTorch "
                    "and compare validation bpc against time (needs torch).")
 @click.option("--seed", type=NON_NEGATIVE, default=0,
               help="With --quality: the seed of both tools' initial weights.")
@@ -867,6 +867,9 @@ def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads,
     echo = (lambda text: click.echo(text, err=True)) if as_json else click.echo
     torch_threads = torch_threads or os.cpu_count()
     if quality is not None:
+        if len(configs) > 1:
+            raise UserError(f"--quality compares one configuration, not {len(configs)}: "
+                            f"give one --config (or none, for M)")
         try:
             import torch  # noqa: F401
         except ImportError:

@@ -629,3 +629,20 @@ def test_a_utf16_prime_file_is_read(run, tmp_path):
     prime.write_bytes("ok 👍 the".encode("utf-16"))
     proc = run_cli("sample", run, "--prime-file", prime, "--length", "5", "--seed", "1")
     assert proc.stdout.startswith("ok 👍 the")
+
+
+def test_bench_says_what_its_worker_refused_in_one_line(tmp_path):
+    """`bench` measures in worker processes; input a worker refuses (a BLAS that is not
+    one) is the parent's one-line error, as `train` gives it, not the worker's traceback
+    wrapped in the parent's. --quality with two configurations is refused too: it
+    compares one."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(20_000))
+    proc = run_cli("bench", "--steps", "1", "--warmup", "0", "--config", "S", "--blas", "nosuch",
+                   "--corpus", corpus, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("Error: BLAS choice 'nosuch'")
+    proc = run_cli("bench", "--quality", "5s", "--config", "S", "--config", "R", "--corpus", corpus,
+                   check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "compares one configuration" in proc.stderr
