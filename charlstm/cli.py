@@ -35,6 +35,7 @@ INVOCATION_STARTED = time.perf_counter() - _process_age()
 import click
 
 from charlstm import __version__
+from charlstm.bench import QUALITY_RECIPES
 from charlstm.config import CELLS, DEFAULTS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_duration
 from charlstm.errors import AnotherRankFailed, UsageProblem, UserError
 from charlstm.gradflow import DEFAULT_CHUNKS as DEFAULT_FLOW_CHUNKS, DEFAULT_LENGTH as DEFAULT_FLOW_LENGTH
@@ -851,7 +852,7 @@ def baseline(paths, orders, encoding, val_frac, val_chars, discount, as_json):
 @click.option("--same-init", is_flag=True,
               help="With --quality: charlstm starts from PyTorch's initial weights (of --seed), "
                    "so the runs differ only in the implementation, not in the draw of weights.")
-@click.option("--recipe", type=click.Choice(["budget", "constant"]), default="budget",
+@click.option("--recipe", type=click.Choice(QUALITY_RECIPES), default="budget",
               show_default=True,
               help="With --quality: how both tools train.  budget: the learning rate, cosine "
                    "decay over the budget and dropout that train --time picks for this text "
