@@ -20,7 +20,8 @@ from .errors import UsageProblem, UserError
 from .lock import RunLock
 from .ranks import SingleProcess
 from .tokens import CACHE_DIR_NAME, fingerprint, write_cache
-from .train import Trainer, batches_for, prepare_data, validations_without_improvement
+from .train import (VALIDATION_SLACK_SECONDS, Trainer, batches_for, prepare_data,
+                    validations_without_improvement)
 from .tune import fall_back_if_missing, resolve
 
 DEFAULT_EPOCHS = 10  # the budget of a run that names none
@@ -322,7 +323,8 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
         if config.lr_horizon_time > 0 and not any(k in changes for k in budgets):
             # A schedule that follows a time budget: continue to its end, no further.
             remaining = config.lr_horizon_time - ckpt.elapsed
-            if remaining <= 0.05 * config.lr_horizon_time:  # the rest went to the last validation
+            # What is left went to the final validation and the slack kept for it.
+            if remaining <= 0.05 * config.lr_horizon_time + VALIDATION_SLACK_SECONDS:
                 raise BudgetReached(
                     f"the run already spent its time budget ({config.lr_horizon_time:.0f} s of "
                     f"training); give --steps, --epochs or --time to train further")

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import math
 import signal
+import statistics
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,10 @@ from .optim import Optimizer, clip_grad_norm, learning_rate
 
 LN2 = math.log(2)
 EXIT_SECONDS = 0.1  # a --time budget keeps this for closing files and the last report
+# ... and this beyond the final validation's estimate: one scheduler slice or a busy
+# neighbour on a shared machine, during a validation of half a second, was enough to cut
+# it short at the deadline in CI.
+VALIDATION_SLACK_SECONDS = 0.25
 
 
 @dataclass
@@ -216,6 +222,38 @@ class Trainer:
         return min(limits) if limits else None
 
 
+class _StepPace:
+    """How much slower the machine steps now than when the validation was last timed, to
+    scale that timing for the final validation under a --time budget: a machine that
+    becomes busy after the timing (another job, a browser) reads the validation slower
+    too. Medians of the last ``window`` steps, so one slow step (a page fault, the
+    garbage collector) changes nothing and sustained load shows within half a window."""
+
+    def __init__(self, window: int = 15):
+        self.recent = deque(maxlen=window)
+        self.reference = None  # the median step when the validation was timed
+        self.waiting = False  # timed before a full window of steps: take the next one
+
+    def add(self, seconds: float) -> None:
+        """One training step's time (not the first of a process: it loads the kernels)."""
+        self.recent.append(seconds)
+        if self.waiting and len(self.recent) == self.recent.maxlen:
+            self.reference, self.waiting = statistics.median(self.recent), False
+
+    def validation_timed(self) -> None:
+        if len(self.recent) == self.recent.maxlen:
+            self.reference, self.waiting = statistics.median(self.recent), False
+        else:
+            self.waiting = True
+
+    def slowdown(self) -> float:
+        """The current median step over the reference's, at least 1: never less time
+        than the validation took when timed."""
+        if self.reference is None or self.waiting or not self.reference > 0:
+            return 1.0
+        return max(1.0, statistics.median(self.recent) / self.reference)
+
+
 class _StopSignals:
     """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so a stop never
     lands in the middle of an update."""
@@ -345,6 +383,7 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
         return trainer.elapsed_before + time.perf_counter() - began
 
     timing = {"save": 0.0, "step": 0.0, "val_per_char": None}
+    pace = _StepPace()
     saved = {"step": None}
 
     ranks = trainer.ranks
@@ -405,14 +444,21 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
             t0 = time.perf_counter()
             stream_bits_per_char(trainer.net, probe)
             timing["val_per_char"] = (time.perf_counter() - t0) / (len(probe) - 1)
-        return timing["val_per_char"] * (len(ids) - 1)
+            pace.validation_timed()
+        return timing["val_per_char"] * (len(ids) - 1) * pace.slowdown()
+
+    def final_validation_seconds() -> float:
+        """What to set aside for the final validation: half again the estimate (a probe
+        of a few chunks reads faster per character than a whole validation, whose text
+        no longer fits in the caches) and a slack for pauses that are not ours."""
+        return 1.5 * validation_seconds() + VALIDATION_SLACK_SECONDS if has_val else 0.0
 
     if (cfg.lr_schedule == "cosine" and cfg.lr_horizon == 0 and cfg.lr_horizon_time == 0
             and deadline is not None and cfg.steps is None and cfg.epochs is None):
         # The time budget is the schedule's horizon: what it leaves for training once
         # start-up is done and the final validation is set aside (estimated as
         # out_of_time does), so the rate reaches lr_min as training stops.
-        reserve = 1.5 * validation_seconds() + EXIT_SECONDS
+        reserve = final_validation_seconds() + EXIT_SECONDS
         now = time.perf_counter()
         horizon = ranks.bcast(trainer.elapsed_before + now - began
                               + max(deadline - now - reserve, 1e-3))
@@ -423,9 +469,7 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
             return False
         needed = timing["save"] + EXIT_SECONDS
         if timing["step"] > 0:  # a step of this invocation ran: the kernels are loaded
-            # Half again the estimate: a probe of two chunks reads faster per character
-            # than a whole validation, whose text no longer fits in the caches.
-            needed += timing["step"] + 1.5 * validation_seconds()
+            needed += timing["step"] + final_validation_seconds()
         return time.perf_counter() + needed >= deadline
 
     def validation_must_stop() -> bool:
@@ -446,6 +490,7 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                                    f"short; it has no validation score")
             return value, False
         timing["val_per_char"] = (time.perf_counter() - t0) / (len(trainer.validation_ids()) - 1)
+        pace.validation_timed()
         last_val = value
         if not (last_val >= trainer.best_val_bpc):  # true when best is NaN
             trainer.best_val_bpc = last_val
@@ -494,11 +539,14 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
 
     agreed = {"signal": 0}  # the signal that stops every rank (any rank's, the largest)
 
-    def agreed_stop() -> bool:
+    def agreed_stop(first: bool) -> bool:
         """Whether to stop before the next step, the same on every rank: a signal on any
-        rank, or rank 0's budget."""
+        rank, or, before this invocation's first step, rank 0's budget. After a step the
+        budget is decided with it (``final`` below), so that the last step is validated:
+        asked again here, after a save had raised the time a save takes, the budget
+        ended a run without its final validation."""
         agreed["signal"] = ranks.most(signals.signum or 0)
-        return bool(agreed["signal"]) or ranks.bcast(budget_spent() if root else None)
+        return bool(agreed["signal"]) or (first and ranks.bcast(budget_spent() if root else None))
 
     try:
         with signals:
@@ -512,7 +560,7 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                     f"first step: starting took {time.perf_counter() - started:.1f} s "
                     f"(compiling the kernels, on a first run); give a longer --time")
             first = True
-            while not agreed_stop():
+            while not agreed_stop(first):
                 t0 = time.perf_counter()
                 bits, norm, lr = trainer.train_step(ranks.bcast(elapsed()))
                 timing["step"] = time.perf_counter() - t0
@@ -520,6 +568,8 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                     # The first step of a process also loads (or compiles) the kernels:
                     # not what the next ones take.
                     timing["step"] = min(timing["step"], 0.1 * (deadline - time.perf_counter()))
+                else:
+                    pace.add(timing["step"])
                 first = False
                 window["seconds"] += timing["step"]
                 window["bits"] += bits

@@ -93,3 +93,26 @@ def test_patience_stops_the_run_and_resume_respects_and_changes_it(tmp_path):
     assert refused.returncode == 2 and "--patience" in refused.stderr
     run_cli("resume", out, "--patience", "4", "--quiet")
     assert np.load(out / "last.npz")["step"] == 5  # two more misses make four
+
+
+def test_step_pace_scales_the_validation_estimate_by_sustained_slowdown_only():
+    from charlstm.train import _StepPace
+
+    pace = _StepPace(window=5)
+    pace.validation_timed()  # before a full window: the reference is the first full one
+    assert pace.slowdown() == 1.0
+    for _ in range(5):
+        pace.add(0.010)
+    assert pace.reference == pytest.approx(0.010) and pace.slowdown() == 1.0
+    pace.add(0.500)  # one slow step (a page fault, the collector) changes nothing
+    assert pace.slowdown() == 1.0
+    for _ in range(3):
+        pace.add(0.030)  # the machine became busy: three of the last five steps
+    assert pace.slowdown() == pytest.approx(3.0)
+    for _ in range(5):
+        pace.add(0.005)  # faster than when timed: never less than the timing itself
+    assert pace.slowdown() == 1.0
+    pace.validation_timed()  # a new timing is the new reference
+    for _ in range(5):
+        pace.add(0.010)
+    assert pace.slowdown() == pytest.approx(2.0)

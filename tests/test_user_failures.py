@@ -286,7 +286,7 @@ def test_time_bounds_the_whole_invocation_validation_included(long_validation, t
     wall = time.perf_counter() - t0
     assert wall < 4.0 + 0.5, wall  # the child's budget began when it started
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert "val_bpc" in rows[-1]  # the final validation fitted in the budget
+    assert "val_bpc" in rows[-1], proc.stderr[-300:]  # the final validation fitted in the budget
     assert "left of 4.0s" in proc.stderr  # the progress bar shows the budget
 
 
