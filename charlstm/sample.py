@@ -1,13 +1,12 @@
 """Generating text from a checkpoint, streamed in chunks from a compiled kernel."""
 from __future__ import annotations
 
-import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .checkpoint import Checkpoint
+from .handoff import SpinningWorker
 from .cells import CELL_TABLE
 from .kernels.panels import PANEL_WIDTH, pack_panels, panel_buffer
 from .kernels.sampling import generate
@@ -99,8 +98,7 @@ class Sampler:
         self._forced = ranks is not None
         self._one_core_s: float | None = None  # seconds per character on one core, measured
         self._recent: list[bool] = []  # whether each of the last two-core calls was slower
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid: int | None = None
+        self._workers: list[SpinningWorker] = []  # ranks 1.. of a two-core call
 
     def _current(self, buffers: np.ndarray) -> np.ndarray:
         """The current half of double-buffered state [2, L, blocks, 1, H/blocks], as a
@@ -188,17 +186,20 @@ class Sampler:
                 first, uniforms, float(temperature), int(top_k), float(top_p), out)
         if ranks == 1:
             return generate(0, 1, *args)
-        if self._pool is None or self._pool_pid != os.getpid():
-            # A forked child inherits the pool but not its threads: start its own.
-            self._pool = ThreadPoolExecutor(ranks - 1, thread_name_prefix="charlstm-sample")
-            self._pool_pid = os.getpid()
         try:
-            others = [self._pool.submit(generate, r, ranks, *args) for r in range(1, ranks)]
+            while len(self._workers) < ranks - 1:  # (a forked child's restart their threads)
+                self._workers.append(SpinningWorker(f"charlstm-sample-{len(self._workers) + 1}"))
+            others = self._workers[:ranks - 1]
+            for r, worker in enumerate(others, start=1):
+                worker.submit(generate, r, ranks, *args)
         except RuntimeError:  # the interpreter is shutting down: no new threads
+            for worker in self._workers:
+                if worker.pending:  # its rank gives up at the first barrier
+                    worker.result()
             return None
         last = generate(0, ranks, *args)
         # A worker returns within SPIN_LIMIT spins of rank 0's return, whatever happened.
-        results = [f.result() for f in others]
+        results = [worker.result() for worker in others]
         return None if min([last] + results) < 0 else last
 
     def _measure_ranks(self, chars: int = 32, rounds: int = 3) -> int:

@@ -21,11 +21,11 @@ the last bits of float32, as any change in summation order does.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
 from .config import TrainConfig
+from .handoff import SpinningWorker
 from .kernels.blas import BLAS_THREADS
 from .parameters import FlatParams
 from .network import Network
@@ -71,7 +71,7 @@ class ShardedNetwork:
                      for _ in range(min(threads, config.batch_size))]
         # Shard 0's buffer receives the sum, so the sum needs no extra pass.
         self.grads = self.nets[0].grads
-        self._pool: ThreadPoolExecutor | None = None  # started by the first sharded step
+        self._workers: list[SpinningWorker] = []  # started by the first sharded step
 
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
         return self.nets[0].zero_state(batch)
@@ -98,18 +98,25 @@ class ShardedNetwork:
             return self.nets[s].loss_and_grad(inputs[lo:hi], targets[lo:hi], rows,
                                               shard_masks, mean_over=N)
 
-        if len(bounds) > 1 and self._pool is None:
-            self._pool = ThreadPoolExecutor(len(self.nets) - 1, thread_name_prefix="charlstm-shard")
+        if len(bounds) > 1 and not self._workers:
+            self._workers = [SpinningWorker(f"charlstm-shard-{s}") for s in range(1, len(self.nets))]
         before = BLAS_THREADS.get()
         BLAS_THREADS.set(max(1, self.threads // len(bounds)))
-        futures = [self._pool.submit(run, s) for s in range(1, len(bounds))]
+        others = self._workers[:len(bounds) - 1]
+        for s, worker in enumerate(others, start=1):
+            worker.submit(run, s)
         try:
             first = run(0)
         finally:
-            wait(futures)  # no shard may still be running when this returns or raises
+            # No shard may still be running when this returns or raises.
+            outcomes = [_outcome(worker) for worker in others]
             if before is not None:
                 BLAS_THREADS.set(before)
-        losses = [first] + [f.result() for f in futures]
+        losses = [first]
+        for value, error in outcomes:
+            if error is not None:
+                raise error
+            losses.append(value)
         total = self.grads.flat
         for net in self.nets[1:len(bounds)]:
             total += net.grads.flat
@@ -117,6 +124,14 @@ class ShardedNetwork:
 
     def close(self) -> None:
         """Stop the shard threads; a later step starts them again."""
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
+        for worker in self._workers:
+            worker.close()
+        self._workers = []
+
+
+def _outcome(worker: SpinningWorker) -> tuple:
+    """(value, None) or (None, the exception) of the worker's job."""
+    try:
+        return worker.result(), None
+    except BaseException as e:  # noqa: BLE001 -- raised by the caller once all have returned
+        return None, e

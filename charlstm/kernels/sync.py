@@ -113,3 +113,34 @@ def barrier(counts, rank, ranks, reached, spin_limit=SPIN_LIMIT):
                 if spins > spin_limit:
                     return False
     return True
+
+
+@kernel
+def publish(counts, index, value):
+    """counts[index] = value as a release store, from Python: the job written before it
+    is visible to a thread that sees the value (handoff.py)."""
+    store_release(counts, index, value)
+
+
+@kernel
+def wait_until_reached(counts, index, value, spin_limit):
+    """Spin, without the GIL, until counts[index] >= value (an acquire load): True, or
+    False after ``spin_limit`` spins (the caller then sleeps instead).
+    counts : C-contiguous int64."""
+    spins = 0
+    while load_acquire(counts, index) < value:
+        spin_pause()
+        spins += 1
+        if spins > spin_limit:
+            return False
+    return True
+
+
+@kernel
+def publish_then_wait(counts, index, value, wait_index, wait_value, spin_limit):
+    """publish(counts, index, value), then wait_until_reached(counts, wait_index,
+    wait_value, spin_limit), in one call: a worker reports a job done and waits for the
+    next without taking the GIL in between, so the owner that waits for the report gets
+    the GIL at once instead of sleeping until the worker lets go of it."""
+    store_release(counts, index, value)
+    return wait_until_reached(counts, wait_index, wait_value, spin_limit)
