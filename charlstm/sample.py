@@ -14,6 +14,7 @@ from .kernels.sync import SLOT
 from .shards import available_cores
 
 STREAM_CHUNK = 32  # characters per kernel call: small enough to stream, large enough to be cheap
+REPROBE_FIRST, REPROBE_MAX = 32, 1024  # one-core calls between tries of two cores (_probe_due)
 
 
 class Sampler:
@@ -98,6 +99,8 @@ class Sampler:
         self._forced = ranks is not None
         self._one_core_s: float | None = None  # seconds per character on one core, measured
         self._recent: list[bool] = []  # whether each of the last two-core calls was slower
+        self._probe_every = REPROBE_FIRST  # one-core calls between tries of two, doubling
+        self._since_probe = 0
         self._workers: list[SpinningWorker] = []  # ranks 1.. of a two-core call
 
     def _current(self, buffers: np.ndarray) -> np.ndarray:
@@ -149,22 +152,28 @@ class Sampler:
         state saved before it, and without a forced ``ranks``, a two-core call slower per
         character than one core measured, in two of the last three calls (the machine
         grew busy: each barrier then waits for the other thread's turn on a core; one
-        slow call alone is an interrupt or a page fault), moves the rest of the sample to
-        one core.
+        slow call alone is an interrupt or a page fault), moves the sample to one core,
+        from which it tries two again now and then (_probe_due).
         """
         if self.ranks is None:
             self.ranks = self._measure_ranks()
         args = (self.parity, feed, first, uniforms, temperature, top_k, top_p, out)
         chars = len(feed) + len(out)
         last = None
-        if self.ranks > 1:
+        probing = self.ranks == 1 and self._probe_due()
+        if self.ranks > 1 or probing:
             saved = self.hs.copy(), self.cs.copy()
             t0 = time.perf_counter()
-            last = self._generate(self.ranks, self.hs, self.cs, *args)
+            last = self._generate(2 if probing else self.ranks, self.hs, self.cs, *args)
             per_char = (time.perf_counter() - t0) / max(chars, 1)
             if last is None:
                 self.hs[...], self.cs[...] = saved
                 self.ranks = 1
+            elif probing:
+                if per_char < 0.9 * self._one_core_s:  # the machine is free again
+                    self.ranks, self._recent, self._probe_every = 2, [], REPROBE_FIRST
+                else:
+                    self._probe_every = min(2 * self._probe_every, REPROBE_MAX)
             elif not self._forced and self._one_core_s:
                 self._recent = (self._recent + [per_char > self._one_core_s])[-3:]
                 if sum(self._recent) >= 2:
@@ -173,6 +182,21 @@ class Sampler:
             last = self._generate(1, self.hs, self.cs, *args)
         self.parity = (self.parity + chars) % 2
         return last
+
+    def _probe_due(self) -> bool:
+        """Whether this one-core call should try two cores: every REPROBE_FIRST calls
+        after a fall-back, then half as often after each try that lost, down to one in
+        REPROBE_MAX, so that a sample that left two cores in a moment of load (two slow
+        calls of three; on a 2-core KVM guest, within a few seconds of a 300,000-
+        character sample at M) returns to them, while a machine that stays busy, or a
+        model that one core runs faster, pays for at most one slower call in 1,024."""
+        if self._forced or not self._one_core_s or self.blocks < 2:
+            return False
+        self._since_probe += 1
+        if self._since_probe < self._probe_every:
+            return False
+        self._since_probe = 0
+        return True
 
     def _generate(self, ranks, hs, cs, parity, feed, first, uniforms, temperature, top_k,
                   top_p, out):

@@ -96,6 +96,31 @@ def test_two_cores_sample_what_one_core_samples(cell):
     np.testing.assert_allclose(runs[1][1], h, rtol=1e-4, atol=1e-5)
 
 
+def test_a_sample_that_fell_back_to_one_core_tries_two_again_and_keeps_its_text():
+    """After a fall-back to one core (two slow two-core calls of three), every
+    REPROBE_FIRST-th call tries two cores: back to two when the try is fast, and half
+    as often after each try that is not. The text is the one-core text throughout."""
+    from charlstm.sample import REPROBE_FIRST, REPROBE_MAX
+
+    m = model("lstm", 2, seed=14, hidden_size=64)
+    length = 32 * (REPROBE_FIRST + 5)  # stream chunks of 32: calls past the first try
+    rng = np.random.default_rng(3)
+    one = Sampler(m, ranks=1)
+    one.prime("ab", rng)
+    want = "".join(one.stream(length, 1.0, 0, rng))
+    for one_core_s, ranks_after, every_after in ((1.0, 2, REPROBE_FIRST),  # any try wins
+                                                 (1e-12, 1, 2 * REPROBE_FIRST)):  # none does
+        sampler = Sampler(m)
+        sampler.ranks, sampler._one_core_s = 1, one_core_s  # as after a fall-back
+        rng = np.random.default_rng(3)
+        sampler.prime("ab", rng)
+        assert "".join(sampler.stream(length, 1.0, 0, rng)) == want
+        assert sampler.ranks == ranks_after and sampler._probe_every == every_after
+    forced = Sampler(m, ranks=1)
+    forced._one_core_s = 1.0
+    assert not any(forced._probe_due() for _ in range(2 * REPROBE_MAX))  # forced: never
+
+
 def test_a_model_that_does_not_split_generates_on_one_core():
     m = model("lstm", 1, seed=2, hidden_size=12)  # 4 * 12 gate columns: not two panels' worth
     assert Sampler(m).blocks == 1
