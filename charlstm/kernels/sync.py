@@ -93,6 +93,20 @@ def spin_pause(typingctx):
 
 
 @kernel(inline="always")
+def wait_until_reached(counts, index, value, spin_limit):
+    """Spin, without the GIL, until counts[index] >= value (an acquire load): True, or
+    False after ``spin_limit`` spins (the caller then sleeps instead).
+    counts : C-contiguous int64."""
+    spins = 0
+    while load_acquire(counts, index) < value:
+        spin_pause()
+        spins += 1
+        if spins > spin_limit:
+            return False
+    return True
+
+
+@kernel(inline="always")
 def barrier(counts, rank, ranks, reached, spin_limit=SPIN_LIMIT):
     """Wait until every rank of ``ranks`` has reached barrier number ``reached``.
 
@@ -105,13 +119,8 @@ def barrier(counts, rank, ranks, reached, spin_limit=SPIN_LIMIT):
         return True
     store_release(counts, rank * SLOT, reached)
     for other in range(ranks):
-        if other != rank:
-            spins = 0
-            while load_acquire(counts, other * SLOT) < reached:
-                spin_pause()
-                spins += 1
-                if spins > spin_limit:
-                    return False
+        if other != rank and not wait_until_reached(counts, other * SLOT, reached, spin_limit):
+            return False
     return True
 
 
@@ -120,20 +129,6 @@ def publish(counts, index, value):
     """counts[index] = value as a release store, from Python: the job written before it
     is visible to a thread that sees the value (handoff.py)."""
     store_release(counts, index, value)
-
-
-@kernel
-def wait_until_reached(counts, index, value, spin_limit):
-    """Spin, without the GIL, until counts[index] >= value (an acquire load): True, or
-    False after ``spin_limit`` spins (the caller then sleeps instead).
-    counts : C-contiguous int64."""
-    spins = 0
-    while load_acquire(counts, index) < value:
-        spin_pause()
-        spins += 1
-        if spins > spin_limit:
-            return False
-    return True
 
 
 @kernel
