@@ -492,7 +492,6 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num
     last.npz), streaming it to stdout."""
     import numpy as np
 
-    from charlstm import checkpoint as ckpt_io
     from charlstm.sample import Sampler, stop_at
 
     ctx = click.get_current_context()
@@ -613,7 +612,6 @@ def eval_(checkpoint, file, encoding, skip_unknown, as_json):
     """Bits per character of FILE under CHECKPOINT, read as one stream from zero state.
 
     FILE may also name a built-in corpus: builtin:pydoc or builtin:recall:N."""
-    from charlstm import checkpoint as ckpt_io
     from charlstm.corpus import describe_chars, read_text_file
     from charlstm.evaluate import stream_bits_per_char
     from charlstm.network import Network
