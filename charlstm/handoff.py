@@ -9,11 +9,18 @@ where a sleeping core wakes slowly (benchmarks/handoff_cost.py). Here both sides
 spin in compiled code, without the GIL, on a counter (kernels/sync.py): the worker for
 IDLE_SPINS after each job, the owner for as long while it waits for a result. Only
 after that do they sleep on a condition, so a worker whose owner does something else
-(validation, a save) stops spending its core within about a millisecond.
+(validation, a save) stops spending its core within about a millisecond. While they
+spin they offer the core to any other ready thread every few microseconds
+(sync.wait_until_reached): with more threads than free cores, the thread waited for
+may be waiting for this very core.
+
+A job's exception is raised by ``result``; so is an exception a signal handler raises
+while the owner waits (Ctrl-C), but only once the job has finished.
 """
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import weakref
@@ -82,16 +89,27 @@ class _Channel:
             seq += 1
 
     def collect(self, seq: int):
-        if not wait_until_reached(self.counts, DONE, seq, self.spins):
-            while self.counts[DONE] < seq:
-                if not self.serving:
-                    raise RuntimeError("the worker thread stopped before finishing its job")
-                time.sleep(POLL_SECONDS)
+        try:
+            if not wait_until_reached(self.counts, DONE, seq, self.spins):
+                self._poll_done(seq)
+        except BaseException:
+            # A signal handler's exception (KeyboardInterrupt) while waiting: the job
+            # still runs on the worker, so let it finish before the caller goes on to
+            # touch what it writes. A second interrupt here gives up waiting.
+            self._poll_done(seq)
+            self.outcome = None
+            raise
         value, error = self.outcome
         self.outcome = None
         if error is not None:
             raise error
         return value
+
+    def _poll_done(self, seq: int) -> None:
+        while self.counts[DONE] < seq:
+            if not self.serving:
+                raise RuntimeError("the worker thread stopped before finishing its job")
+            time.sleep(POLL_SECONDS)
 
 
 class SpinningWorker:
@@ -107,6 +125,8 @@ class SpinningWorker:
         self._start()
 
     def _start(self) -> None:
+        if sys.is_finalizing():  # a thread started now would never run: Thread.start hangs
+            raise RuntimeError("the interpreter is shutting down: no new threads")
         self._channel = _Channel(self.spins)
         self._seq = 0
         self._pending = False
@@ -117,30 +137,31 @@ class SpinningWorker:
 
     @property
     def pending(self) -> bool:
-        """Whether a job was submitted and its result not yet collected."""
-        return self._pending
+        """Whether a job was submitted and its result not yet collected (in this
+        process: a forked child has no part in its parent's job)."""
+        return self._pending and self._pid == os.getpid()
 
     def submit(self, fn, *args) -> None:
-        if self._pending:
-            raise RuntimeError("collect the last job's result before submitting another")
         if self._pid != os.getpid() or not self._finalizer.alive:
-            # A forked child inherits this object but not the thread; a closed worker
-            # has none either.
+            # A forked child inherits this object but not the thread, nor the job its
+            # parent had in hand; a closed worker has no thread either.
             self._finalizer.detach()
             self._start()
+        if self._pending:
+            raise RuntimeError("collect the last job's result before submitting another")
         self._seq += 1
         self._pending = True
         self._channel.post((fn, args), self._seq)
 
     def result(self):
-        if not self._pending:
+        if not self.pending:
             raise RuntimeError("no job was submitted")
         self._pending = False
         return self._channel.collect(self._seq)
 
     def close(self) -> None:
         """Stop the thread (after the job in hand, if any, is collected)."""
-        if self._pending:
+        if self.pending:
             self.result()
         if self._pid == os.getpid():
             self._finalizer()

@@ -2,6 +2,9 @@
 real threads, a real fork and the garbage collector."""
 import gc
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -115,3 +118,83 @@ def test_results_written_by_the_worker_are_seen_by_the_owner():
             assert data[0] == data[-1] == i
     finally:
         worker.close()
+
+
+def test_a_child_forked_while_a_job_is_in_hand_has_no_part_in_it():
+    worker = SpinningWorker("test-fork-pending")
+    worker.submit(time.sleep, 0.3)  # the parent's job, still running at the fork
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = not worker.pending
+            worker.submit(os.getpid)
+            ok = ok and worker.result() == os.getpid()
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    try:
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert worker.pending
+        worker.result()
+    finally:
+        worker.close()
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_an_interrupt_while_waiting_for_a_result_comes_out_after_the_job_ends():
+    """A signal handler's exception (Ctrl-C's KeyboardInterrupt) raised while the owner
+    waits is raised only once the job has finished: nothing it writes changes after."""
+    worker = SpinningWorker("test-interrupt")
+    finished = []
+
+    def job():
+        time.sleep(0.3)
+        finished.append(time.perf_counter())
+
+    def interrupt(signum, frame):
+        raise _Interrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        worker.submit(job)
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(_Interrupt):
+            worker.result()
+        assert finished  # the job had ended when the interrupt came out
+        worker.submit(int, 5)  # and the worker takes the next one
+        assert worker.result() == 5
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        worker.close()
+
+
+_AT_SHUTDOWN = """
+import sys
+from charlstm.handoff import SpinningWorker
+
+worker = SpinningWorker("late")
+worker.submit(int, 1)
+worker.result()
+
+class Late:
+    def __del__(self):
+        try:
+            worker.submit(int, 2)  # its thread was stopped at exit: none can start now
+            print("submitted", worker.result())
+        except RuntimeError as e:
+            print("refused:", e)
+
+late = Late()
+late.cycle = late  # collected only as the interpreter shuts down
+"""
+
+
+def test_a_worker_used_while_the_interpreter_shuts_down_refuses_instead_of_hanging():
+    proc = subprocess.run([sys.executable, "-c", _AT_SHUTDOWN], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: the interpreter is shutting down" in proc.stdout, proc.stdout
