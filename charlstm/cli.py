@@ -513,6 +513,9 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num
                             f"prime as UTF-8") from None
         if prime.startswith("\ufeff"):
             prime = prime[1:]  # a byte-order mark is not part of the text
+    if sys.stdout is None:  # started with its standard output closed (>&-)
+        raise UserError("standard output is closed: the sample has nowhere to go; "
+                        "redirect it to a file (> FILE) or a pipe")
     _, ckpt, say_which = _read_checkpoint(checkpoint)
     sampler = Sampler(ckpt)
     if stop is not None:

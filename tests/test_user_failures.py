@@ -82,6 +82,14 @@ def test_ctrl_c_during_sample_stops_quietly_with_130(run):
     assert b"Aborted" not in err and b"Traceback" not in err
 
 
+def test_sample_with_standard_output_closed_says_so_in_one_line(run):
+    proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *CHARLSTM, "sample", str(run),
+                           "--length", "10"], capture_output=False, stderr=subprocess.PIPE,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "standard output is closed" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_the_progress_bar_shows_no_nan_before_the_first_validation(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(4000))
