@@ -70,9 +70,13 @@ class _Channel:
             self.serving = False
 
     def _serve(self) -> None:
-        seq, posted = 1, False
+        # Whether job ``seq`` was seen while spinning: None before any spin for it, False
+        # after a whole spin without it (then sleep at once instead of spinning again).
+        seq, seen = 1, None
         while True:
-            if not posted and not wait_until_reached(self.counts, POSTED, seq, self.spins):
+            if seen is None:
+                seen = wait_until_reached(self.counts, POSTED, seq, self.spins)
+            if not seen:
                 with self.cond:
                     self.sleeping = True
                     while self.counts[POSTED] < seq:
@@ -85,7 +89,7 @@ class _Channel:
                 self.outcome = (fn(*args), None)
             except BaseException as e:  # noqa: BLE001 -- handed back to the owner to raise
                 self.outcome = (None, e)
-            posted = publish_then_wait(self.counts, DONE, seq, POSTED, seq + 1, self.spins)
+            seen = publish_then_wait(self.counts, DONE, seq, POSTED, seq + 1, self.spins)
             seq += 1
 
     def collect(self, seq: int):
