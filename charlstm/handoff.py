@@ -4,8 +4,9 @@ briefly between jobs so that a job handed over soon after the last one starts at
 Training hands each step's second shard to another thread (shards.py) and two-core
 sampling hands over every chunk of 32 characters (sample.py). Through a
 ThreadPoolExecutor each hand-off woke a sleeping thread and woke the owner again for
-the result: 45 us to start and 27 us to return on a 2-core AMD EPYC Zen 5 under KVM,
-where a sleeping core wakes slowly (benchmarks/handoff_cost.py). Here both sides first
+the result: 19-21 us to start and 22-26 us to return on a 2-core AMD EPYC Zen 5 under
+KVM, where a sleeping core wakes slowly (benchmarks/handoff_cost.py, owner busy 150 and
+2,000 us between jobs). Here both sides first
 spin in compiled code, without the GIL, on a counter (kernels/sync.py): the worker for
 IDLE_SPINS after each job, the owner for as long while it waits for a result. Only
 after that do they sleep on a condition, so a worker whose owner does something else

@@ -211,7 +211,9 @@ class Sampler:
         if ranks == 1:
             return generate(0, 1, *args)
         try:
-            while len(self._workers) < ranks - 1:  # (a forked child's restart their threads)
+            # Started at the first two-core call; in a forked child each starts a thread
+            # of its own at its next submit.
+            while len(self._workers) < ranks - 1:
                 self._workers.append(SpinningWorker(f"charlstm-sample-{len(self._workers) + 1}"))
             others = self._workers[:ranks - 1]
             for r, worker in enumerate(others, start=1):
