@@ -7,7 +7,6 @@ state_dict names, so ``{k: torch.from_numpy(v)}`` of them loads into ``nn.LSTM``
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,33 +91,21 @@ def save(ckpt: Checkpoint, path) -> None:
     then renamed over the target. A crash at any moment leaves either the old file or the
     new one, never a mix. Raises CheckpointError, saying what stays on disk, when the
     file cannot be written or does not read back."""
-    from .files import new_temporary
+    from .files import atomic_write
 
     path = Path(path)
     arrays = to_arrays(ckpt)
     kept = ("the previous checkpoint is kept" if path.exists()
             else f"no {path.name} was written")
-    tmp = None
     try:
-        tmp = new_temporary(path.parent, f".{path.name}.", ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             np.savez(f, **arrays)
             f.flush()
-            os.fsync(f.fileno())
-        _check_reads_back(tmp, arrays)
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        if isinstance(e, OSError):
-            raise CheckpointError(f"could not write {path}: {e.strerror or e}; {kept}") from None
-        if isinstance(e, CheckpointError):
-            raise CheckpointError(f"could not write {path}: {e}; {kept}") from None
-        raise
-    _fsync_dir(path.parent)
+            _check_reads_back(Path(f.name), arrays)
+    except OSError as e:
+        raise CheckpointError(f"could not write {path}: {e.strerror or e}; {kept}") from None
+    except CheckpointError as e:
+        raise CheckpointError(f"could not write {path}: {e}; {kept}") from None
 
 
 def _check_reads_back(path: Path, arrays: dict) -> None:
@@ -136,26 +123,14 @@ def _check_reads_back(path: Path, arrays: dict) -> None:
 
 
 def remove_stale_temporaries(directory: Path) -> None:
-    """Delete temporary files that a save killed midway (SIGKILL, power loss) left behind."""
-    for name in ("last.npz", "best.npz"):
+    """Delete temporary files that a save (or metrics.jsonl's rewrite) killed midway
+    (SIGKILL, power loss) left behind."""
+    for name in ("last.npz", "best.npz", "metrics.jsonl"):
         for tmp in Path(directory).glob(f".{name}.*.tmp"):
             try:
                 tmp.unlink()
             except OSError:
                 pass  # another process may own it; it never replaces a checkpoint by itself
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
 
 
 # Limits that keep a hostile file from making charlstm commit memory: the JSON header,
