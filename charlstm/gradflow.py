@@ -210,10 +210,14 @@ def _plot(result: dict, path: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
+    from .files import atomic_write
+
     try:
-        fig.savefig(path, dpi=120, format="png")
+        with atomic_write(path, parents=True) as f:
+            fig.savefig(f, dpi=120, format="png")
     except OSError as e:
-        raise UserError(f"cannot write {path} ({e.strerror or e})") from None
+        raise UserError(f"cannot write {path} ({e.strerror or e}); nothing was written: free "
+                        f"space or choose another -o") from None
 
 
 def gradflow_report(checkpoint, text: str, length: int = DEFAULT_LENGTH,
