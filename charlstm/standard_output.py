@@ -39,9 +39,6 @@ class _WholeWrites(io.RawIOBase):
     def fileno(self) -> int:
         return self.fd
 
-    def isatty(self) -> bool:
-        return os.isatty(self.fd)
-
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         if self.failed:
@@ -62,7 +59,7 @@ class _WholeWrites(io.RawIOBase):
 
 
 def guard() -> None:
-    """Replace ``sys.stdout``, when it is a file descriptor, by one whose writes are
+    """Replace ``sys.stdout``, when it is a file or a pipe, by one whose writes are
     whole or raise StandardOutputFailed; text goes out as UTF-8, with the bytes a path
     was decoded from (surrogate escapes) as they were, and the buffering it had."""
     stream = sys.stdout
@@ -70,6 +67,8 @@ def guard() -> None:
         return
     try:
         fd = stream.fileno()
+        if stream.isatty():
+            return  # a terminal is never full, and Windows writes its console its own way
     except (OSError, ValueError, io.UnsupportedOperation):
         return  # not a file (a test's capture): nothing to guard
     stream.flush()
