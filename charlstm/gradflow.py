@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from .cells import CELL_TABLE
 from .errors import UserError
+from .files import atomic_write
 
 # NumPy, the network and its kernels (Numba) are imported when the command runs, not when
 # the CLI starts.
@@ -210,8 +211,6 @@ def _plot(result: dict, path: str) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    from .files import atomic_write
-
     try:
         with atomic_write(path, parents=True) as f:
             fig.savefig(f, dpi=120, format="png")

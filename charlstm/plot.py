@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .files import atomic_write, print_warning
+from .files import atomic_write, print_warning, read_json_lines
 
 MISSING_MATPLOTLIB = "plotting needs matplotlib: pip install 'charlstm[plot]'"
 
@@ -32,8 +32,6 @@ def read_metrics(run_dir: Path, warn=print_warning) -> Curves:
     """Training and validation bpc of the run in ``run_dir``. Lines that are not metrics
     rows (cut off or zero-filled by a crash) are left out, and ``warn`` is given one
     line saying so. Raises UserError when there is no such run or no value to draw."""
-    from .files import read_json_lines
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
