@@ -32,8 +32,9 @@ from numba.core.errors import TypingError
 from numba.extending import overload
 
 from . import blas_libraries
-from .blas_libraries import LIBRARY_NAMES, NO_TRANS as _NO_TRANS, ROW_MAJOR as _ROW_MAJOR
+from .blas_libraries import NO_TRANS as _NO_TRANS, ROW_MAJOR as _ROW_MAJOR
 from .blas_libraries import PACKED as _PACKED_STORAGE, TRANS as _TRANS, LibraryUnavailable
+from .blas_libraries import format_blas, parse_blas  # noqa: F401 (charlstm.kernels.blas's API)
 from .jit import kernel
 from .panels import panel_product
 
@@ -55,22 +56,6 @@ _TRANSPOSED, _PACKED, _PANELS = (STEP_LAYOUTS["transposed"], STEP_LAYOUTS["packe
 TRANSPOSED_PAD = 16
 _SYMBOL_SUFFIX = {"step": "_step", "chunk": ""}
 DEFAULT_BLAS = "openblas"
-
-
-def parse_blas(spec: str) -> tuple[str, str]:
-    """(step library, chunk library) of a choice written ``LIB`` or ``STEP/CHUNK``.
-    Raises ValueError naming the valid libraries."""
-    parts = spec.split("/") if isinstance(spec, str) else []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or any(p not in LIBRARY_NAMES for p in parts):
-        raise ValueError(f"BLAS choice {spec!r} is not LIBRARY or STEP/CHUNK with libraries "
-                         f"from {', '.join(LIBRARY_NAMES)}")
-    return parts[0], parts[1]
-
-
-def format_blas(step: str, chunk: str) -> str:
-    return step if step == chunk else f"{step}/{chunk}"
 
 
 def _kernels_linked() -> bool:
