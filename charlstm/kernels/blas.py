@@ -31,6 +31,7 @@ from numba import types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
+from ..errors import UserError
 from . import blas_libraries
 from .blas_libraries import NO_TRANS as _NO_TRANS, ROW_MAJOR as _ROW_MAJOR
 from .blas_libraries import PACKED as _PACKED_STORAGE, TRANS as _TRANS, LibraryUnavailable
@@ -157,13 +158,29 @@ class BlasBinding:
                 f"chunk products {chunk.name}: {chunk.describe()}")
 
 
+def bind_at_start(binding: BlasBinding, environ=os.environ) -> None:
+    """Bind the process's first choice: CHARLSTM_BLAS if set (a subprocess's way to choose
+    before importing charlstm), else NumPy's OpenBLAS, else the numpy.dot callback.
+
+    Raises UserError naming CHARLSTM_BLAS when its value is not a choice or its library
+    cannot be loaded: a run asked for, say, mkl must not go on silently on another."""
+    chosen = environ.get("CHARLSTM_BLAS")
+    if not chosen:
+        try:
+            binding.bind(DEFAULT_BLAS)
+        except LibraryUnavailable:
+            binding.bind("numpy")
+        return
+    try:
+        binding.bind(chosen)
+    except ValueError as e:
+        raise UserError(f"CHARLSTM_BLAS: {e}; correct it or unset it") from None
+    except LibraryUnavailable as e:
+        raise LibraryUnavailable(f"CHARLSTM_BLAS={chosen}: {e}, or unset CHARLSTM_BLAS") from None
+
+
 BLAS = BlasBinding()
-# The process starts on CHARLSTM_BLAS if set (a subprocess's way to choose before
-# importing charlstm), else on NumPy's OpenBLAS, else on the numpy.dot callback.
-try:
-    BLAS.bind(os.environ.get("CHARLSTM_BLAS") or DEFAULT_BLAS)
-except LibraryUnavailable:
-    BLAS.bind("numpy")
+bind_at_start(BLAS)
 BACKEND = BLAS.libraries["chunk"].name
 
 
