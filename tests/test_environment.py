@@ -128,3 +128,88 @@ def test_a_read_only_install_and_home_compile_in_memory_and_say_so_once(
     again = _charlstm(runner, env, "sample", run, *SAMPLE)
     assert again.returncode == 0 and again.stdout == reference_sample
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == written
+
+
+# -- environment variables ----------------------------------------------------------------
+
+def _missing_cpu_feature() -> str:
+    """A feature LLVM knows that this CPU lacks (code using it would die of SIGILL)."""
+    import llvmlite.binding as llvm
+
+    missing = sorted(name for name, present in llvm.get_host_cpu_features().items()
+                     if not present)
+    return missing[0] if missing else "no-such-feature"
+
+
+def _case(variable, value, *more, **extra):
+    return pytest.param({variable: value, **extra}, variable, *more, id=f"{variable}={value}")
+
+
+# Values that used to stop every kernel-running command with a traceback, or fill standard
+# error with one; charlstm never uses Numba's threads, and OpenBLAS reads 0 or junk as its
+# default.
+@pytest.mark.parametrize("env, variable", [
+    _case("NUMBA_NUM_THREADS", "0"), _case("NUMBA_NUM_THREADS", "-2"),
+    _case("NUMBA_NUM_THREADS", "many"), _case("NUMBA_NUM_THREADS", ""),
+    _case("OPENBLAS_NUM_THREADS", "0"), _case("OMP_NUM_THREADS", "junk"),
+])
+def test_a_thread_count_that_is_not_one_changes_nothing(run, reference_sample, env, variable):
+    proc = run_cli("sample", run, *SAMPLE, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout == reference_sample
+    assert proc.stderr.splitlines() == [line for line in proc.stderr.splitlines()
+                                        if line.startswith("reading ")]
+
+
+# Values that work, with one line saying what they do and how to go without them.
+@pytest.mark.parametrize("env, variable, kind", [
+    _case("NUMBA_OPT", "fast", "Warning"),
+    _case("NUMBA_BOUNDSCHECK", "yes", "Warning"),
+    _case("NUMBA_DEBUG_CACHE", "1", "Warning"),  # Numba prints on standard output
+    _case("NUMBA_CACHE_DIR", "/dev/null/kernels", "Note"),  # the in-tree cache serves
+])
+def test_a_variable_that_works_badly_is_named_in_one_line(run, reference_sample, env, variable,
+                                                          kind):
+    proc = run_cli("sample", run, *SAMPLE, env=env, check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    named = _lines(proc.stderr, variable)
+    assert len(named) == 1 and named[0].startswith(f"{kind}: "), proc.stderr[-3000:]
+    assert len(proc.stderr.splitlines()) == 2  # and the line naming the checkpoint read
+    if variable != "NUMBA_DEBUG_CACHE":
+        assert proc.stdout == reference_sample
+
+
+# Values the kernels cannot run under: refused in one line, while `info` still works.
+@pytest.mark.parametrize("env, variable", [
+    _case("NUMBA_DISABLE_JIT", "1"),
+    _case("NUMBA_CPU_NAME", "no-such-cpu"),
+    _case("NUMBA_CPU_FEATURES", f"+{_missing_cpu_feature()}"),
+    _case("CHARLSTM_BLAS", "fastest"),
+    _case("CHARLSTM_BLAS", "mkl", CHARLSTM_MKL_LIBRARY="/nonexistent/libmkl_rt.so"),
+])
+def test_a_variable_the_kernels_cannot_run_under_is_refused_in_one_line(run, tmp_path, env,
+                                                                        variable):
+    proc = run_cli("sample", run, *SAMPLE, env=env, check=False)
+    assert proc.returncode == 1 and proc.stdout == "", proc.stderr[-3000:]
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr[-3000:]
+    assert proc.stderr.startswith("Error: ") and variable in proc.stderr
+    train = run_cli("train", run.parent / "corpus.txt", *TINY, "--steps", "1", "--out",
+                    tmp_path / "run", env=env, check=False)
+    assert train.returncode == 1 and train.stderr == proc.stderr
+    assert run_cli("info", run, env=env).returncode == 0
+
+
+def test_kernels_compiled_under_numba_opt_0_are_kept_apart(run, tmp_path):
+    cache = {"NUMBA_CACHE_DIR": str(tmp_path / "kernels-cache")}
+
+    def kernel_files():
+        return sorted(p.name for p in (tmp_path / "kernels-cache").rglob("*.nbc"))
+
+    slow = run_cli("sample", run, *SAMPLE, env={**cache, "NUMBA_OPT": "0"})
+    named = _lines(slow.stderr, "NUMBA_OPT")
+    assert len(named) == 1 and named[0].startswith("Warning: "), slow.stderr[-3000:]
+    assert "NumbaWarning" not in slow.stderr
+    unoptimised = kernel_files()
+    # Before, the next start without NUMBA_OPT loaded those unoptimised kernels.
+    run_cli("sample", run, *SAMPLE, env=cache)
+    assert len(kernel_files()) > len(unoptimised)

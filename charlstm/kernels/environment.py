@@ -106,11 +106,13 @@ def warnings_about(config, environ=os.environ) -> list[str]:
         lines.append(f"{' and '.join(printing)} make{'s' if len(printing) == 1 else ''} Numba "
                      f"print its debugging output on standard output, among charlstm's; "
                      f"unset {'it' if len(printing) == 1 else 'them'} for charlstm's output alone")
-    if config.OPT < 3:
-        lines.append(f"NUMBA_OPT={config.OPT} compiles the kernels less optimised: training "
-                     f"and sampling run slower"
-                     + (", and kernels that cannot be cached are compiled again at every start"
-                        if config.OPT == 0 else "") + "; unset NUMBA_OPT for full speed")
+    if config.OPT == 0:
+        lines.append("NUMBA_OPT=0 compiles the kernels unoptimised: training and sampling run "
+                     "slower, and the kernels that cannot be cached unoptimised are compiled "
+                     "again at every start; unset NUMBA_OPT for full speed")
+    elif config.OPT < 3:
+        lines.append(f"NUMBA_OPT={int(config.OPT)} compiles the kernels less optimised, so "
+                     f"training and sampling may run slower; unset NUMBA_OPT for full speed")
     return lines
 
 
