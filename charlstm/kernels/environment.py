@@ -84,11 +84,11 @@ def refusal(config, environ=os.environ) -> str | None:
         return (f"NUMBA_CPU_NAME={cpu} is not a processor LLVM knows; unset it (the kernels "
                 f"are compiled for this machine's {llvm.get_host_cpu_name()}) or name one, "
                 f"e.g. generic")
-    requested = [f.lstrip("+") for f in (config.CPU_FEATURES or "").split(",")
-                 if f.strip() and not f.startswith("-")]
-    host = llvm.get_host_cpu_features()
-    missing = [f.strip() for f in requested if not host.get(f.strip(), False)]
-    if environ.get("NUMBA_CPU_FEATURES") and missing:
+    features = (f.strip() for f in environ.get("NUMBA_CPU_FEATURES", "").split(","))
+    requested = [f.lstrip("+") for f in features if f and not f.startswith("-")]
+    host = llvm.get_host_cpu_features() if requested else {}
+    missing = [f for f in requested if not host.get(f, False)]
+    if missing:
         return (f"NUMBA_CPU_FEATURES asks for {', '.join(missing)}, which this CPU does not "
                 f"have: the kernels would stop with an illegal instruction; unset "
                 f"NUMBA_CPU_FEATURES or leave {'it' if len(missing) == 1 else 'them'} out")

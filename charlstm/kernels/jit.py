@@ -67,7 +67,11 @@ def _numba_class(name):
     return getattr(caching, name, None) or getattr(caching, f"_{name}")
 
 
-_IN_TREE = _numba_class("InTreeCacheLocator")
+class _ReadOnlyInTreeLocator(_locator(_numba_class("InTreeCacheLocator"))):
+    """The kernels' own __pycache__, read where no cache directory can be written: what
+    a read-only install holds is still loaded, and nothing new can be saved."""
+
+
 # Numba's settings (from NUMBA_* variables) that change the machine code of a kernel.
 _CODE_SETTINGS = ("OPT", "BOUNDSCHECK", "LOOP_VECTORIZE", "SLP_VECTORIZE", "ENABLE_AVX",
                   "DISABLE_INTEL_SVML", "DEBUGINFO_DEFAULT")
@@ -86,10 +90,8 @@ class _KernelCacheImpl(_numba_class("CompileResultCacheImpl")):
         # KernelCache.save_overload then says once that new kernels cannot be kept.
         source = inspect.getfile(py_func)
         self._lineno = py_func.__code__.co_firstlineno
-        self._locator = self._writable_locator(py_func, source)
-        if self._locator is None:
-            self._locator = _locator(_IN_TREE)(py_func, source)
-            self._locator.kept_nowhere = True
+        self._locator = (self._writable_locator(py_func, source)
+                         or _ReadOnlyInTreeLocator(py_func, source))
         fullname = f"{os.path.splitext(os.path.basename(source))[0]}.{py_func.__qualname__}"
         self._filename_base = self.get_filename_base(fullname, getattr(sys, "abiflags", ""))
 
@@ -130,7 +132,7 @@ class KernelCache(caching.FunctionCache):
             super().save_overload(sig, data)
         except OSError as e:
             locator = self._impl.locator
-            if getattr(locator, "kept_nowhere", False):
+            if isinstance(locator, _ReadOnlyInTreeLocator):
                 _note(f"no directory to keep compiled kernels in ({_unwritable_places(locator)} "
                       f"cannot be written), so every start compiles them again; set "
                       f"NUMBA_CACHE_DIR to a writable directory to keep them")
