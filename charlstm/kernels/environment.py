@@ -20,6 +20,8 @@ line which variable to change:
   (or LLVM ignores an unknown name at every compilation): refused.
 - NUMBA_DEBUG*, NUMBA_DUMP_*: Numba prints on standard output: one warning line.
 - NUMBA_OPT below 3: the kernels run slower, and at 0 some cannot be cached: one line.
+  (The settings that change machine code, this one among them, are part of each cached
+  kernel's key, jit.py, so kernels compiled under them never serve a later start.)
 
 ``prepare`` runs when the kernels package is imported, before any module imports Numba,
 and imports nothing itself (``info`` and ``export`` import the package for its cell
