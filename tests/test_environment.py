@@ -28,6 +28,12 @@ def reference_sample(run):
     return run_cli("sample", run, *SAMPLE).stdout
 
 
+@pytest.fixture(scope="module")
+def reference_eval(run):
+    """`eval`'s output: of the commands that run kernels, it compiles the fewest."""
+    return run_cli("eval", run, run.parent / "corpus.txt").stdout
+
+
 def _lines(stderr: str, word: str) -> list[str]:
     return [line for line in stderr.splitlines() if word in line]
 
@@ -105,28 +111,29 @@ def _charlstm(runner, env, *args):
 
 
 def test_a_read_only_install_and_home_compile_in_memory_and_say_so_once(
-        run, reference_sample, read_only_install, tmp_path):
+        run, reference_eval, read_only_install, tmp_path):
     runner, env, frozen = read_only_install
+    corpus = run.parent / "corpus.txt"
     info = _charlstm(runner, env, "info", run)
     assert info.returncode == 0 and not _lines(info.stderr, "Note:"), info.stderr
-    sample = _charlstm(runner, env, "sample", run, *SAMPLE)
-    assert sample.returncode == 0 and "Traceback" not in sample.stderr, sample.stderr[-3000:]
-    assert sample.stdout == reference_sample
-    notes = _lines(sample.stderr, "Note:")
-    assert len(notes) == 1, sample.stderr  # once, not once per kernel
+    evaluated = _charlstm(runner, env, "eval", run, corpus)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "Traceback" not in evaluated.stderr and evaluated.stdout == reference_eval
+    notes = _lines(evaluated.stderr, "Note:")
+    assert len(notes) == 1, evaluated.stderr  # once, not once per kernel
     assert "NUMBA_CACHE_DIR" in notes[0]
     assert str(frozen / "site" / "charlstm" / "kernels" / "__pycache__") in notes[0]
 
     # NUMBA_CACHE_DIR keeps the kernels; the next start loads them instead of compiling.
     cache = tmp_path / "kernels-cache"
     env = {**env, "NUMBA_CACHE_DIR": str(cache)}
-    kept = _charlstm(runner, env, "sample", run, *SAMPLE)
-    assert kept.returncode == 0 and kept.stdout == reference_sample, kept.stderr
+    kept = _charlstm(runner, env, "eval", run, corpus)
+    assert kept.returncode == 0 and kept.stdout == reference_eval, kept.stderr
     assert not _lines(kept.stderr, "Note:")
     written = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
     assert any(p.suffix == ".nbc" for p in written)
-    again = _charlstm(runner, env, "sample", run, *SAMPLE)
-    assert again.returncode == 0 and again.stdout == reference_sample
+    again = _charlstm(runner, env, "eval", run, corpus)
+    assert again.returncode == 0 and again.stdout == reference_eval
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == written
 
 
@@ -205,7 +212,8 @@ def test_kernels_compiled_under_numba_opt_0_are_kept_apart(run, tmp_path):
     def kernel_files():  # one per kernel and signature: "<kernel>-<line>.py311.1.nbc"
         return sorted(p.name for p in (tmp_path / "kernels-cache").rglob("*.nbc"))
 
-    slow = run_cli("sample", run, *SAMPLE, env={**cache, "NUMBA_OPT": "0"})
+    corpus = run.parent / "corpus.txt"
+    slow = run_cli("eval", run, corpus, env={**cache, "NUMBA_OPT": "0"})
     named = _lines(slow.stderr, "NUMBA_OPT")
     assert len(named) == 1 and named[0].startswith("Warning: "), slow.stderr[-3000:]
     assert "NumbaWarning" not in slow.stderr
@@ -213,7 +221,7 @@ def test_kernels_compiled_under_numba_opt_0_are_kept_apart(run, tmp_path):
     assert unoptimised
     # Before, the next start without NUMBA_OPT loaded those unoptimised kernels; now each
     # kernel gets a second entry ("<kernel>.2.nbc" beside "<kernel>.1.nbc").
-    run_cli("sample", run, *SAMPLE, env=cache)
+    run_cli("eval", run, corpus, env=cache)
     kept = kernel_files()
     for name in unoptimised:
         kernel_name = name.rsplit(".", 2)[0]
