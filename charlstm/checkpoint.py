@@ -15,11 +15,10 @@ import numpy as np
 
 from . import CHECKPOINT_FORMAT, __version__
 from .cells import CELL_TABLE
-from .config import TrainConfig
+from .config import STATISTICS, TrainConfig
 from .corpus import CorpusFile, Vocab
 from .errors import CheckpointError
 from .parameters import FlatParams, param_shapes
-from .optim import STATISTICS
 
 READABLE_FORMATS = (1, CHECKPOINT_FORMAT)  # 1 stored the vocabulary as strings
 METRIC_COLUMNS = ("step", "epoch", "train_bpc", "val_bpc", "lr", "grad_norm", "chars_per_s", "elapsed")

@@ -585,7 +585,7 @@ def _read_checkpoint(checkpoint):
 def _repeat_note(history: list) -> str:
     """The last line of `info --toml`'s header: how the file repeats the run, or why it
     cannot on its own (a run started from another's weights, or resumed with changes)."""
-    from charlstm.run import RESUMABLE
+    from charlstm.config import RESUMABLE
 
     budgets = {"steps", "epochs", "time_limit", "save_every", "eval_every", "log_every", "threads"}
     if any("init_from" in e for e in history):

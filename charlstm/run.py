@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import checkpoint as ckpt_io
 from .budget import apply_recipe, describe, recipe_for, wants_recipe
-from .config import InvalidSetting, TrainConfig, validate
+from .config import RESUMABLE, InvalidSetting, TrainConfig, validate
 from .errors import UsageProblem, UserError
 from .lock import RunLock
 from .ranks import SingleProcess
@@ -26,13 +26,6 @@ from .tune import fall_back_if_missing, resolve
 
 DEFAULT_EPOCHS = 10  # the budget of a run that names none
 OPTION_OF = {"time_limit": "time"}  # settings whose option is not named after them
-# Settings `resume` may change: they steer how training goes on without changing what
-# the checkpoint holds (the model's shape, the optimizer's statistics, the data layout).
-RESUMABLE = ("lr", "lr_schedule", "warmup", "lr_decay", "lr_decay_every", "lr_min",
-             "lr_horizon", "clip", "dropout", "weight_decay", "steps", "epochs",
-             "time_limit", "save_every", "eval_every", "log_every", "val_chars", "threads", "ranks",
-             "patience", "min_delta",
-             "corpus", "encoding", "blas", "step_weights")
 # What --init-from takes from its checkpoint: the model's shape and vocabulary.
 ARCHITECTURE = ("cell", "hidden_size", "num_layers")
 
