@@ -109,3 +109,96 @@ def test_runs_started_at_the_same_moment_get_directories_of_their_own(tmp_path):
     assert all(p.returncode == 0 for p in procs), [err for _, err in results]
     runs = sorted((tmp_path / "runs").iterdir())
     assert len(runs) == 6 and all((r / "last.npz").is_file() for r in runs), runs
+
+
+# -- checkpoints: written by a newer charlstm, damaged after a crash ------------------------
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A run of 3 steps with last.npz and best.npz; tests damage copies of it."""
+    tmp = tmp_path_factory.mktemp("finished")
+    (tmp / "c.txt").write_text(make_text(5000, seed=3))
+    run_cli("train", tmp / "c.txt", *TINY, "--steps", "3", "--eval-every", "1", "--out", tmp / "run")
+    return tmp / "run"
+
+
+def _with_meta(src, dest, **changes):
+    arrays = dict(np.load(src, allow_pickle=False))
+    meta = json.loads(arrays["config"].item())
+    for key, value in changes.items():
+        if key == "hyperparameters":
+            meta[key].update(value)
+        else:
+            meta[key] = value
+    arrays["config"] = np.array(json.dumps(meta))
+    with open(dest, "wb") as f:
+        np.savez(f, **arrays)
+    return dest
+
+
+def test_a_checkpoint_from_a_newer_charlstm_says_upgrade(finished, tmp_path):
+    newer_format = _with_meta(finished / "last.npz", tmp_path / "f.npz",
+                              charlstm_version="9.1.0", format_version=3)
+    line = one_error_line(run_cli("info", newer_format, check=False))
+    assert "written by charlstm 9.1.0, newer than this one" in line and "upgrade charlstm" in line
+    assert "not supported" not in line
+    new_setting = _with_meta(finished / "last.npz", tmp_path / "s.npz", charlstm_version="0.2.0",
+                             hyperparameters={"attention_heads": 4})
+    line = one_error_line(run_cli("sample", new_setting, check=False))
+    assert "written by charlstm 0.2.0, newer than this one" in line and "attention_heads" in line
+    assert "unreadable" not in line
+
+
+def _damaged_copy(finished, tmp_path, damage):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last.npz", "best.npz"):
+        (run / name).write_bytes((finished / name).read_bytes())
+    data = (run / "last.npz").read_bytes()
+    (run / "last.npz").write_bytes(damage(data))
+    return run
+
+
+CRASHES = {
+    "cut short": lambda data: data[:len(data) * 2 // 3],
+    "cut at its last byte": lambda data: data[:-1],
+    "zero-filled tail": lambda data: data[:len(data) // 2] + bytes(len(data) - len(data) // 2),
+    "all zeros": lambda data: bytes(len(data)),
+    "empty": lambda data: b"",
+    "a zero-filled page inside": lambda data: data[:4096] + bytes(4096) + data[8192:],
+}
+
+
+@pytest.mark.parametrize("crash", CRASHES)
+def test_a_checkpoint_damaged_by_a_crash_names_the_intact_one(finished, tmp_path, crash):
+    run = _damaged_copy(finished, tmp_path, CRASHES[crash])
+    line = one_error_line(run_cli("resume", run, "--steps", "9", check=False))
+    assert f"{run / 'last.npz'}: the file is damaged" in line, line
+    assert f"{run / 'best.npz'} (step 3) is intact" in line and f"cp {run / 'best.npz'}" in line
+    (run / "best.npz").write_bytes(b"")
+    line = one_error_line(run_cli("sample", run, check=False))
+    assert f"{run / 'best.npz'}: the file is damaged: it is empty" in line
+    assert "no other checkpoint beside it is intact" in line  # last.npz is damaged too
+
+
+def test_a_checkpoint_cut_or_zeroed_at_any_byte_is_one_named_error(finished, tmp_path):
+    from charlstm import checkpoint as ckpt_io
+
+    data = (finished / "last.npz").read_bytes()
+    path = tmp_path / "last.npz"
+    (tmp_path / "best.npz").write_bytes((finished / "best.npz").read_bytes())
+    stride = max(1, len(data) // 300)
+    for start in range(0, len(data), stride):
+        for damaged in (data[:start], data[:start] + bytes(len(data) - start),
+                        data[:start] + bytes(8) + data[start + 8:]):
+            if damaged == data:
+                continue
+            path.write_bytes(damaged)
+            try:
+                ckpt = ckpt_io.load(path)
+            except ckpt_io.CheckpointError as e:
+                message = str(e)
+                assert message.startswith(f"{path}: the file is damaged: ") and "\n" not in message, message
+                assert f"{tmp_path / 'best.npz'} (step 3) is intact" in message, message
+            else:  # the zeros fell on bytes that were zeros already, or unused ones
+                assert np.array_equal(ckpt.params.flat, ckpt_io.load(finished / "last.npz").params.flat)
