@@ -202,3 +202,85 @@ def test_a_checkpoint_cut_or_zeroed_at_any_byte_is_one_named_error(finished, tmp
                 assert f"{tmp_path / 'best.npz'} (step 3) is intact" in message, message
             else:  # the zeros fell on bytes that were zeros already, or unused ones
                 assert np.array_equal(ckpt.params.flat, ckpt_io.load(finished / "last.npz").params.flat)
+
+
+# -- configuration files as editors save them -----------------------------------------------
+
+RUN_FILE = ('[train]\ncorpus = ["c.txt"]\nhidden_size = 8\nnum_layers = 1\nseq_len = 8\n'
+            'batch_size = 2\nsteps = 0\nblas = "openblas"\nstep_weights = "stored/stored"\n')
+SWEEP_FILE = RUN_FILE + '\n[grid]\nlr = [0.01, 0.002]\n\n[sweep]\nout = "sweeps/s"\n'
+
+SAVED_AS = {
+    "UTF-8 with a byte-order mark": lambda text: b"\xef\xbb\xbf" + text.encode("utf-8"),
+    "CRLF line endings": lambda text: text.replace("\n", "\r\n").encode("utf-8"),
+    "UTF-16 with a byte-order mark": lambda text: text.encode("utf-16"),
+    "UTF-32 with a byte-order mark": lambda text: text.encode("utf-32"),
+    "no newline at the end": lambda text: text.rstrip("\n").encode("utf-8"),
+    "tabs": lambda text: text.replace(" = ", "\t=\t").replace("\n[", "\n\t[").encode("utf-8"),
+    "CR line endings": lambda text: text.replace("\n", "\r").encode("utf-8"),
+    "BOM, CRLF, no newline at the end":
+        lambda text: b"\xef\xbb\xbf" + text.replace("\n", "\r\n").rstrip().encode("utf-8"),
+}
+
+
+@pytest.mark.parametrize("saved_as", SAVED_AS)
+def test_configuration_files_saved_by_editors_are_read(tmp_path, saved_as):
+    (tmp_path / "c.txt").write_text(make_text(3000))
+    (tmp_path / "run.toml").write_bytes(SAVED_AS[saved_as](RUN_FILE))
+    (tmp_path / "sweep.toml").write_bytes(SAVED_AS[saved_as](SWEEP_FILE))
+    run_cli("train", "--config", "run.toml", "--out", "run", "--quiet", cwd=tmp_path)
+    assert json.loads(run_cli("info", tmp_path / "run", "--json").stdout)["config"]["hidden_size"] == 8
+    trials = run_cli("sweep", "sweep.toml", "--dry-run", cwd=tmp_path).stdout
+    assert trials.count("trial-") == 2, trials
+
+
+UNREADABLE = {
+    "UTF-16 without a byte-order mark": (lambda text: text.encode("utf-16-le"),
+                                         r"is UTF-16 without a byte-order mark; save it as UTF-8"),
+    "a tail of zeros": (lambda text: text.encode("utf-8") + bytes(300),
+                        r"ends in 300 zero bytes.*save it again"),
+    "cp1252": (lambda text: text.replace("c.txt", "caf\u00e9.txt").encode("cp1252"),
+               r"not UTF-8 at byte \d+ \(it reads as cp1252\).*iconv -f cp1252 -t utf-8"),
+    "a Windows path": (lambda text: text.replace('"c.txt"', r'"C:\data\c.txt"').encode("utf-8"),
+                       r"Unescaped.*write Windows paths in 'single quotes'"),
+    "a Windows path that escapes change": (
+        lambda text: text.replace('"c.txt"', r'"C:\temp\new.txt"').encode("utf-8"),
+        r"holds 'C:\\temp\\new\.txt'.*write Windows paths in 'single quotes'"),
+}
+
+
+@pytest.mark.parametrize("saved_as", UNREADABLE)
+def test_a_configuration_file_that_cannot_be_read_is_one_line_naming_the_fix(tmp_path, saved_as):
+    import re
+
+    save, message = UNREADABLE[saved_as]
+    (tmp_path / "c.txt").write_text(make_text(3000))
+    for name, text, command in (("run.toml", RUN_FILE, ("train", "--config")),
+                                ("sweep.toml", SWEEP_FILE, ("sweep", "--dry-run"))):
+        (tmp_path / name).write_bytes(save(text))
+        line = one_error_line(run_cli(*command, name, cwd=tmp_path, check=False))
+        assert re.search(message, line), (message, line)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command, text, message", [
+    (("sweep", "--dry-run"), 'out = "sweeps/s"\n' + RUN_FILE + '[grid]\nlr = [0.1]\n',
+     "key 'out' is outside every table (keys above the first [table] line are in none); "
+     "move it under [sweep]"),
+    (("sweep", "--dry-run"), RUN_FILE + 'out = "sweeps/s"\n[grid]\nlr = [0.1]\n',
+     "[train]: key 'out' belongs in [sweep]; move it there"),
+    (("sweep", "--dry-run"), RUN_FILE + '[grid]\nlr = [0.1]\n[sweep]\nhidden_size = 3\n',
+     "'hidden_size' belongs in [train] (one value) or [grid] (a list of values)"),
+    (("train", "--config"), "hidden_size = 8\n" + RUN_FILE,
+     "key 'hidden_size' is outside every table (keys above the first [table] line are in none); "
+     "move it under [train]"),
+    (("train", "--config"), SWEEP_FILE,
+     "unknown table [grid]; a run configuration file has one table, [train] (a sweep file: "
+     "run it with `charlstm sweep FILE`)"),
+], ids=["sweep: out above every table", "sweep: out in [train]", "sweep: a train option in [sweep]",
+        "train: an option above [train]", "train: a sweep file"])
+def test_a_key_outside_its_table_is_told_where_it_belongs(tmp_path, command, text, message):
+    (tmp_path / "c.txt").write_text(make_text(3000))
+    (tmp_path / "f.toml").write_text(text)
+    line = one_error_line(run_cli(*command, "f.toml", cwd=tmp_path, check=False))
+    assert message in line, line
