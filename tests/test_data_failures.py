@@ -284,3 +284,79 @@ def test_a_key_outside_its_table_is_told_where_it_belongs(tmp_path, command, tex
     (tmp_path / "f.toml").write_text(text)
     line = one_error_line(run_cli(*command, "f.toml", cwd=tmp_path, check=False))
     assert message in line, line
+
+
+# -- encoding advice ------------------------------------------------------------------------
+
+FRENCH = "Le caf\u00e9 est tr\u00e8s bon, na\u00efve \u00e9l\u00e8ve \u00e0 l'\u00e9cole. \u201cOui\u201d \u2013 d\u00e9j\u00e0 vu\u2026\n"
+
+
+def _advice(proc) -> str:
+    line = one_error_line(proc)
+    assert "pass --encoding" not in line, line
+    return line
+
+
+def _follow(command: str, cwd):
+    """Run the shell command an error message gave, as the user would paste it."""
+    subprocess.run(command, shell=True, cwd=cwd, check=True)
+
+
+def _trained_text_chars(run_dir) -> set:
+    vocab = np.load(run_dir / "last.npz", allow_pickle=False)["vocab"]
+    return {chr(int(c)) for c in vocab}
+
+
+def test_a_folder_mixing_utf8_and_cp1252_is_told_to_convert_the_cp1252_files(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_bytes((make_text(3000) + FRENCH * 5).encode("utf-8"))
+    (corpus / "b.txt").write_bytes((make_text(3000, seed=1) + FRENCH * 5).encode("cp1252"))
+    line = _advice(run_cli("train", "corpus", *TINY, "--steps", "1", "--out", "r", cwd=tmp_path,
+                           check=False))
+    assert "corpus/b.txt: not valid utf-8 at byte 3006: it reads as cp1252" in line, line
+    assert "corpus/a.txt is UTF-8, which --encoding cp1252 would garble ('\u00e9' would read as '\u00c3\u00a9')" in line
+    _follow(line.split("e.g. ")[1], tmp_path)
+    run_cli("train", "corpus", *TINY, "--steps", "1", "--out", "r", cwd=tmp_path)
+    chars = _trained_text_chars(tmp_path / "r")
+    assert set(FRENCH) <= chars and "\u00c3" not in chars  # what was written, no mojibake
+
+
+def test_several_files_that_are_not_utf8_in_one_encoding_or_two(tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "a.txt").write_text(make_text(3000))  # ASCII reads the same in cp1252
+    (one / "b.txt").write_bytes((make_text(3000) + FRENCH * 5).encode("cp1252"))
+    line = one_error_line(run_cli("train", one, *TINY, "--steps", "1", "--out", tmp_path / "r",
+                                  check=False))
+    assert "(its bytes read best as --encoding cp1252); all files must share one encoding" in line
+    run_cli("train", one, *TINY, "--steps", "1", "--encoding", "cp1252", "--out", tmp_path / "r")
+    assert set(FRENCH) <= _trained_text_chars(tmp_path / "r")
+    two = tmp_path / "two"
+    two.mkdir()
+    (two / "b.txt").write_bytes((make_text(3000) + FRENCH * 5).encode("cp1252"))
+    (two / "c.txt").write_bytes((make_text(3000) + "\u041f\u0440\u0438\u0432\u0435\u0442 \u043c\u0438\u0440, "
+                                 "\u044d\u0442\u043e \u0440\u0443\u0441\u0441\u043a\u0438\u0439 "
+                                 "\u0442\u0435\u043a\u0441\u0442.\n" * 5).encode("cp1251"))
+    line = _advice(run_cli("train", two, *TINY, "--steps", "1", "--out", tmp_path / "r2", check=False))
+    assert f"{two / 'b.txt'} (cp1252) and {two / 'c.txt'} (cp1251)" in line, line
+
+
+def test_a_utf8_file_cut_inside_a_character_is_called_that(tmp_path):
+    whole = (make_text(3000) + FRENCH * 5).encode("utf-8")
+    (tmp_path / "whole.txt").write_bytes(whole)
+    subprocess.run(f"head -c {len(whole) - 2} whole.txt > cut.txt", shell=True, cwd=tmp_path, check=True)
+    line = _advice(run_cli("train", "cut.txt", *TINY, "--steps", "1", "--out", "r", cwd=tmp_path,
+                           check=False))
+    assert line.startswith("Error: cut.txt: cut off inside a character: its last 2 bytes are the "
+                           "start of a utf-8 character"), line
+    _follow(line.split("(")[-1].rstrip(")"), tmp_path)  # truncate -s -2 cut.txt
+    run_cli("train", "cut.txt", *TINY, "--steps", "1", "--out", "r", cwd=tmp_path)
+    assert "\u00c3" not in _trained_text_chars(tmp_path / "r")
+
+
+def test_a_file_mixing_utf8_and_cp1252_is_never_told_one_encoding(tmp_path):
+    mixed = tmp_path / "mixed.txt"
+    mixed.write_bytes((make_text(3000) + FRENCH * 5).encode("utf-8") + (FRENCH * 5).encode("cp1252"))
+    line = _advice(run_cli("train", mixed, *TINY, "--steps", "1", "--out", tmp_path / "r", check=False))
+    assert "mixes UTF-8 with text in another encoding (the bytes there read as cp1252)" in line, line
