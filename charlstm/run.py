@@ -474,6 +474,9 @@ def _settle_best(trainer: Trainer, run_dir: Path, changed: bool) -> str | None:
             k += 1
         os.replace(best_path, kept)
         trainer.best_val_bpc = float("nan")
+        if best is None:  # damaged (a crash) or not a checkpoint: not a change of text
+            return (f"{best_path} cannot be read (`charlstm info {kept}` says why): the "
+                    f"best-so-far restarts, and the file is kept as {kept}")
         return (f"the validation text changed: the best-so-far restarts, and the best model "
                 f"on the earlier text is kept as {kept}")
     if changed:

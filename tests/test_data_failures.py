@@ -360,3 +360,16 @@ def test_a_file_mixing_utf8_and_cp1252_is_never_told_one_encoding(tmp_path):
     mixed.write_bytes((make_text(3000) + FRENCH * 5).encode("utf-8") + (FRENCH * 5).encode("cp1252"))
     line = _advice(run_cli("train", mixed, *TINY, "--steps", "1", "--out", tmp_path / "r", check=False))
     assert "mixes UTF-8 with text in another encoding (the bytes there read as cp1252)" in line, line
+
+
+def test_a_damaged_best_is_not_called_a_change_of_text(finished, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("last.npz", "metrics.jsonl"):
+        (run / name).write_bytes((finished / name).read_bytes())
+    (run / "best.npz").write_bytes((finished / "best.npz").read_bytes()[:1000])
+    (tmp_path / "c.txt").write_bytes((finished.parent / "c.txt").read_bytes())
+    said = notes(run_cli("resume", run, "--steps", "4", cwd=tmp_path))
+    assert said == [f"Note: {run / 'best.npz'} cannot be read (`charlstm info "
+                    f"{run / 'best-before-step-3.npz'}` says why): the best-so-far restarts, and "
+                    f"the file is kept as {run / 'best-before-step-3.npz'}"], said
