@@ -73,7 +73,8 @@ def resolve_paths(specs, skipped: list | None = None) -> list[Path]:
     each file once however it is named. A directory walk (and a glob) leaves out hidden
     entries, files that look binary (``binary_reason``), charlstm's own run directories,
     symbolic links to directories (not followed, so a walk never loops) and anything that
-    is not a regular file; each one left out is appended to ``skipped``, if given, as
+    is not a regular file, and a walk editors' backup copies (``is_editor_backup``);
+    each one left out is appended to ``skipped``, if given, as
     "PATH: why", so the caller can say so. A path named directly is never left out: it is
     read, or refused with an error naming it (a pipe, a device, a broken link)."""
     skipped = skipped if skipped is not None else []
@@ -113,6 +114,13 @@ def resolve_paths(specs, skipped: list | None = None) -> list[Path]:
     return sorted(found.values(), key=lambda p: str(p))
 
 
+def is_editor_backup(name: str) -> bool:
+    """Whether a file name is an editor's copy of another file: ``notes.txt~`` (a backup:
+    Emacs, vim, gedit) or ``#notes.txt#`` (Emacs's autosave). A walk that read them would
+    train on the text twice, old and new."""
+    return name.endswith("~") or (len(name) > 2 and name.startswith("#") and name.endswith("#"))
+
+
 def is_run_directory(path: Path) -> bool:
     """A directory charlstm trains in (its lock file or last checkpoint is there)."""
     return (path / ".lock").is_file() or (path / "last.npz").is_file()
@@ -140,6 +148,9 @@ def _walk_text_files(root: Path, skipped: list):
             p = Path(dirpath) / name
             if name.startswith("."):
                 skipped.append(f"{p}: a hidden file")
+                continue
+            if is_editor_backup(name):
+                skipped.append(f"{p}: an editor's backup or autosave copy (name it to read it)")
                 continue
             if not p.is_file():
                 skipped.append(f"{p}: {'a broken symbolic link' if p.is_symlink() else 'not a regular file'}")

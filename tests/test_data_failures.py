@@ -373,3 +373,17 @@ def test_a_damaged_best_is_not_called_a_change_of_text(finished, tmp_path):
     assert said == [f"Note: {run / 'best.npz'} cannot be read (`charlstm info "
                     f"{run / 'best-before-step-3.npz'}` says why): the best-so-far restarts, and "
                     f"the file is kept as {run / 'best-before-step-3.npz'}"], said
+
+
+def test_a_walk_leaves_out_editor_backups_and_says_so(tmp_path):
+    book = tmp_path / "book"
+    book.mkdir()
+    (book / "ch1.txt").write_text(make_text(3000))
+    (book / "ch1.txt~").write_text(make_text(3000, seed=4))  # the version before the last save
+    (book / "#ch2.txt#").write_text(make_text(3000, seed=5))  # Emacs's autosave
+    proc = run_cli("train", book, *TINY[:-1], "--steps", "1", "--val-frac", "0", "--out", tmp_path / "r")
+    assert f"Note: skipped {book / 'ch1.txt~'}: an editor's backup" in proc.stderr, proc.stderr
+    assert f"Note: skipped {book / '#ch2.txt#'}: an editor's backup" in proc.stderr
+    assert "3,000 training" in proc.stderr  # ch1.txt alone
+    named = run_cli("train", book / "ch1.txt~", *TINY, "--steps", "1", "--out", tmp_path / "r2")
+    assert "skipped" not in named.stderr  # a path named directly is read
