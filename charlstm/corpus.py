@@ -416,6 +416,42 @@ def _listed(names: list, limit: int = 3) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
+def utf8_misread_note(paths, encoding: str) -> str | None:
+    """When ``encoding`` (asked for, not UTF-8) reads files of ``paths`` that are UTF-8
+    as other characters ("é" as "Ã©" in cp1252), a line naming them; else None. A file
+    counts as UTF-8 when its first BLOCK_BYTES are valid UTF-8 with non-ASCII characters
+    (text in another encoding almost never is); byte-order-marked files are read by their
+    mark, not by ``encoding``."""
+    if _is_utf8(encoding) or not _ascii_compatible(encoding):
+        return None
+    misread = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(BLOCK_BYTES)
+        except OSError:
+            continue  # reading it will say why
+        if head.isascii() or bom_encoding(head[:4]) is not None:
+            continue
+        try:
+            text = codecs.getincrementaldecoder("utf-8")().decode(head)
+        except UnicodeDecodeError:
+            continue
+        example = next((c for c in text if c > "\x7f"), None)
+        if example is not None:
+            misread.append((str(path), example))
+    if not misread:
+        return None
+    c = misread[0][1]
+    wrong = c.encode("utf-8").decode(encoding, errors="replace")
+    names = _listed([p for p, _ in misread])
+    one = len(misread) == 1
+    return (f"{names} {'is' if one else 'are'} valid UTF-8, which --encoding {encoding} reads "
+            f"as other characters ({c!r} as {wrong!r}): if {'it is' if one else 'they are'} "
+            f"UTF-8, convert the files that are not to UTF-8 (iconv -f {encoding} -t utf-8) "
+            f"and drop --encoding")
+
+
 def encoding_advice(paths, failing: Path, used: str, offset: int, several: bool) -> str:
     """The one-line error for ``failing`` (one of ``paths``, the whole input), which
     ``used`` (the encoding asked for, ASCII-compatible) cannot decode at byte ``offset``:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .corpus import (BLOCK_BYTES, CorpusFile, Vocab, _code_points, builtin_corpus, control_chars_note,
-                     corpus_blocks, outside_vocabulary, resolve_paths)
+                     corpus_blocks, outside_vocabulary, resolve_paths, utf8_misread_note)
 from .errors import UserError
 
 VOCAB_FIX = "fine-tuning needs text in the characters the model was trained on"
@@ -134,6 +134,9 @@ def load_corpus(specs, encoding: str = "utf-8", vocab: Vocab | None = None,
     skipped: list = []
     paths = resolve_paths(specs, skipped)
     notes = [f"skipped {line}" for line in skipped]
+    misread = utf8_misread_note(paths, encoding)
+    if misread is not None:
+        notes.append(misread)
     files = [CorpusFile(str(p), _file_sha256(p)) for p in paths]
     # A cache hit needs only the hashes. Ids under the corpus's own vocabulary are keyed
     # by files and encoding; ids under another (fine-tuning) vocabulary also by it.

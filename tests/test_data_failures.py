@@ -387,3 +387,17 @@ def test_a_walk_leaves_out_editor_backups_and_says_so(tmp_path):
     assert "3,000 training" in proc.stderr  # ch1.txt alone
     named = run_cli("train", book / "ch1.txt~", *TINY, "--steps", "1", "--out", tmp_path / "r2")
     assert "skipped" not in named.stderr  # a path named directly is read
+
+
+def test_an_encoding_that_misreads_utf8_files_is_not_silent(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_bytes((make_text(3000) + "caf\u00e9 tr\u00e8s\n" * 5).encode("utf-8"))
+    (corpus / "b.txt").write_bytes((make_text(3000) + "caf\u00e9 tr\u00e8s\n" * 5).encode("cp1252"))
+    proc = run_cli("train", corpus, *TINY, "--steps", "1", "--encoding", "cp1252", "--out", tmp_path / "r")
+    assert notes(proc) == [f"Note: {corpus / 'a.txt'} is valid UTF-8, which --encoding cp1252 reads "
+                           f"as other characters ('\u00e9' as '\u00c3\u00a9'): if it is UTF-8, convert the "
+                           f"files that are not to UTF-8 (iconv -f cp1252 -t utf-8) and drop --encoding"], proc.stderr
+    (corpus / "a.txt").write_bytes((make_text(3000) + "caf\u00e9 tr\u00e8s\n" * 5).encode("cp1252"))
+    proc = run_cli("train", corpus, *TINY, "--steps", "1", "--encoding", "cp1252", "--out", tmp_path / "r2")
+    assert not notes(proc), proc.stderr  # every file in the encoding asked for
