@@ -113,8 +113,10 @@ def _load_cached(cache_dir: Path, key: str):
     except FileNotFoundError as e:
         raise DamagedEntry(f"{Path(e.filename).name} is missing") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
-        # ValueError covers a .json cut short and an .npy whose data ends early.
-        raise DamagedEntry(str(e) or type(e).__name__) from None
+        # ValueError covers a .json cut short and an .npy whose data ends early; a parser
+        # may quote the bytes it choked on, over lines.
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DamagedEntry(reason if len(reason) <= 80 else reason[:77] + "...") from None
 
 
 def load_corpus(specs, encoding: str = "utf-8", vocab: Vocab | None = None,
