@@ -103,6 +103,12 @@ def _syntax_hint(text: str, error: str) -> str:
     if "\\" in line and '"' in line:
         return (" (in \"double quotes\" a backslash starts an escape: write Windows paths in "
                 "'single quotes' or with /)")
+    curly = sorted(set(line) & set("\u201c\u201d\u2018\u2019\u201e\u00ab\u00bb"))
+    if curly:
+        return (f" (the line has typographic quotes {''.join(curly)}, as a word processor or "
+                f"an editor's smart quotes make them: TOML needs straight \" or ')")
+    if "\u00a0" in line or "\u3000" in line:
+        return " (the line has a non-breaking or full-width space where TOML needs a plain space)"
     return ""
 
 
@@ -148,6 +154,10 @@ def option(key: str, value, where: str) -> tuple[str, object]:
             raise UserError(f"{where}: key {key!r}: {e}") from None
     if key in _FIELDS:
         return key, _check_type(key, value, where)
+    spelled = key.strip().lower().replace("-", "_").lstrip("_")
+    if spelled in _FIELDS or spelled in EXTRA_KEYS:
+        raise UserError(f"{where}: unknown key {key!r}; write it {spelled} (the option's name "
+                        f"with _ for -)")
     raise UserError(f"{where}: unknown key {key!r}; the keys are train's options: "
                     f"{', '.join(sorted([*_FIELDS, *EXTRA_KEYS]))}")
 

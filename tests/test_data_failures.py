@@ -243,6 +243,12 @@ UNREADABLE = {
                r"not UTF-8 at byte \d+ \(it reads as cp1252\).*iconv -f cp1252 -t utf-8"),
     "a Windows path": (lambda text: text.replace('"c.txt"', r'"C:\data\c.txt"').encode("utf-8"),
                        r"Unescaped.*write Windows paths in 'single quotes'"),
+    "smart quotes": (lambda text: text.replace('"c.txt"', "\u201cc.txt\u201d").encode("utf-8"),
+                     r"typographic quotes \u201c\u201d.*TOML needs straight"),
+    "a non-breaking space": (lambda text: text.replace("hidden_size =", "hidden_size\u00a0=").encode("utf-8"),
+                             r"non-breaking or full-width space where TOML needs a plain space"),
+    "an option's name with dashes": (lambda text: text.replace("hidden_size", "hidden-size").encode("utf-8"),
+                                     r"unknown key 'hidden-size'; write it hidden_size"),
     "a Windows path that escapes change": (
         lambda text: text.replace('"c.txt"', r'"C:\temp\new.txt"').encode("utf-8"),
         r"holds 'C:\\temp\\new\.txt'.*write Windows paths in 'single quotes'"),
