@@ -459,7 +459,15 @@ def encoding_advice(paths, failing: Path, used: str, offset: int, several: bool)
     file as written, never one under which files or parts of a file that are valid UTF-8
     would read as other characters: a mix of UTF-8 and cp1252 files is told to convert
     the cp1252 ones, with the command. A file that is UTF-8 apart from damage is told so."""
-    surveys = [_survey(Path(p), used) for p in paths]
+    surveys = []
+    for p in paths:
+        try:
+            surveys.append(_survey(Path(p), used))
+        except OSError:
+            if Path(p) == Path(failing):
+                raise UserError(f"{failing}: not valid {used} at byte {offset}, and cannot be read "
+                                f"again; check the file") from None
+            # reading it in its turn will say why
     this = next(s for s in surveys if Path(s.path) == Path(failing))
     where = f"{failing}: not valid {used} at byte {offset}"
     if this.kind == "damaged":
