@@ -47,6 +47,7 @@ SWEEP_HINT = "sweeps need Dask distributed: pip install 'charlstm[sweep]'"
 METRICS = ("best_val_bpc", "final_val_bpc")
 RESULT_NAME = "trial.json"
 RESULTS_NAME = "sweep.jsonl"
+SWEEP_KEYS = ("out", "metric")  # what the [sweep] table holds
 # Dask's workers set these to 1 so that libraries do not oversubscribe the cores; a trial
 # decides its own threads (--threads, --cores-per-trial), so its process gets them unset.
 THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -74,13 +75,25 @@ class Trial:
 def read_sweep(path) -> Sweep:
     """The sweep in TOML file ``path``. Raises UserError naming the file and the key for
     a missing table, an unknown key, a value of the wrong type or an empty list."""
-    from .config_file import TABLE, load_document, option, train_options
+    from .config_file import TABLE, is_train_key, load_document, misplaced_key, option, train_options
 
     path = Path(path)
     document = load_document(path)
-    unknown = sorted(set(document) - {TABLE, "grid", "sweep"})
-    if unknown:
-        raise UserError(f"{path}: unknown table {unknown[0]!r}; a sweep file has [train], [grid] and [sweep]")
+    homes = {"sweep": lambda k: k in SWEEP_KEYS, TABLE: is_train_key}
+    tables = (TABLE, "grid", "sweep")
+    for name, value in document.items():
+        if name in tables and not isinstance(value, dict):
+            raise UserError(f"{path}: {name!r} is a key here, not a table; write [{name}] on a "
+                            f"line of its own, with its keys on the lines under it")
+        if name not in tables:
+            if isinstance(value, dict):
+                raise UserError(f"{path}: unknown table [{name}]; a sweep file has [train], "
+                                f"[grid] and [sweep]")
+            raise UserError(f"{path}: {misplaced_key(name, homes)}")
+    for table in (TABLE, "grid"):
+        misplaced = sorted(k for k in document.get(table, {}) if k in SWEEP_KEYS)
+        if misplaced:
+            raise UserError(f"{path} [{table}]: key {misplaced[0]!r} belongs in [sweep]; move it there")
     base = train_options(document.get(TABLE, {}), str(path))
     grid = {}
     for key, values in document.get("grid", {}).items():
@@ -90,9 +103,11 @@ def read_sweep(path) -> Sweep:
         checked = [option(key, v, where) for v in values]
         grid[checked[0][0]] = [value for _, value in checked]
     settings = document.get("sweep", {})
-    extra = sorted(set(settings) - {"out", "metric"})
+    extra = sorted(set(settings) - set(SWEEP_KEYS))
     if extra:
-        raise UserError(f"{path} [sweep]: unknown key {extra[0]!r}; the keys are out and metric")
+        belongs = (f"; {extra[0]!r} belongs in [train] (one value) or [grid] (a list of values)"
+                   if is_train_key(extra[0]) else "")
+        raise UserError(f"{path} [sweep]: unknown key {extra[0]!r}; the keys are out and metric{belongs}")
     metric = settings.get("metric", "best_val_bpc")
     if metric not in METRICS:
         raise UserError(f"{path} [sweep]: metric must be one of {', '.join(METRICS)}, not {metric!r}")
