@@ -37,8 +37,9 @@ RESUMABLE = ("lr", "lr_schedule", "warmup", "lr_decay", "lr_decay_every", "lr_mi
 ARCHITECTURE = ("cell", "hidden_size", "num_layers")
 
 
-class BudgetReached(UsageProblem):
-    """resume was given no budget beyond the step the run already reached."""
+class BudgetReached(UserError):
+    """resume was given no budget beyond the step the run already reached: a recognised
+    mistake (exit status 1), not an invalid option."""
 
 
 def checked(config: TrainConfig) -> TrainConfig:

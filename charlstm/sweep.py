@@ -181,7 +181,7 @@ def run_trial(options: dict, run_dir: str, metric: str) -> dict:
             waited += 0.5
             continue
         break
-    if proc.returncode != 0 and not (proc.returncode == 2 and "already reached its budget" in error):
+    if proc.returncode != 0 and not (proc.returncode == 1 and "already reached its budget" in error):
         raise TrialFailed(error)
     result = _trial_result(options, run_dir, metric)
     tmp = run_dir / f".{RESULT_NAME}.tmp"
