@@ -261,8 +261,7 @@ def _run_trials(sweep, planned, workers, scheduler, cores_per_trial, retries, qu
 
     finished = _finished(sweep.out)
     todo = [t for t in planned if t.name not in finished]
-    if not quiet:
-        echo(f"{len(planned)} trials, {len(planned) - len(todo)} finished before; writing {sweep.out}")
+    echo(f"{len(planned)} trials, {len(planned) - len(todo)} finished before; writing {sweep.out}")
     results = [finished[t.name] for t in planned if t.name in finished]
     if not todo:
         return results

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt_io
 from .checkpoint import METRIC_COLUMNS, Checkpoint
+from .console import STOP_SIGNALS
 from .config import TrainConfig
 from .corpus import Batches, Vocab, split
 from .dropout import DropoutMasks
@@ -255,24 +256,30 @@ class _StepPace:
 
 
 class _StopSignals:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so a stop never
-    lands in the middle of an update."""
+    """Turns SIGINT, SIGTERM and SIGHUP (a closed terminal or SSH session) into a flag the
+    loop checks between steps, so a stop never lands in the middle of an update and
+    always ends with last.npz written."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self):
         self.signum = None
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.signum is not None:
-            # A second signal while stopping: restore the default and re-raise.
-            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        if self.signum == signum:
+            # The same signal again while stopping (Ctrl-C twice): the user wants out
+            # now. A different one (SIGTERM after the SIGHUP of a closed terminal, from
+            # a session manager or a dying parent) lets the save finish.
+            signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
-        self.signum = signum
+        if self.signum is None:
+            self.signum = signum
 
     def __enter__(self):
         for s in self.SIGNALS:
+            if s == getattr(signal, "SIGHUP", None) and signal.getsignal(s) is signal.SIG_IGN:
+                continue  # `nohup charlstm train ...`: the user asked to outlive the terminal
             self._previous[s] = signal.signal(s, self._handle)
         return self
 
@@ -345,6 +352,32 @@ def validations_without_improvement(metrics, min_delta: float) -> tuple[int, flo
     return count, best
 
 
+def step_scores(metrics) -> dict:
+    """Validation score by step, from ``metrics`` (rows of METRIC_COLUMNS)."""
+    val = METRIC_COLUMNS.index("val_bpc")
+    return {int(row[0]): row[val] for row in metrics if row[val] == row[val]}
+
+
+def checkpoint_lines(trainer: Trainer, out_dir: Path, stopped: bool = False) -> list:
+    """The lines that end a run: last.npz's step and validation score, best.npz's, and
+    which of the two ``sample`` and ``eval`` read (best.npz where there is one), so a
+    best.npz older than last.npz, or a last step left unscored, is never a surprise."""
+    out_dir = Path(out_dir)
+    scores = step_scores(trainer.metrics)
+    last = scores.get(trainer.step)
+    tail = " (stopped by signal)" if stopped else ""
+    scored = f"validation {last:.4f} bpc" if last is not None else "not validated"
+    best = trainer.best_val_bpc
+    if not (out_dir / "best.npz").is_file() or best != best:
+        return [f"{out_dir / 'last.npz'}: step {trainer.step}, {scored}{tail}; "
+                f"there is no best.npz: sample and eval read last.npz"]
+    best_at = min((s for s, v in scores.items() if v == best), default=None)
+    at = f"step {best_at}, " if best_at is not None else ""
+    return [f"{out_dir / 'last.npz'}: step {trainer.step}, {scored}{tail}",
+            f"{out_dir / 'best.npz'}: {at}validation {best:.4f} bpc, the best; "
+            f"sample and eval read it"]
+
+
 def _clock(seconds: float) -> str:
     if seconds < 10:
         return f"{max(0.0, seconds):.1f}s"
@@ -356,7 +389,7 @@ def _clock(seconds: float) -> str:
 def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                  started: float | None = None, tensorboard: Path | None = None) -> int:
     """Train until the budget is spent or a signal arrives; returns the exit status
-    (0, or 128 + signal number after a clean stop on SIGINT/SIGTERM).
+    (0, or 128 + signal number after a clean stop on SIGINT, SIGTERM or SIGHUP).
 
     ``started``: the time.perf_counter() at which the invocation began (default: now).
     ``tensorboard``: a directory to write each metrics row to as TensorBoard events too

@@ -332,6 +332,65 @@ def _validation_seconds(run_dir) -> float:
     return rows[0]["elapsed"]
 
 
+@pytest.mark.parametrize("where", ["--time", "config", "sweep", "bench"])
+def test_a_duration_without_a_unit_is_refused_asking_for_one(tmp_path, where):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(3000))
+    out = tmp_path / "run"
+    if where == "--time":
+        proc = run_cli("train", corpus, *TINY, "--time", "2", "--out", out, check=False)
+        status = 2  # an invalid option
+    elif where == "bench":
+        proc = run_cli("bench", "--quality", "2", check=False)
+        status = 2
+    else:
+        table = f'[train]\ncorpus = ["{corpus}"]\ntime = "2"\n'
+        (tmp_path / "f.toml").write_text(table + (f'[sweep]\nout = "{out}"\n' if where == "sweep" else ""))
+        proc = (run_cli("train", "--config", tmp_path / "f.toml", *TINY, "--out", out, check=False)
+                if where == "config" else run_cli("sweep", tmp_path / "f.toml", "--dry-run", check=False))
+        status = 1
+    assert proc.returncode == status, proc.stderr
+    assert "no unit: give 2s, 2m or 2h" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_a_bare_number_in_a_config_file_is_refused_and_the_documented_forms_read():
+    from charlstm.config import parse_duration
+    from charlstm.config_file import option
+    from charlstm.errors import UserError
+
+    with pytest.raises(UserError, match="with its unit in quotes"):
+        option("time", 120, "f.toml [train]")
+    with pytest.raises(ValueError, match="no unit"):
+        parse_duration("1h30")
+    assert [parse_duration(t) for t in ("90s", "10m", "1h30m", "1.5h", "2m30s")] == [90, 600, 5400, 5400, 150]
+
+
+def test_resuming_a_finished_run_is_a_recognised_mistake_status_1(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(3000))
+    run_cli("train", corpus, *TINY, "--steps", "2", "--out", tmp_path / "run")
+    proc = run_cli("resume", tmp_path / "run", check=False)
+    assert proc.returncode == 1 and "already reached its budget (step 2)" in proc.stderr, proc.stderr
+
+
+def test_a_missing_file_given_to_an_option_is_status_1_not_2(run, tmp_path):
+    prime = run_cli("sample", run, "--prime-file", tmp_path / "nope.txt", check=False)
+    assert prime.returncode == 1 and "nope.txt: No such file" in prime.stderr, prime.stderr
+    bench = run_cli("bench", "--corpus", tmp_path / "nope.txt", "--steps", "1", check=False)
+    assert bench.returncode == 1 and "nope.txt: no such file" in bench.stderr, bench.stderr
+
+
+def test_quiet_hides_the_progress_bar_only(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(3000))
+    out = tmp_path / "run"
+    proc = run_cli("train", corpus, *TINY, "--steps", "2", "--out", out)
+    assert "step/s" not in proc.stderr and "it/s" not in proc.stderr  # no progress bar
+    assert f"{out / 'last.npz'}: step 2, validation" in proc.stderr  # the result lines
+    assert "parameters, vocabulary" in proc.stderr  # and the start-up lines
+
+
 def test_validation_reads_at_most_val_chars_characters(tmp_path):
     from charlstm.train import Trainer, prepare_data
     from conftest import tiny_config
