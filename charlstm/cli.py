@@ -368,10 +368,11 @@ def _board_dir(option: str | None, run_dir: Path) -> Path | None:
 
 
 def _ranks(ctx, distributed: str):
-    """The run's processes: this one alone, or the ranks of the MPI job it is part of."""
-    from charlstm.ranks import MpiRanks, SingleProcess
+    """The run's processes: this one alone, or the ranks of the MPI job it is part of;
+    refused when that does not match how the process was started (ranks.ranks_for)."""
+    from charlstm.ranks import ranks_for
 
-    ranks = MpiRanks() if distributed == "mpi" else SingleProcess()
+    ranks = ranks_for(distributed)
     ctx.obj["ranks"] = ranks
     return ranks
 
