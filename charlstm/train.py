@@ -396,8 +396,11 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
     (tensorboard.py), and the hyperparameters at the end.
     A --time budget bounds the whole invocation from then: training stops early enough
     that the final validation (timed on the validation text as the run goes) and the last
-    save fit, and a validation still running at the deadline, or when a signal arrives,
-    stops within one chunk and goes unscored. last.npz is written before the first
+    save fit. If the machine slows after that time was set aside, a validation still
+    running at the deadline goes on past it by at most the time set aside for it (1.5
+    times its estimate and VALIDATION_SLACK_SECONDS), so the run ends with its last step
+    scored (``stop_reason`` says how late); past that, or when a signal arrives, it stops
+    within one chunk and goes unscored. last.npz is written before the first
     step, so a run directory always holds a checkpoint to resume. Raises
     TrainingDiverged, saying which checkpoint is on disk, and UserError when a file
     cannot be written."""
@@ -505,20 +508,29 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
             needed += timing["step"] + final_validation_seconds()
         return time.perf_counter() + needed >= deadline
 
+    # A validation still running at the deadline is the last one, and scores the model
+    # the run ends with: it may go on past the deadline by as much as was set aside for
+    # it (a machine that slowed after the time was set aside), then stops unscored.
+    overrun = {"allowed": 0.0}
+
     def validation_must_stop() -> bool:
         return signals.signum is not None or (
-            deadline is not None and time.perf_counter() + timing["save"] >= deadline)
+            deadline is not None and time.perf_counter() + 2 * timing["save"] + EXIT_SECONDS
+            >= deadline + overrun["allowed"])
 
     def evaluate() -> tuple[float, bool]:
         """Validate (rank 0): the score, NaN if cut short, and whether it is the best."""
         nonlocal last_val
+        overrun["allowed"] = final_validation_seconds() if deadline is not None else 0.0
         t0 = time.perf_counter()
         value = trainer.validate(validation_must_stop)
         if math.isnan(value) and not validation_must_stop():
             raise TrainingDiverged(f"training diverged at step {trainer.step}: the validation "
                                    f"loss is not finite; lower --lr or clip gradients with --clip")
         if math.isnan(value):
-            why = "a signal" if signals.signum is not None else "the --time budget"
+            why = "a signal" if signals.signum is not None else (
+                f"the --time budget, and the {overrun['allowed']:.1f} s past it that the final "
+                f"validation may take,")
             trainer.stop_reason = (f"{why} cut the validation at step {trainer.step} "
                                    f"short; it has no validation score")
             return value, False
@@ -621,7 +633,10 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                             val, improved = evaluate()
                         except TrainingDiverged as e:
                             problem = str(e)
-                        final = final or patience_ran_out(val) or trainer.stop_reason is not None
+                        # A validation that ran into the deadline was the last: the step
+                        # it scored ends the run, not one more unscored step.
+                        final = (final or patience_ran_out(val) or trainer.stop_reason is not None
+                                 or budget_spent())
                     decision = (final, val, improved, problem)
                 final, val, improved, problem = ranks.bcast(decision)
                 if problem is not None:
@@ -636,6 +651,12 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                 if final:
                     break
             save(last_path)
+            late = time.perf_counter() - deadline if deadline is not None and root else 0.0
+            if late > 0 and has_val and trainer.stop_reason is None and not signals.signum:
+                trainer.stop_reason = (
+                    f"the machine slowed near the end: the final validation and save ended "
+                    f"{late:.2f} s past the --time budget (the final validation may take up "
+                    f"to {overrun['allowed']:.2f} s past it)")
     except TrainingDiverged as e:
         raise TrainingDiverged(
             f"{e}; {last_path} (step {saved['step']}) is untouched: continue from it with "

@@ -6,6 +6,7 @@ time budget that was not one, files left outside the run, and the kinds checked 
 them (portable and locked run directories, permissions, encoding hints)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -296,6 +297,55 @@ def test_time_bounds_the_whole_invocation_validation_included(long_validation, t
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "val_bpc" in rows[-1], proc.stderr[-300:]  # the final validation fitted in the budget
     assert "left of 4.0s" in proc.stderr  # the progress bar shows the budget
+
+
+def _wait_for_the_final_validation(metrics, proc, after):
+    """Block until the run, logging every step, stops logging for a while past ``after``
+    (a time.monotonic()): it is reading its final validation."""
+    size, quiet_since, grew_after = 0, time.monotonic(), False
+    while proc.poll() is None:
+        now = time.monotonic()
+        current = metrics.stat().st_size if metrics.exists() else 0
+        if current != size:
+            size, quiet_since, grew_after = current, now, now > after
+        elif grew_after and now - quiet_since > 0.15:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the run ended ({proc.returncode}) before its final validation")
+
+
+def test_a_machine_that_slows_during_the_final_validation_still_ends_scored(long_validation, tmp_path):
+    """The machine stalls (SIGSTOP, then SIGCONT: a laptop lid, a swap storm, a host
+    that deschedules the VM) while the final validation of a --time run is read, until
+    past the deadline: the run ends with its last step scored, a bounded and stated time
+    late, and names which checkpoint is which."""
+    out = tmp_path / "run"
+    budget = 8.0
+    args = [long_validation, *TINY[:-1], "--val-frac", "0.5", "--val-chars", "0", "--log-every", "1",
+            "--time", f"{budget:g}s", "--out", out]
+    run_cli("train", *args[:-4], "--steps", "1", "--out", tmp_path / "warm", "--quiet")  # kernels cached
+    t0 = time.monotonic()
+    proc = subprocess.Popen([*CHARLSTM, "train", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        _wait_for_the_final_validation(out / "metrics.jsonl", proc, t0 + budget / 3)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(max(0.0, t0 + budget + 0.2 - time.monotonic()))  # stalled until the deadline
+        proc.send_signal(signal.SIGCONT)
+        err = proc.communicate(timeout=60)[1].decode()
+        wall = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    last = int(np.load(out / "last.npz")["step"])
+    assert rows[-1]["step"] == last and "val_bpc" in rows[-1], err[-600:]  # the last step, scored
+    late, allowed = map(float, re.search(r"ended ([\d.]+) s past the --time budget \(the final "
+                                         r"validation may take up to ([\d.]+) s", err).groups())
+    assert 0 < late <= allowed and wall < budget + allowed + 1.0, (wall, late, allowed)
+    assert f"{out / 'last.npz'}: step {last}, validation {rows[-1]['val_bpc']:.4f} bpc" in err
+    assert "sample and eval read it" in err
 
 
 def test_sigterm_during_validation_stops_promptly_with_the_checkpoint_saved(long_validation, tmp_path):
