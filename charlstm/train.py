@@ -262,19 +262,24 @@ class _StopSignals:
 
     SIGNALS = STOP_SIGNALS
 
+    # One event may arrive as several signals at once: a dying parent's SIGTERM
+    # (PR_SET_PDEATHSIG, as sweep's trials ask for) reaches every thread of the process.
+    SAME_EVENT_SECONDS = 0.5
+
     def __init__(self):
         self.signum = None
+        self.since = None
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.signum == signum:
+        if self.signum is None:
+            self.signum, self.since = signum, time.monotonic()
+        elif signum == self.signum and time.monotonic() - self.since > self.SAME_EVENT_SECONDS:
             # The same signal again while stopping (Ctrl-C twice): the user wants out
             # now. A different one (SIGTERM after the SIGHUP of a closed terminal, from
             # a session manager or a dying parent) lets the save finish.
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
-        if self.signum is None:
-            self.signum = signum
 
     def __enter__(self):
         for s in self.SIGNALS:
