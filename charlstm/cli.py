@@ -157,8 +157,9 @@ def _tensorboard_option(f):
 
 
 def _cadence_options(f):
-    f = click.option("--quiet", is_flag=True, help="Hide the progress bar; the notes, the start-up lines and the "
-                     "lines naming the checkpoints at the end still show.")(f)
+    f = click.option("--quiet", is_flag=True,
+                     help="Hide the progress bar; the notes, the start-up lines and the lines "
+                          "naming the checkpoints at the end still show.")(f)
     f = click.option("--log-every", type=POSITIVE, default=None,
                      help=f"Write a metrics.jsonl line every N steps.  [default: {DEFAULTS.log_every}]")(f)
     f = click.option("--eval-every", type=NON_NEGATIVE, default=None,
