@@ -227,17 +227,31 @@ class _StepPace:
     """How much slower the machine steps now than when the validation was last timed, to
     scale that timing for the final validation under a --time budget: a machine that
     becomes busy after the timing (another job, a browser) reads the validation slower
-    too. Medians of the last ``window`` steps, so one slow step (a page fault, the
-    garbage collector) changes nothing and sustained load shows within half a window."""
+    too.
 
-    def __init__(self, window: int = 15):
-        self.recent = deque(maxlen=window)
-        self.reference = None  # the median step when the validation was timed
-        self.waiting = False  # timed before a full window of steps: take the next one
+    Steps are gathered into buckets of at least ``bucket_seconds`` each (one step each
+    for a model whose steps take longer), and the pace is the median of the last
+    ``window`` buckets' mean step: one slow step or a short burst of load (a page fault,
+    the garbage collector, another process waking) changes nothing, and sustained load
+    shows within half a window, about half a second. Counted in steps alone, the window
+    of a tiny model lasted milliseconds, and a burst of load on a shared machine looked
+    sustained and ended a --time run seconds early."""
+
+    def __init__(self, window: int = 15, bucket_seconds: float = 1 / 30):
+        self.recent = deque(maxlen=window)  # mean step seconds of each recent bucket
+        self.bucket_seconds = bucket_seconds
+        self._bucket_sum, self._bucket_steps = 0.0, 0
+        self.reference = None  # the median when the validation was timed
+        self.waiting = False  # timed before a full window: take the next full one
 
     def add(self, seconds: float) -> None:
         """One training step's time (not the first of a process: it loads the kernels)."""
-        self.recent.append(seconds)
+        self._bucket_sum += seconds
+        self._bucket_steps += 1
+        if self._bucket_sum < self.bucket_seconds:
+            return
+        self.recent.append(self._bucket_sum / self._bucket_steps)
+        self._bucket_sum, self._bucket_steps = 0.0, 0
         if self.waiting and len(self.recent) == self.recent.maxlen:
             self.reference, self.waiting = statistics.median(self.recent), False
 
@@ -248,8 +262,8 @@ class _StepPace:
             self.waiting = True
 
     def slowdown(self) -> float:
-        """The current median step over the reference's, at least 1: never less time
-        than the validation took when timed."""
+        """The current median over the reference's, at least 1: never less time than the
+        validation took when timed."""
         if self.reference is None or self.waiting or not self.reference > 0:
             return 1.0
         return max(1.0, statistics.median(self.recent) / self.reference)

@@ -98,7 +98,7 @@ def test_patience_stops_the_run_and_resume_respects_and_changes_it(tmp_path):
 def test_step_pace_scales_the_validation_estimate_by_sustained_slowdown_only():
     from charlstm.train import _StepPace
 
-    pace = _StepPace(window=5)
+    pace = _StepPace(window=5, bucket_seconds=0)  # every step a bucket of its own
     pace.validation_timed()  # before a full window: the reference is the first full one
     assert pace.slowdown() == 1.0
     for _ in range(5):
@@ -116,3 +116,20 @@ def test_step_pace_scales_the_validation_estimate_by_sustained_slowdown_only():
     for _ in range(5):
         pace.add(0.010)
     assert pace.slowdown() == pytest.approx(2.0)
+
+
+def test_step_pace_of_a_tiny_model_reads_a_burst_of_load_as_a_burst():
+    """1 ms steps: a burst of 30 slow steps (0.15 s) is a few buckets of a window that
+    spans half a second, and changes nothing; the same load sustained does."""
+    from charlstm.train import _StepPace
+
+    pace = _StepPace()
+    for _ in range(1000):
+        pace.add(0.001)
+    pace.validation_timed()
+    for _ in range(30):
+        pace.add(0.005)
+    assert pace.slowdown() == pytest.approx(1.0)  # in the middle of the burst
+    for _ in range(150):
+        pace.add(0.005)
+    assert pace.slowdown() == pytest.approx(5.0, rel=0.1)
