@@ -37,6 +37,7 @@ import click
 from charlstm import __version__
 from charlstm.bench import QUALITY_RECIPES
 from charlstm.config import CELLS, DEFAULTS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_duration
+from charlstm.cpu import DEFAULT_PRECISION, PRECISION_CHOICES
 from charlstm.errors import AnotherRankFailed, UsageProblem, UserError
 from charlstm.gradflow import DEFAULT_CHUNKS as DEFAULT_FLOW_CHUNKS, DEFAULT_LENGTH as DEFAULT_FLOW_LENGTH
 from charlstm.options import Real
@@ -295,6 +296,11 @@ def _read_run_file(ctx, param, value):
               help="Which copy of weight_hh the per-step products read in each direction: "
                    "stored, transposed, or packed (once per chunk by mkl), e.g. "
                    "transposed/stored.  [default: measured with --blas auto, else stored/stored]")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=DEFAULT_PRECISION,
+              help="The operands of a training step's matrix products: float32, or "
+                   "bfloat16 with float32 accumulation and everything else float32 (needs "
+                   "a CPU with AVX512_BF16); auto: bfloat16 where the CPU has it. Saved "
+                   "with the run.")
 @functools.partial(_budget_options, train=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory.  [default: runs/<timestamp>]")
@@ -303,8 +309,8 @@ def _read_run_file(ctx, param, value):
 @_distributed_option
 @_tensorboard_option
 @click.pass_context
-def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, distributed, tensorboard,
-          **options):
+def train(ctx, paths, out, force, quiet, blas, step_weights, precision, init_from, distributed,
+          tensorboard, **options):
     """Train a model on the text in PATHS (files, directories, globs).
 
     With no PATHS it trains on the corpus of --config's file, if it names one, else on
@@ -329,7 +335,7 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, distribu
     board = _board_dir(tensorboard, None) if tensorboard else None  # a named one: checked first
     trainer, out_dir = start_run(TrainConfig(corpus=tuple(paths), **options, **cadence),
                                  Path(out) if out else None, force, blas, step_weights,
-                                 init_from=init_from, ranks=ranks, given=_given(ctx, options))
+                                 precision=precision, init_from=init_from, ranks=ranks, given=_given(ctx, options))
     quiet = quiet or not ranks.is_root
     _announce(trainer, out_dir, quiet)
     if tensorboard == "":
@@ -400,7 +406,9 @@ def _announce(trainer, out_dir: Path, quiet: bool) -> None:
         f"{len(data.train_ids):,} training / {len(data.val_ids):,} validation characters, "
         f"{data.batches.steps_per_epoch} steps per epoch; writing {out_dir}", err=True)
     from charlstm.kernels.blas import BLAS
-    click.echo(f"matrix products on {BLAS.describe()}; step weights {cfg.step_weights}, "
+    precision = ("bfloat16 products (float32 accumulation), " if cfg.precision == "bfloat16"
+                 else "")
+    click.echo(f"matrix products on {precision}{BLAS.describe()}; step weights {cfg.step_weights}, "
                f"{cfg.threads} thread{'s' if cfg.threads != 1 else ''}", err=True)
 
 
@@ -430,13 +438,16 @@ def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
                    "than the run's own rounds differently.  [default: the run's own]")
 @click.option("--step-weights", default=None, metavar="FORWARD/BACKWARD",
               help="As train --step-weights.  [default: the run's own]")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
+              help="Continue in this precision (as train --precision). Another choice than "
+                   "the run's own rounds differently.  [default: the run's own]")
 @_steering_options_resume
 @_cadence_options
 @_distributed_option
 @_tensorboard_option
 @click.pass_context
-def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weights, quiet,
-           distributed, tensorboard, **settings):
+def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weights,
+           precision, quiet, distributed, tensorboard, **settings):
     """Continue the run in RUN_DIR from its last.npz, exactly where it stopped.
 
     Without options that change how it trains, the run goes on bit-identical to one that
@@ -456,7 +467,7 @@ def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_
     run_dir = Path(run_dir)
     ranks = _ranks(ctx, distributed)
     board = _board_dir(tensorboard, run_dir) if ranks.is_root else None
-    trainer = resume_run(run_dir, changes, blas, step_weights,
+    trainer = resume_run(run_dir, changes, blas, step_weights, precision=precision,
                          warn=lambda line: click.echo(f"Warning: {line}", err=True), ranks=ranks)
     quiet = quiet or not ranks.is_root
     _announce(trainer, run_dir, quiet)

@@ -13,6 +13,9 @@ CELLS = tuple(CELL_TABLE)
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
 LR_SCHEDULES = ("constant", "cosine", "step")
 STEP_WEIGHT_COPIES = ("stored", "transposed", "packed", "panels")
+# The precision of a training step's matrix products: float32, or bfloat16 operands with
+# float32 accumulation (mixed precision; kernels/bf16.py). Everything else is float32.
+PRECISIONS = ("float32", "bfloat16")
 
 # Gates per cell: the G in PyTorch's [G*H, in] weight layout.
 GATES = {name: cell.gates for name, cell in CELL_TABLE.items()}
@@ -75,6 +78,10 @@ class TrainConfig:
     # Saved with the run because each choice rounds float32 its own way.
     blas: str = "openblas"
     step_weights: str = "stored/stored"
+    # The operands of a training step's matrix products (PRECISIONS): bfloat16 needs a CPU
+    # with AVX512_BF16 (cpu.py); validation, evaluation and sampling run in float32 either
+    # way, from the float32 master weights. Saved because it decides the rounding.
+    precision: str = "float32"
     # budget: the run stops at whichever is reached first; None means no limit of that kind
     steps: int | None = None
     epochs: float | None = None
@@ -207,6 +214,7 @@ RULES = {
     "threads": _int_at_least(1),
     "blas": None,  # filled in below: its parser lives with the kernels
     "step_weights": None,
+    "precision": _one_of(PRECISIONS),
     "steps": _optional(_int_at_least(0)),
     "epochs": _optional(_real_in(0, low_open=True)),
     "time_limit": _optional(_real_in(0, low_open=True)),

@@ -16,6 +16,7 @@ from pathlib import Path
 from . import checkpoint as ckpt_io
 from .budget import apply_recipe, describe, recipe_for, wants_recipe
 from .config import InvalidSetting, TrainConfig, validate
+from .cpu import bf16_missing, resolve_precision
 from .errors import UsageProblem, UserError
 from .lock import RunLock
 from .ranks import SingleProcess
@@ -32,7 +33,7 @@ RESUMABLE = ("lr", "lr_schedule", "warmup", "lr_decay", "lr_decay_every", "lr_mi
              "lr_horizon", "clip", "dropout", "weight_decay", "steps", "epochs",
              "time_limit", "save_every", "eval_every", "log_every", "val_chars", "threads", "ranks",
              "patience", "min_delta",
-             "corpus", "encoding", "blas", "step_weights")
+             "corpus", "encoding", "blas", "step_weights", "precision")
 # What --init-from takes from its checkpoint: the model's shape and vocabulary.
 ARCHITECTURE = ("cell", "hidden_size", "num_layers")
 
@@ -101,7 +102,7 @@ def corpus_origin(run_dir: Path, base: Path | None = None) -> dict:
 def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = False,
               blas: str = "auto", step_weights: str | None = None,
               init_from: Path | None = None, ranks=None,
-              given: set[str] | None = None) -> tuple[Trainer, Path]:
+              given: set[str] | None = None, precision: str | None = None) -> tuple[Trainer, Path]:
     """A new run of ``config`` in ``out_dir`` (default runs/<timestamp>), ready to train.
 
     ``config.threads`` is taken as given; a config with no budget trains DEFAULT_EPOCHS
@@ -121,7 +122,10 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
     ``given``: the settings (TrainConfig fields) the user chose. When it is passed and the
     run has a --time budget alone and no chosen model size, the settings it lacks come
     from the budget table (budget.py), the choice is told in a note and recorded in the
-    run's history. None: ``config`` is taken as it is."""
+    run's history. None: ``config`` is taken as it is.
+
+    ``precision``: auto, float32 or bfloat16 (cpu.resolve_precision), or None to keep
+    ``config.precision``; bfloat16 on a CPU without its products is refused (UserError)."""
     ranks = ranks if ranks is not None else SingleProcess()
     out_dir = Path(ranks.bcast(str(out_dir) if out_dir is not None else str(default_run_dir())))
     # Every rank checks and reads the same inputs; what one rank meets, all hear of at
@@ -130,6 +134,8 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
     try:
         if config.steps is None and config.epochs is None and config.time_limit is None:
             config = config.replace(epochs=DEFAULT_EPOCHS)
+        if precision is not None:
+            config = config.replace(precision=resolve_precision(precision))
         config = checked(config.replace(ranks=ranks.size))
         if (out_dir / "last.npz").exists() and not force:
             raise UserError(
@@ -285,7 +291,8 @@ def locate_corpus(ckpt, run_dir: Path) -> tuple[tuple, dict]:
 
 
 def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = None,
-               step_weights: str | None = None, warn=None, ranks=None) -> Trainer:
+               step_weights: str | None = None, warn=None, ranks=None,
+               precision: str | None = None) -> Trainer:
     """The run in ``run_dir``, from its last.npz, ready to continue.
 
     ``changes``: settings that differ from the saved ones, among RESUMABLE (budgets,
@@ -297,7 +304,9 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
     new choice (as ``tune.resolve`` takes them); without one, a run whose library is
     missing here continues on OpenBLAS and ``warn`` (a function of one line) says so.
     Raises UserError (CheckpointError, BudgetReached) naming the fix. ``ranks``: as
-    ``start_run`` takes it; a run may continue on another number of ranks (recorded)."""
+    ``start_run`` takes it; a run may continue on another number of ranks (recorded).
+    ``precision``: a new one (auto, float32, bfloat16); without one, a bfloat16 run on a
+    CPU without bfloat16 products continues in float32 and ``warn`` says so."""
     ranks = ranks if ranks is not None else SingleProcess()
     run_dir = Path(run_dir)
     error = None
@@ -343,6 +352,13 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
             config, warning = fall_back_if_missing(config)
             if warning and warn is not None and ranks.is_root:
                 warn(warning)
+        if precision is not None:
+            config = config.replace(precision=resolve_precision(precision))
+        elif config.precision == "bfloat16" and bf16_missing():
+            config = config.replace(precision="float32")
+            if warn is not None and ranks.is_root:
+                warn(f"this run trained with bfloat16 products, which {bf16_missing()}: "
+                     f"continuing in float32, which rounds differently from here on")
     except UserError as e:
         error = e
     config, follow_schedule = ranks.agree(error, (config, follow_schedule) if error is None else None)

@@ -35,6 +35,7 @@ from . import blas_libraries
 from .blas_libraries import LIBRARY_NAMES, NO_TRANS as _NO_TRANS, ROW_MAJOR as _ROW_MAJOR
 from .blas_libraries import PACKED as _PACKED_STORAGE, TRANS as _TRANS, LibraryUnavailable
 from .jit import kernel
+from .bf16 import bf16_step_product
 from .panels import panel_product
 
 ROLES = ("step", "chunk")
@@ -392,18 +393,7 @@ def step_nt(a, b, out, beta=0.0):
 
 
 @kernel(inline="always")
-def recurrent_forward(h, weight, out, layout):
-    """out = h @ W_hh.T, one time step's recurrent product.
-
-    ``weight`` is the copy of W_hh that ``layout`` (STEP_LAYOUTS) names: as stored ([n, k],
-    PyTorch's layout), a [k, n + TRANSPOSED_PAD] copy of its transpose, packed by the
-    step library, or W_hh.T packed into panels (panels.pack_panels) for charlstm's own
-    product.
-    Which one multiplies fastest depends on the library and the CPU (OpenBLAS's AVX-512
-    kernels took 14-19 us with the transposed copy against 31-35 us as stored for
-    [16, 128] rows at S, and 61-67 against 134-147 us at M, on an AMD EPYC Zen 5:
-    benchmarks/blas_choice.py), so it is measured, not assumed (charlstm/tune.py).
-    """
+def _float_step_forward(h, weight, out, layout):
     if layout == _PANELS:
         panel_product(h, weight, out)
     elif layout == _TRANSPOSED:
@@ -415,9 +405,7 @@ def recurrent_forward(h, weight, out, layout):
 
 
 @kernel(inline="always")
-def recurrent_backward(dpre, weight, out, layout):
-    """out = dpre @ W_hh, one time step's gradient through the recurrent product;
-    ``weight`` and ``layout`` as in ``recurrent_forward``, but panels pack W_hh itself."""
+def _float_step_backward(dpre, weight, out, layout):
     if layout == _PANELS:
         panel_product(dpre, weight, out)
     elif layout == _TRANSPOSED:
@@ -426,6 +414,51 @@ def recurrent_backward(dpre, weight, out, layout):
         _compute_step(dpre.shape[0], out.shape[1], dpre.shape[1], dpre, weight, out)
     else:
         step_nn(dpre, weight, out)
+
+
+def recurrent_forward(h, weight, out, layout):
+    """out = h @ W_hh.T, one time step's recurrent product; compiled only.
+
+    ``weight`` is the copy of W_hh that ``layout`` (STEP_LAYOUTS) names: as stored ([n, k],
+    PyTorch's layout), a [k, n + TRANSPOSED_PAD] copy of its transpose, packed by the
+    step library, or W_hh.T packed into panels (panels.pack_panels) for charlstm's own
+    product.
+    Which one multiplies fastest depends on the library and the CPU (OpenBLAS's AVX-512
+    kernels took 14-19 us with the transposed copy against 31-35 us as stored for
+    [16, 128] rows at S, and 61-67 against 134-147 us at M, on an AMD EPYC Zen 5:
+    benchmarks/blas_choice.py), so it is measured, not assumed (charlstm/tune.py).
+
+    With bfloat16 products (a run's precision), ``weight`` is the tuple
+    (panels, a_pairs, scratch) of bf16.bf16_step_product: W_hh.T rounded and packed once
+    per chunk, and the buffers h is rounded into; ``layout`` is then not read. The choice
+    is made by type when the calling kernel compiles, so a float32 run never compiles the
+    bfloat16 instructions, which a CPU without AVX512_BF16 cannot run.
+    """
+    raise NotImplementedError
+
+
+def recurrent_backward(dpre, weight, out, layout):
+    """out = dpre @ W_hh, one time step's gradient through the recurrent product; compiled
+    only. ``weight`` and ``layout`` as in ``recurrent_forward``, but panels pack W_hh
+    itself."""
+    raise NotImplementedError
+
+
+def _step_product_overload(float_version):
+    def typer(h, weight, out, layout):
+        if isinstance(weight, types.BaseTuple):
+            def low_precision(h, weight, out, layout):
+                bf16_step_product(h, weight[1], weight[0], out, weight[2])
+            return low_precision
+
+        def full_precision(h, weight, out, layout):
+            float_version(h, weight, out, layout)
+        return full_precision
+    return typer
+
+
+overload(recurrent_forward, inline="always")(_step_product_overload(_float_step_forward))
+overload(recurrent_backward, inline="always")(_step_product_overload(_float_step_backward))
 
 
 # Entry points for Python code (the orchestration in network.py): one compiled call each.
