@@ -117,15 +117,18 @@ def _peak_rss_mb() -> float:
 # -- workers (run in subprocesses) ---------------------------------------------------------
 
 def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int, threads: int,
-                    blas: str = "auto", step_weights: str | None = None) -> dict:
+                    blas: str = "auto", step_weights: str | None = None,
+                    precision: str = "float32") -> dict:
     from .config import TrainConfig
+    from .cpu import resolve_precision
     from .kernels.blas import BLAS
     from .sample import Sampler
     from .train import Trainer, prepare_data
     from .tune import resolve
 
     spec = CONFIGS[name]
-    config = TrainConfig(corpus=(corpus,) if corpus else (), threads=threads, **spec)
+    config = TrainConfig(corpus=(corpus,) if corpus else (), threads=threads,
+                         precision=resolve_precision(precision), **spec)
     data = prepare_data(config)
     config, _ = resolve(config, len(data.vocab), blas, step_weights)  # as `charlstm train` does
     trainer = Trainer(config, data)
@@ -153,7 +156,7 @@ def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int, thre
     sample_cps = SAMPLE_CHARS / (time.perf_counter() - t0)
     gemm_s = numpy_gemm_seconds(step_gemm_shapes(spec["cell"], H, L, V, T, B))
     return {
-        "config": name, **spec, "vocab": V, "threads": threads,
+        "config": name, **spec, "vocab": V, "threads": threads, "precision": config.precision,
         "blas": config.blas, "step_weights": config.step_weights, "blas_detail": BLAS.describe(),
         "train_chars_per_s": cps,
         "step_ms": step_s * 1e3,
@@ -186,9 +189,38 @@ def worker_jit(cache_dir: str) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
+def train_charlstm_steps(spec: dict, corpus: str | None, steps: int, eval_every: int,
+                         threads: int, seed: int = 0, torch_init: bool = False,
+                         precision: str = "float32") -> list:
+    """charlstm's side of an equal-steps comparison: the real Trainer for ``steps``
+    steps, validated every ``eval_every`` steps and at the end. Returns [(step, val_bpc),
+    ...]. ``torch_init``: start from PyTorch's initial weights of ``seed``."""
+    from .config import TrainConfig
+    from .cpu import resolve_precision
+    from .train import Trainer, prepare_data
+    from .tune import resolve
+
+    config = TrainConfig(corpus=(corpus,) if corpus else (), seed=seed, threads=threads,
+                         precision=resolve_precision(precision), **spec)
+    data = prepare_data(config)
+    config, _ = resolve(config, len(data.vocab), "auto")
+    trainer = Trainer(config, data)
+    if torch_init:
+        from .bench_torch import TorchTwin
+
+        for name, value in TorchTwin(spec, corpus, threads=1, seed=seed).state_dict().items():
+            trainer.net.params[name][...] = value
+    curve = []
+    for step in range(1, steps + 1):
+        trainer.train_step()
+        if step % eval_every == 0 or step == steps:
+            curve.append((step, trainer.validate()))
+    return curve
+
+
 def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_every_s: float,
                        threads: int, seed: int = 0, torch_init: bool = False,
-                       blas: str = "auto") -> list:
+                       blas: str = "auto", precision: str = "float32") -> list:
     """charlstm's side of the equal-budget comparison: the real Trainer, validated every
     ``eval_every_s`` seconds of training time. Returns [(seconds, val_bpc), ...].
 
@@ -198,9 +230,11 @@ def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_ever
     from .config import TrainConfig
     from .train import Trainer, prepare_data
 
+    from .cpu import resolve_precision
     from .tune import resolve
 
-    config = TrainConfig(corpus=(corpus,) if corpus else (), seed=seed, threads=threads, **spec)
+    config = TrainConfig(corpus=(corpus,) if corpus else (), seed=seed, threads=threads,
+                         precision=resolve_precision(precision), **spec)
     data = prepare_data(config)
     config, _ = resolve(config, len(data.vocab), blas)
     trainer = Trainer(config, data)
@@ -411,8 +445,13 @@ def _main(argv=None):
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m charlstm.bench")
-    ap.add_argument("--worker", choices=["charlstm", "torch", "jit", "quality-charlstm", "quality-torch"],
+    ap.add_argument("--worker", choices=["charlstm", "torch", "jit", "quality-charlstm",
+                                         "quality-torch", "steps-charlstm", "steps-torch"],
                     required=True)
+    ap.add_argument("--precision", default="float32",
+                    help="charlstm's precision; for the torch workers, bfloat16 is autocast")
+    ap.add_argument("--train-steps", type=int, default=1500)
+    ap.add_argument("--eval-steps", type=int, default=250)
     ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--eval-every", type=float, default=30.0)
     ap.add_argument("--config", default="M")
@@ -437,15 +476,25 @@ def _main(argv=None):
 def _run_as_worker(a) -> dict:
     if a.worker == "charlstm":
         out = worker_charlstm(a.config, a.corpus, a.steps, a.warmup, a.threads, a.blas,
-                              a.step_weights)
+                              a.step_weights, a.precision)
     elif a.worker == "torch":
         from .bench_torch import worker_torch
-        out = worker_torch(CONFIGS[a.config], a.corpus, a.steps, a.warmup, a.threads, SAMPLE_CHARS)
+        out = worker_torch(CONFIGS[a.config], a.corpus, a.steps, a.warmup, a.threads, SAMPLE_CHARS,
+                           autocast=a.precision == "bfloat16")
         out["peak_rss_mb"] = _peak_rss_mb()
+    elif a.worker == "steps-charlstm":
+        out = {"curve": train_charlstm_steps(CONFIGS[a.config], a.corpus, a.train_steps,
+                                             a.eval_steps, a.threads, a.seed, a.torch_init,
+                                             a.precision)}
+    elif a.worker == "steps-torch":
+        from .bench_torch import train_torch_steps
+        out = {"curve": train_torch_steps(CONFIGS[a.config], a.corpus, a.train_steps,
+                                          a.eval_steps, a.threads, a.seed,
+                                          autocast=a.precision == "bfloat16")}
     elif a.worker == "quality-charlstm":
         spec = quality_spec(a.config, a.recipe, a.corpus, a.seconds)
         out = {"curve": train_charlstm_for(spec, a.corpus, a.seconds, a.eval_every,
-                                           a.threads, a.seed, a.torch_init, a.blas)}
+                                           a.threads, a.seed, a.torch_init, a.blas, a.precision)}
     elif a.worker == "quality-torch":
         from .bench_torch import train_torch_for
         out = {"curve": train_torch_for(quality_spec(a.config, a.recipe, a.corpus, a.seconds),
