@@ -296,6 +296,10 @@ def _read_run_file(ctx, param, value):
               help="Which copy of weight_hh the per-step products read in each direction: "
                    "stored, transposed, or packed (once per chunk by mkl), e.g. "
                    "transposed/stored.  [default: measured with --blas auto, else stored/stored]")
+@click.option("--retune", is_flag=True,
+              help="With --blas auto: measure the products again even if this machine "
+                   "remembers a choice for these shapes (in ~/.cache/charlstm/tuning.json), "
+                   "and remember the new one.")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=DEFAULT_PRECISION,
               help="The operands of a training step's matrix products: float32, or "
                    "bfloat16 with float32 accumulation and everything else float32 (needs "
@@ -309,8 +313,8 @@ def _read_run_file(ctx, param, value):
 @_distributed_option
 @_tensorboard_option
 @click.pass_context
-def train(ctx, paths, out, force, quiet, blas, step_weights, precision, init_from, distributed,
-          tensorboard, **options):
+def train(ctx, paths, out, force, quiet, blas, step_weights, retune, precision, init_from,
+          distributed, tensorboard, **options):
     """Train a model on the text in PATHS (files, directories, globs).
 
     With no PATHS it trains on the corpus of --config's file, if it names one, else on
@@ -320,6 +324,8 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, precision, init_fro
     from charlstm.run import start_run
     from charlstm.train import run_training
 
+    if retune and blas != "auto":
+        raise click.UsageError("--retune measures the products again: it goes with --blas auto")
     paths = paths or ctx.meta.get("run_file_corpus", ())
 
     cadence = {k: options.pop(k) for k in ("save_every", "eval_every", "log_every")}
@@ -335,7 +341,7 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, precision, init_fro
     board = _board_dir(tensorboard, None) if tensorboard else None  # a named one: checked first
     trainer, out_dir = start_run(TrainConfig(corpus=tuple(paths), **options, **cadence),
                                  Path(out) if out else None, force, blas, step_weights,
-                                 precision=precision, init_from=init_from, ranks=ranks, given=_given(ctx, options))
+                                 precision=precision, retune=retune, init_from=init_from, ranks=ranks, given=_given(ctx, options))
     quiet = quiet or not ranks.is_root
     _announce(trainer, out_dir, quiet)
     if tensorboard == "":
@@ -406,10 +412,14 @@ def _announce(trainer, out_dir: Path, quiet: bool) -> None:
         f"{len(data.train_ids):,} training / {len(data.val_ids):,} validation characters, "
         f"{data.batches.steps_per_epoch} steps per epoch; writing {out_dir}", err=True)
     from charlstm.kernels.blas import BLAS
-    precision = ("bfloat16 products (float32 accumulation), " if cfg.precision == "bfloat16"
-                 else "")
-    click.echo(f"matrix products on {precision}{BLAS.describe()}; step weights {cfg.step_weights}, "
-               f"{cfg.threads} thread{'s' if cfg.threads != 1 else ''}", err=True)
+    products = (f"bfloat16 products (float32 accumulation) on charlstm's own kernels; float32 "
+                f"products (validation) on {BLAS.describe()}" if cfg.precision == "bfloat16"
+                else f"matrix products on {BLAS.describe()}; step weights {cfg.step_weights}")
+    tuning = trainer.tuning
+    how = ("" if tuning is None else
+           "; chosen by an earlier measurement here (--retune measures again)" if tuning.remembered
+           else "; measured now")
+    click.echo(f"{products}, {cfg.threads} thread{'s' if cfg.threads != 1 else ''}{how}", err=True)
 
 
 def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
@@ -438,6 +448,8 @@ def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
                    "than the run's own rounds differently.  [default: the run's own]")
 @click.option("--step-weights", default=None, metavar="FORWARD/BACKWARD",
               help="As train --step-weights.  [default: the run's own]")
+@click.option("--retune", is_flag=True,
+              help="With --blas auto: measure the products again (as train --retune).")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
               help="Continue in this precision (as train --precision). Another choice than "
                    "the run's own rounds differently.  [default: the run's own]")
@@ -447,7 +459,7 @@ def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
 @_tensorboard_option
 @click.pass_context
 def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weights,
-           precision, quiet, distributed, tensorboard, **settings):
+           retune, precision, quiet, distributed, tensorboard, **settings):
     """Continue the run in RUN_DIR from its last.npz, exactly where it stopped.
 
     Without options that change how it trains, the run goes on bit-identical to one that
@@ -467,7 +479,9 @@ def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_
     run_dir = Path(run_dir)
     ranks = _ranks(ctx, distributed)
     board = _board_dir(tensorboard, run_dir) if ranks.is_root else None
-    trainer = resume_run(run_dir, changes, blas, step_weights, precision=precision,
+    if retune and blas != "auto":
+        raise click.UsageError("--retune measures the products again: it goes with --blas auto")
+    trainer = resume_run(run_dir, changes, blas, step_weights, precision=precision, retune=retune,
                          warn=lambda line: click.echo(f"Warning: {line}", err=True), ranks=ranks)
     quiet = quiet or not ranks.is_root
     _announce(trainer, run_dir, quiet)

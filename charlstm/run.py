@@ -102,7 +102,8 @@ def corpus_origin(run_dir: Path, base: Path | None = None) -> dict:
 def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = False,
               blas: str = "auto", step_weights: str | None = None,
               init_from: Path | None = None, ranks=None,
-              given: set[str] | None = None, precision: str | None = None) -> tuple[Trainer, Path]:
+              given: set[str] | None = None, precision: str | None = None,
+              retune: bool = False) -> tuple[Trainer, Path]:
     """A new run of ``config`` in ``out_dir`` (default runs/<timestamp>), ready to train.
 
     ``config.threads`` is taken as given; a config with no budget trains DEFAULT_EPOCHS
@@ -125,12 +126,14 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
     run's history. None: ``config`` is taken as it is.
 
     ``precision``: auto, float32 or bfloat16 (cpu.resolve_precision), or None to keep
-    ``config.precision``; bfloat16 on a CPU without its products is refused (UserError)."""
+    ``config.precision``; bfloat16 on a CPU without its products is refused (UserError).
+    ``retune``: with ``blas`` "auto", measure even if this machine remembers a choice for
+    these shapes (tuning_cache.py). The trainer's ``tuning`` says how the choice was made."""
     ranks = ranks if ranks is not None else SingleProcess()
     out_dir = Path(ranks.bcast(str(out_dir) if out_dir is not None else str(default_run_dir())))
     # Every rank checks and reads the same inputs; what one rank meets, all hear of at
     # the agreement points (ranks.agree), so an error ends every rank the same way.
-    source, planned, error, recipe_note = None, None, None, None
+    source, planned, error, recipe_note, choice = None, None, None, None, None
     try:
         if config.steps is None and config.epochs is None and config.time_limit is None:
             config = config.replace(epochs=DEFAULT_EPOCHS)
@@ -158,7 +161,7 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
             config, data, recipe_note = _take_budget_recipe(config, data, given)
         config = fix_schedule_horizon(config, data.batches.steps_per_epoch)
         if ranks.is_root:  # rank 0 measures; its choice is every rank's
-            planned = resolve(config, len(data.vocab), blas, step_weights)[0]
+            planned, choice = resolve(config, len(data.vocab), blas, step_weights, retune)
     except UserError as e:
         error = e
     config = ranks.agree(error, planned)
@@ -169,6 +172,7 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
         trainer = Trainer(config, data, initial_params=source.params if source is not None else None,
                           ranks=ranks)
         trainer.origin = corpus_origin(out_dir)
+        trainer.tuning = choice
         trainer.history.append({"step": 0, "event": "train"})
         if recipe_note is not None:
             trainer.history[-1].update(budget_recipe=recipe_note[0], chosen=recipe_note[1])
@@ -292,7 +296,7 @@ def locate_corpus(ckpt, run_dir: Path) -> tuple[tuple, dict]:
 
 def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = None,
                step_weights: str | None = None, warn=None, ranks=None,
-               precision: str | None = None) -> Trainer:
+               precision: str | None = None, retune: bool = False) -> Trainer:
     """The run in ``run_dir``, from its last.npz, ready to continue.
 
     ``changes``: settings that differ from the saved ones, among RESUMABLE (budgets,
@@ -306,10 +310,11 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
     Raises UserError (CheckpointError, BudgetReached) naming the fix. ``ranks``: as
     ``start_run`` takes it; a run may continue on another number of ranks (recorded).
     ``precision``: a new one (auto, float32, bfloat16); without one, a bfloat16 run on a
-    CPU without bfloat16 products continues in float32 and ``warn`` says so."""
+    CPU without bfloat16 products continues in float32 and ``warn`` says so. ``retune``:
+    as in ``start_run``, with ``blas`` "auto"."""
     ranks = ranks if ranks is not None else SingleProcess()
     run_dir = Path(run_dir)
-    error = None
+    error, choice = None, None
     try:
         changes = dict(changes or {})
         refused = sorted(set(changes) - set(RESUMABLE))
@@ -346,8 +351,9 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
                                           data.batches.steps_per_epoch)
         if blas is not None or step_weights is not None:
             if ranks.is_root:  # rank 0 measures; its choice is every rank's
-                config = resolve(config, len(data.vocab), blas or config.blas,
-                                 step_weights or (None if blas == "auto" else config.step_weights))[0]
+                config, choice = resolve(config, len(data.vocab), blas or config.blas,
+                                         step_weights or (None if blas == "auto" else config.step_weights),
+                                         retune)
         else:
             config, warning = fall_back_if_missing(config)
             if warning and warn is not None and ranks.is_root:
@@ -365,6 +371,7 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
     error = None
     try:
         trainer = Trainer(config, data, resume_from=ckpt, ranks=ranks)
+        trainer.tuning = choice
         trainer.train_to_schedule_end = follow_schedule
         limit = trainer.step_limit()
         if limit is not None and trainer.step >= limit and changes.get("time_limit") is None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import tuning_cache
 from .config import STEP_WEIGHT_COPIES, TrainConfig, parse_step_weights
 from .errors import UserError
 from .kernels import blas_libraries
@@ -55,11 +56,14 @@ _F = ctypes.c_float
 
 @dataclass
 class Choice:
-    """What ``tune`` chose, and the medians (seconds per step of one shard) behind it."""
+    """What ``tune`` chose, and the medians (seconds per step of one shard) behind it;
+    ``remembered``: taken from the tuning cache (tuning_cache.py), measured earlier on
+    this machine for the same shapes, rather than measured now."""
 
     blas: str
     step_weights: str
     timings: dict = field(default_factory=dict)
+    remembered: bool = False
 
     def describe(self) -> str:
         return f"--blas {self.blas} --step-weights {self.step_weights}"
@@ -296,13 +300,25 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
     return Choice(format_blas(step, chunk), "/".join(layouts[step]), timings)
 
 
+def tuned_shape(config: TrainConfig, vocab_size: int) -> dict:
+    """What a measurement depends on besides the machine: the products' shapes, as a
+    shard computes them, and the precision."""
+    rows, blas_threads = _shard_rows(config)
+    return {"cell": config.cell, "hidden_size": config.hidden_size,
+            "num_layers": config.num_layers, "vocab": vocab_size, "seq_len": config.seq_len,
+            "shard_rows": rows, "blas_threads": blas_threads, "precision": config.precision}
+
+
 def resolve(config: TrainConfig, vocab_size: int, blas: str = "auto",
-            step_weights: str | None = None) -> tuple[TrainConfig, Choice | None]:
+            step_weights: str | None = None, retune: bool = False
+            ) -> tuple[TrainConfig, Choice | None]:
     """``config`` with its BLAS and step weights fixed for a new run, and the measurement
     behind them (None when nothing was measured).
 
-    ``blas``: "auto" (measure every installed library, ``tune``), or LIBRARY or
-    STEP/CHUNK. ``step_weights``: FORWARD/BACKWARD, or None: measured with "auto",
+    ``blas``: "auto" (measure every installed library, ``tune``, or take what an earlier
+    measurement of the same shapes on this machine chose: tuning_cache.py), or LIBRARY or
+    STEP/CHUNK. ``retune``: measure even when a choice is remembered, and remember the
+    new one. ``step_weights``: FORWARD/BACKWARD, or None: measured with "auto",
     "stored/stored" (PyTorch's layout) otherwise, so an explicit choice is reproducible.
     Raises UserError for a malformed or uninstalled choice."""
     try:
@@ -318,12 +334,33 @@ def resolve(config: TrainConfig, vocab_size: int, blas: str = "auto",
             return chosen, None
     except ValueError as e:
         raise UserError(str(e)) from None
-    choice = tune(config, vocab_size)
+    choice = None if retune else _remembered(config, vocab_size)
+    if choice is None:
+        choice = tune(config, vocab_size)
+        tuning_cache.store(tuning_cache.key_for(tuned_shape(config, vocab_size)),
+                           {"blas": choice.blas, "step_weights": choice.step_weights,
+                            "timings": choice.timings,
+                            "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
     if step_weights is not None:
         choice.step_weights = step_weights
     chosen = config.replace(blas=choice.blas, step_weights=choice.step_weights)
     _check_packing(chosen)
     return chosen, choice
+
+
+def _remembered(config: TrainConfig, vocab_size: int) -> Choice | None:
+    """The choice an earlier measurement of these shapes on this machine made, if it is
+    still one this install can run."""
+    entry = tuning_cache.lookup(tuning_cache.key_for(tuned_shape(config, vocab_size)))
+    if entry is None:
+        return None
+    try:
+        for name in set(parse_blas(entry["blas"])):
+            blas_libraries.load(name)
+        parse_step_weights(entry["step_weights"])
+    except (ValueError, UserError):
+        return None
+    return Choice(entry["blas"], entry["step_weights"], entry.get("timings", {}), remembered=True)
 
 
 def _check_packing(config: TrainConfig) -> None:
