@@ -155,6 +155,9 @@ def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int, thre
         pass
     sample_cps = SAMPLE_CHARS / (time.perf_counter() - t0)
     gemm_s = numpy_gemm_seconds(step_gemm_shapes(spec["cell"], H, L, V, T, B))
+    from .bench_products import product_rates
+
+    products = product_rates(config, V, -(-B // min(threads, B)))
     return {
         "config": name, **spec, "vocab": V, "threads": threads, "precision": config.precision,
         "blas": config.blas, "step_weights": config.step_weights, "blas_detail": BLAS.describe(),
@@ -164,6 +167,7 @@ def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int, thre
         "numpy_gemm_ms": gemm_s * 1e3,
         "gemm_fraction": gemm_s / step_s,
         "sample_chars_per_s": sample_cps,
+        "products": products,
         "peak_rss_mb": _peak_rss_mb(),
     }
 
@@ -304,14 +308,29 @@ def time_first_sample_char(config: str = "M") -> float:
 
 def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torch: bool,
               torch_threads: int, echo=print, repeat: int = 1, threads: int | None = None,
-              blas: str = "auto") -> dict:
+              blas: str = "auto", precisions=None) -> dict:
     """``threads``: charlstm's (None: one per core, at most the batch size); PyTorch uses
-    ``torch_threads``. ``blas``: charlstm's, as ``train --blas`` takes it."""
-    from .shards import default_threads
+    ``torch_threads``. ``blas``: charlstm's, as ``train --blas`` takes it. ``precisions``:
+    charlstm's (default float32, and bfloat16 where the CPU has its products); PyTorch
+    runs both ways, float32 and under bfloat16 autocast, whatever the CPU. Every worker
+    of a configuration runs in its own process, interleaved with the others, ``repeat``
+    times; the rows hold medians."""
+    from .bench_products import bfloat16_peak_gflops, float32_peak_gflops
+    from .cpu import has_bf16_products
+    from .shards import available_cores, default_threads
 
+    if precisions is None:
+        precisions = ("float32", "bfloat16") if has_bf16_products() else ("float32",)
     results = {"machine": machine_summary(), "configs": [], "corpus": corpus or "builtin:pydoc"}
     echo(format_machine(results["machine"]))
+    cores = available_cores()
     results["numpy_square_gemm_gflops"] = numpy_square_gemm_gflops()
+    results["peak_float32_gflops"] = float32_peak_gflops(cores)
+    results["peak_bfloat16_gflops"] = bfloat16_peak_gflops(cores)
+    echo(f"peaks on {cores} cores: float32 {results['peak_float32_gflops']:.0f} GFLOP/s, "
+         f"bfloat16 {results['peak_bfloat16_gflops']:.0f} GFLOP/s (charlstm's register blocks on "
+         f"L1-resident operands); NumPy's float32 GEMM on 2048x2048 matrices "
+         f"{results['numpy_square_gemm_gflops']:.0f} GFLOP/s")
     torch_ok = False
     if compare_torch:
         try:
@@ -320,25 +339,41 @@ def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torc
         except ImportError:
             echo("torch is not importable: skipping the PyTorch comparison")
     corpus_args = ["--corpus", corpus] if corpus else []
+    torch_ways = ("float32", "bfloat16") if torch_ok else ()
     for name in configs:
-        rows, torch_rows = [], []
         ours = threads or default_threads(CONFIGS[name]["batch_size"])
-        for _ in range(repeat):  # interleaved, so drifts in machine load hit both alike
-            rows.append(_run_worker(["--worker", "charlstm", "--config", name, "--steps", str(steps),
-                                     "--warmup", str(warmup), "--threads", str(ours),
-                                     "--blas", blas] + corpus_args))
-            if torch_ok:
-                torch_rows.append(_run_worker(
+        rows = {p: [] for p in precisions}
+        torch_rows = {p: [] for p in torch_ways}
+        for _ in range(repeat):  # interleaved, so drifts in machine load hit all alike
+            for precision in precisions:
+                rows[precision].append(_run_worker(
+                    ["--worker", "charlstm", "--config", name, "--steps", str(steps), "--warmup",
+                     str(warmup), "--threads", str(ours), "--blas", blas, "--precision",
+                     precision] + corpus_args))
+            for way in torch_ways:
+                torch_rows[way].append(_run_worker(
                     ["--worker", "torch", "--config", name, "--steps", str(steps), "--warmup",
-                     str(warmup), "--threads", str(torch_threads)] + corpus_args))
-        row = _median_row(rows)
-        if torch_ok:
-            t = _median_row(torch_rows)
-            row["torch"] = t
-            row["train_ratio"] = row["train_chars_per_s"] / t["train_chars_per_s"]
-            row["sample_ratio"] = row["sample_chars_per_s"] / t["sample_chars_per_s"]
-        results["configs"].append(row)
-        echo(_format_row(row))
+                     str(warmup), "--threads", str(torch_threads), "--precision", way]
+                    + corpus_args))
+        torch = {way: _median_row(r) for way, r in torch_rows.items()}
+        base = None
+        for precision in precisions:
+            row = _median_row(rows[precision])
+            if precision == "float32":
+                base = row
+            elif base is not None:
+                row["vs_float32"] = row["train_chars_per_s"] / base["train_chars_per_s"]
+            if torch:
+                row["torch"] = torch
+                for way, t in torch.items():
+                    row[f"train_ratio_{way}"] = row["train_chars_per_s"] / t["train_chars_per_s"]
+                # against PyTorch the same way: float32 against float32, bfloat16 against autocast
+                same = torch.get(precision, torch["float32"])
+                row["train_ratio"] = row["train_chars_per_s"] / same["train_chars_per_s"]
+                row["sample_ratio"] = row["sample_chars_per_s"] / torch["float32"]["sample_chars_per_s"]
+            results["configs"].append(row)
+            echo(_format_row(row))
+            echo(_format_products(row, results))
     with tempfile.TemporaryDirectory() as cache:
         cold = _run_worker(["--worker", "jit"], env={"NUMBA_CACHE_DIR": cache})
         warm = _run_worker(["--worker", "jit"], env={"NUMBA_CACHE_DIR": cache})
@@ -348,6 +383,20 @@ def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torc
     echo(f"`charlstm sample` (config M, cached kernels): first character after "
          f"{results['sample_first_char_s']:.2f} s")
     return results
+
+
+def _format_products(row: dict, results: dict) -> str:
+    """One line per product of the step: its GFLOP/s alone on one core, against one
+    core's peak in the row's precision."""
+    cores = results["machine"]["cores"] or 1
+    peak = results[f"peak_{row['precision']}_gflops"] / cores
+    lines = [f"  products of one shard's step ({row['precision']}; one core's peak "
+             f"{peak:.0f} GFLOP/s):"]
+    for p in row["products"]:
+        lines.append(f"    {p['product']:<28} [{p['m']}x{p['k']}] x [{p['k']}x{p['n']}] x{p['count']}: "
+                     f"{p['gflops']:6.1f} GFLOP/s ({p['gflops'] / peak:4.0%} of peak), "
+                     f"{p['step_ms']:.2f} ms a step")
+    return "\n".join(lines)
 
 
 def run_quality(config: str, corpus: str | None, seconds: float, eval_every_s: float,
@@ -389,16 +438,23 @@ def _curve_summary(name: str, curve: list) -> str:
 
 
 def _format_row(row: dict) -> str:
-    text = (f"{row['config']}: {row['cell']} H={row['hidden_size']} L={row['num_layers']} "
-            f"T={row['seq_len']} B={row['batch_size']}, "
+    text = (f"{row['config']} {row.get('precision', 'float32')}: {row['cell']} "
+            f"H={row['hidden_size']} L={row['num_layers']} T={row['seq_len']} B={row['batch_size']}, "
             f"{row['threads']} thread{'s' if row['threads'] != 1 else ''}, "
             f"--blas {row['blas']} --step-weights {row['step_weights']}: "
             f"{row['train_chars_per_s']:,.0f} chars/s, "
             f"{row['gflops']:.1f} GFLOP/s, {row['gemm_fraction']:.2f} of NumPy GEMM time, "
             f"sampling {row['sample_chars_per_s']:,.0f} chars/s, peak RSS {row['peak_rss_mb']:.0f} MB")
+    if "vs_float32" in row:
+        text += f"; x{row['vs_float32']:.2f} charlstm's float32"
     if "torch" in row:
-        text += (f"; PyTorch {row['torch']['train_chars_per_s']:,.0f} chars/s "
-                 f"(x{row['train_ratio']:.2f}), sampling {row['torch']['sample_chars_per_s']:,.0f} "
+        t = row["torch"]
+        text += (f"; PyTorch float32 {t['float32']['train_chars_per_s']:,.0f} chars/s "
+                 f"(x{row['train_ratio_float32']:.2f})")
+        if "bfloat16" in t:
+            text += (f", bfloat16 autocast {t['bfloat16']['train_chars_per_s']:,.0f} chars/s "
+                     f"(x{row['train_ratio_bfloat16']:.2f})")
+        text += (f"; sampling: PyTorch {t['float32']['sample_chars_per_s']:,.0f} "
                  f"(x{row['sample_ratio']:.1f})")
     return text
 

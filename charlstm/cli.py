@@ -870,6 +870,10 @@ def baseline(paths, orders, encoding, val_frac, val_chars, discount, as_json):
 @click.option("--torch-threads", type=POSITIVE, default=None, help="PyTorch's threads.  [default: all cores]")
 @click.option("--blas", default="auto", help="charlstm's BLAS, as train --blas.")
 @click.option("--repeat", type=POSITIVE, default=1, help="Runs per configuration; medians are reported.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(("float32", "bfloat16")),
+              help="charlstm's precisions to run (repeatable); PyTorch runs both ways, float32 "
+                   "and bfloat16 autocast.  [default: float32, and bfloat16 where the CPU has "
+                   "AVX512_BF16]")
 @click.option("--quality", type=Duration(), default=None,
               help="Instead: train config M (or one --config) this long in charlstm and in PyTorch "
                    "and compare validation bpc against time (needs torch).")
@@ -885,7 +889,7 @@ def baseline(paths, orders, encoding, val_frac, val_chars, discount, as_json):
                    "and budget; constant: the configuration's constant rate, no dropout.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads, blas, repeat,
-          quality, seed, same_init, recipe, as_json):
+          precisions, quality, seed, same_init, recipe, as_json):
     """Measure training and sampling speed for S, M, L and R (see docs/BENCHMARKS.md)."""
     import os
 
@@ -906,9 +910,13 @@ def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads,
                               torch_threads, echo=echo, seed=seed, same_init=same_init,
                               threads=threads, blas=blas, recipe=recipe)
     else:
+        if "bfloat16" in precisions:
+            from charlstm.cpu import resolve_precision
+
+            resolve_precision("bfloat16")  # one line, naming what the CPU lacks
         results = run_bench(configs or ("S", "M", "L", "R"), corpus, steps, warmup, compare_torch,
                             torch_threads, echo=echo, repeat=repeat, threads=threads,
-                            blas=blas)
+                            blas=blas, precisions=precisions or None)
     if as_json:
         click.echo(json.dumps(results, indent=2))
 

@@ -382,3 +382,11 @@ def repeated_bf16_step_product(a, a_pairs, panels, out, scratch, times):
     benchmarks."""
     for _ in range(times):
         bf16_step_product(a, a_pairs, panels, out, scratch)
+
+
+@kernel
+def repeated_bf16_product(a, panels, out, scratch, times):
+    """``bf16_product`` (rows layout, plain result) ``times`` times in one compiled call,
+    for the benchmarks: the product alone, its operands already rounded."""
+    for _ in range(times):
+        bf16_product(a, False, panels, out, scratch, False)
