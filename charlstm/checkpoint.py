@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import tokenize
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,11 +19,10 @@ import numpy as np
 
 from . import CHECKPOINT_FORMAT, __version__
 from .cells import CELL_TABLE
-from .config import TrainConfig
+from .config import STATISTICS, TrainConfig
 from .corpus import CorpusFile, Vocab
 from .errors import CheckpointError
 from .parameters import FlatParams, param_shapes
-from .optim import STATISTICS
 
 READABLE_FORMATS = (1, CHECKPOINT_FORMAT)  # 1 stored the vocabulary as strings
 METRIC_COLUMNS = ("step", "epoch", "train_bpc", "val_bpc", "lr", "grad_norm", "chars_per_s", "elapsed")
@@ -92,33 +94,21 @@ def save(ckpt: Checkpoint, path) -> None:
     then renamed over the target. A crash at any moment leaves either the old file or the
     new one, never a mix. Raises CheckpointError, saying what stays on disk, when the
     file cannot be written or does not read back."""
-    from .files import new_temporary
+    from .files import atomic_write
 
     path = Path(path)
     arrays = to_arrays(ckpt)
     kept = ("the previous checkpoint is kept" if path.exists()
             else f"no {path.name} was written")
-    tmp = None
     try:
-        tmp = new_temporary(path.parent, f".{path.name}.", ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_write(path) as f:
             np.savez(f, **arrays)
             f.flush()
-            os.fsync(f.fileno())
-        _check_reads_back(tmp, arrays)
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        if isinstance(e, OSError):
-            raise CheckpointError(f"could not write {path}: {e.strerror or e}; {kept}") from None
-        if isinstance(e, CheckpointError):
-            raise CheckpointError(f"could not write {path}: {e}; {kept}") from None
-        raise
-    _fsync_dir(path.parent)
+            _check_reads_back(Path(f.name), arrays)
+    except OSError as e:
+        raise CheckpointError(f"could not write {path}: {e.strerror or e}; {kept}") from None
+    except CheckpointError as e:
+        raise CheckpointError(f"could not write {path}: {e}; {kept}") from None
 
 
 def _check_reads_back(path: Path, arrays: dict) -> None:
@@ -136,26 +126,14 @@ def _check_reads_back(path: Path, arrays: dict) -> None:
 
 
 def remove_stale_temporaries(directory: Path) -> None:
-    """Delete temporary files that a save killed midway (SIGKILL, power loss) left behind."""
-    for name in ("last.npz", "best.npz"):
+    """Delete temporary files that a save (or metrics.jsonl's rewrite) killed midway
+    (SIGKILL, power loss) left behind."""
+    for name in ("last.npz", "best.npz", "metrics.jsonl"):
         for tmp in Path(directory).glob(f".{name}.*.tmp"):
             try:
                 tmp.unlink()
             except OSError:
                 pass  # another process may own it; it never replaces a checkpoint by itself
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
 
 
 # Limits that keep a hostile file from making charlstm commit memory: the JSON header,
@@ -174,6 +152,53 @@ def _scalar(arrays, key, kind):
     return a.item()
 
 
+class Damaged(CheckpointError):
+    """A file charlstm wrote as a checkpoint whose bytes changed since: cut short,
+    zero-filled or overwritten (a crash on a filesystem that does not order its writes,
+    a full disk, a copy that stopped midway). The message says what was found."""
+
+
+# How every checkpoint starts: a zip local-file header (np.savez writes no data
+# descriptor) whose member is the configuration, which ``to_arrays`` puts first.
+_ZIP_LOCAL_HEADER = b"PK\x03\x04"
+_FIRST_MEMBER = b"config.npy"
+# What reading a damaged member can raise, from zipfile, zlib and numpy's header parser.
+_MEMBER_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile,
+                  RuntimeError, NotImplementedError, SyntaxError, tokenize.TokenError, zlib.error,
+                  KeyError, TypeError, IndexError)
+
+
+def _short(error: BaseException) -> str:
+    """The first line of ``error``'s message, at most 80 characters: a damaged header can
+    make a parser quote pages of bytes."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _written_by_charlstm(path: Path) -> str | None:
+    """Why the unreadable file ``path`` is a damaged checkpoint rather than some other
+    file: empty, zeros where its header should be, or a checkpoint's start with its end
+    missing or overwritten. None when it does not start as a checkpoint does."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - (1 << 16) - 22))
+            tail = f.read()
+    except OSError:
+        return None
+    if not head:
+        return "it is empty"
+    if head.count(0) == len(head):
+        return f"its first {len(head):,} bytes are zeros"
+    if head.startswith(_ZIP_LOCAL_HEADER) and head[30:30 + len(_FIRST_MEMBER)] == _FIRST_MEMBER:
+        if b"PK\x05\x06" not in tail:
+            return f"it is cut short or its end is overwritten (it ends at byte {size:,} with no zip directory)"
+        return "its zip directory is overwritten"
+    return None
+
+
 class _NpzReader:
     """Reads the members of an .npz one by one, checking each .npy header (dtype and
     shape) against what the configuration implies before any data is read."""
@@ -183,12 +208,19 @@ class _NpzReader:
         try:
             self.zip = zipfile.ZipFile(path)
             infos = self.zip.infolist()
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as e:
+        except _MEMBER_ERRORS as e:
             # NotImplementedError: a damaged header can claim an unsupported compression.
-            raise CheckpointError(f"not a zip archive, so not a charlstm checkpoint ({e})") from None
+            damage = _written_by_charlstm(path)
+            if damage is not None:
+                raise Damaged(damage) from None
+            raise CheckpointError(f"not a zip archive, so not a charlstm checkpoint ({_short(e)})") from None
         self.members = {}
         for info in infos:
             if not info.filename.endswith(".npy") or info.filename[:-4] in self.members:
+                damage = _written_by_charlstm(path)
+                if damage is not None:
+                    raise Damaged(f"its zip directory names a member {info.filename!r}, which "
+                                  f"charlstm never writes: it is overwritten") from None
                 raise CheckpointError(f"unexpected member {info.filename!r}: not a charlstm checkpoint")
             self.members[info.filename[:-4]] = info
         declared = sum(i.file_size for i in infos)
@@ -230,9 +262,8 @@ class _NpzReader:
                 return np.lib.format.read_array(f, allow_pickle=False)
         except CheckpointError:
             raise
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile,
-                RuntimeError, NotImplementedError) as e:
-            raise CheckpointError(f"checkpoint key {key!r} is damaged ({e})") from None
+        except _MEMBER_ERRORS as e:
+            raise Damaged(f"its {key!r} array does not read back ({_short(e)})") from None
 
 
 def _expect(dtype_kind: str, shape=None, max_itemsize: int = 8, max_shape=None):
@@ -278,19 +309,47 @@ def _validate_config(config: TrainConfig, vocab_size: int) -> None:
 
 def load(path) -> Checkpoint:
     """Read and validate a checkpoint. Never unpickles anything; every array's dtype and
-    shape is checked against the configuration before its data is read."""
+    shape is checked against the configuration before its data is read. Raises
+    CheckpointError naming ``path``; for a damaged file (cut short, zero-filled:
+    ``Damaged``), the message names the intact checkpoint beside it to use instead."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
     try:
-        reader = _NpzReader(path)
-        try:
-            arrays = _read_checkpoint_arrays(reader)
-        finally:
-            reader.close()
-        return from_arrays(arrays)
+        return _load(path)
+    except Damaged as e:
+        raise Damaged(f"{path}: the file is damaged: {e}; {_recovery(path)}") from None
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+
+
+def _load(path: Path) -> Checkpoint:
+    if not path.is_file():
+        raise CheckpointError("no such checkpoint")
+    reader = _NpzReader(path)
+    try:
+        arrays = _read_checkpoint_arrays(reader)
+    finally:
+        reader.close()
+    return from_arrays(arrays)
+
+
+def _recovery(path: Path) -> str:
+    """What to use instead of the damaged checkpoint ``path``: another checkpoint of the
+    same run directory that loads (best.npz, last.npz, then the best models kept from
+    earlier validation texts), or a copy."""
+    run_dir = path.parent
+    kept = sorted(run_dir.glob("best-before-step-*.npz"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for other in [run_dir / "best.npz", run_dir / "last.npz", *kept]:
+        if other.name == path.name or not other.is_file():
+            continue
+        try:
+            step = _load(other).step
+        except CheckpointError:
+            continue
+        if path.name == "last.npz":
+            return (f"{other} (step {step}) is intact: use it, or copy it over last.npz "
+                    f"(cp {other} {path}) and resume from there")
+        return f"{other} (step {step}) is intact: use it instead"
+    return "no other checkpoint beside it is intact: restore it from a copy"
 
 
 def _read_checkpoint_arrays(reader: _NpzReader) -> dict[str, np.ndarray]:
@@ -365,11 +424,17 @@ def _parse_meta(meta_raw: np.ndarray):
         meta = json.loads(meta_raw.item())
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
+        upgrade = _upgrade_needed(meta)
         if meta.get("format_version") not in READABLE_FORMATS:
-            raise CheckpointError(
-                f"checkpoint format {meta.get('format_version')!r} is not supported "
-                f"(this charlstm reads formats {', '.join(map(str, READABLE_FORMATS))})")
-        config = TrainConfig.from_json_dict(meta["hyperparameters"])
+            raise CheckpointError(upgrade or (
+                f"checkpoint format {meta.get('format_version')!r} is not one charlstm writes "
+                f"(this charlstm reads formats {', '.join(map(str, READABLE_FORMATS))})"))
+        try:
+            config = TrainConfig.from_json_dict(meta["hyperparameters"])
+        except (ValueError, TypeError) as e:
+            if upgrade is not None:  # settings this version does not know
+                raise CheckpointError(f"{upgrade} ({_short(e)})") from None
+            raise
         corpus_files = [CorpusFile(str(f["path"]), str(f["sha256"])) for f in meta["corpus"]]
         history = meta.get("history", [])
         origin = meta.get("origin", {})
@@ -382,6 +447,26 @@ def _parse_meta(meta_raw: np.ndarray):
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise CheckpointError(f"checkpoint configuration is unreadable ({e})") from None
     return config, corpus_files, history, origin
+
+
+def _version_key(version: str) -> tuple:
+    """"1.10.2rc1" -> (1, 10, 2): the release numbers, for comparing versions."""
+    release = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(n) for n in release.group().split(".")) if release else ()
+
+
+def _upgrade_needed(meta: dict) -> str | None:
+    """When a newer charlstm than this one wrote the checkpoint described by ``meta`` (a
+    later version, or a checkpoint format after this one's), the message saying so and
+    to upgrade; else None."""
+    version, fmt = meta.get("charlstm_version"), meta.get("format_version")
+    upgrade = "upgrade charlstm to read it"
+    if isinstance(version, str) and _version_key(version) > _version_key(__version__):
+        return f"written by charlstm {version}, newer than this one ({__version__}): {upgrade}"
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > CHECKPOINT_FORMAT:
+        return (f"written by a newer charlstm than this one ({__version__}): its checkpoint "
+                f"format is {fmt}, this one reads {', '.join(map(str, READABLE_FORMATS))}; {upgrade}")
+    return None
 
 
 def from_arrays(arrays: dict[str, np.ndarray]) -> Checkpoint:

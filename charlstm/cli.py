@@ -34,7 +34,7 @@ INVOCATION_STARTED = time.perf_counter() - _process_age()
 
 import click
 
-from charlstm import __version__
+from charlstm import __version__, standard_output
 from charlstm.bench import QUALITY_RECIPES
 from charlstm.config import CELLS, DEFAULTS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_duration
 from charlstm.cpu import DEFAULT_PRECISION, PRECISION_CHOICES
@@ -186,7 +186,10 @@ class _Group(click.Group):
             return (ctx.obj or {}).get("debug")
 
         try:
-            return self._guard_ranks(ctx)
+            result = self._guard_ranks(ctx)
+            if sys.stdout is not None:
+                sys.stdout.flush()  # fails here, as a user error, rather than at exit
+            return result
         except UsageProblem as e:
             if debug():
                 raise
@@ -237,6 +240,9 @@ def main(ctx, debug):
             # name in `info`) goes out as the bytes it was.
             stream.reconfigure(encoding="utf-8", errors="surrogateescape" if stream is sys.stdout
                                else "backslashreplace")
+    # A full disk or a file size limit under `> FILE` is then one line, never a
+    # traceback or text silently cut (standard_output.py).
+    standard_output.guard()
 
 
 def _read_run_file(ctx, param, value):
@@ -604,7 +610,7 @@ def _read_checkpoint(checkpoint):
 def _repeat_note(history: list) -> str:
     """The last line of `info --toml`'s header: how the file repeats the run, or why it
     cannot on its own (a run started from another's weights, or resumed with changes)."""
-    from charlstm.run import RESUMABLE
+    from charlstm.config import RESUMABLE
 
     budgets = {"steps", "epochs", "time_limit", "save_every", "eval_every", "log_every", "threads"}
     if any("init_from" in e for e in history):
@@ -744,12 +750,7 @@ def export(checkpoint, fmt, output):
     from charlstm import export as exports
 
     output = Path(output)
-    folder = fmt in ("hf", "tensorboard")
-    if folder and output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise UserError(f"{output} already exists and is not an empty directory; remove it or "
-                        f"choose another -o")
-    if not folder and output.is_dir():
-        raise UserError(f"{output} is a directory; give -o the file to write")
+    exports.check_output(checkpoint, output, fmt)
     try:
         if fmt == "tensorboard":
             rows = exports.export_tensorboard(Path(checkpoint), output)
@@ -760,7 +761,8 @@ def export(checkpoint, fmt, output):
         {"safetensors": exports.export_safetensors, "onnx": exports.export_onnx,
          "hf": exports.export_hf}[fmt](ckpt, output)
     except OSError as e:
-        raise UserError(f"cannot write {output} ({e.strerror or e}); choose another -o") from None
+        raise UserError(f"cannot write {output} ({e.strerror or e}); nothing was written: "
+                        f"free space or choose another -o") from None
     click.echo(str(output))
 
 

@@ -11,11 +11,28 @@ from .cells import CELL_TABLE, FORGET_GATE_CELLS
 
 CELLS = tuple(CELL_TABLE)
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
+# The state each optimizer keeps per parameter, under PyTorch's names (optim.py). Here, not
+# with the optimizers, so reading a checkpoint (info, export) imports no kernel.
+STATISTICS = {
+    "adam": ("exp_avg", "exp_avg_sq"),
+    "sgd": ("momentum_buffer",),
+    "rmsprop": ("square_avg",),
+    "adagrad": ("sum",),
+}
 LR_SCHEDULES = ("constant", "cosine", "step")
 STEP_WEIGHT_COPIES = ("stored", "transposed", "packed", "panels")
 # The precision of a training step's matrix products: float32, or bfloat16 operands with
 # float32 accumulation (mixed precision; kernels/bf16.py). Everything else is float32.
 PRECISIONS = ("float32", "bfloat16")
+
+# Settings `resume` may change: they steer how training goes on without changing what
+# the checkpoint holds (the model's shape, the optimizer's statistics, the data layout).
+# Here, not in run.py, so `info` reads a run's history without importing the trainer.
+RESUMABLE = ("lr", "lr_schedule", "warmup", "lr_decay", "lr_decay_every", "lr_min",
+             "lr_horizon", "clip", "dropout", "weight_decay", "steps", "epochs",
+             "time_limit", "save_every", "eval_every", "log_every", "val_chars", "threads", "ranks",
+             "patience", "min_delta",
+             "corpus", "encoding", "blas", "step_weights", "precision")
 
 # Gates per cell: the G in PyTorch's [G*H, in] weight layout.
 GATES = {name: cell.gates for name, cell in CELL_TABLE.items()}
@@ -212,7 +229,7 @@ RULES = {
     "lr_horizon_time": _real_in(0),
     "seed": _int_at_least(0),
     "threads": _int_at_least(1),
-    "blas": None,  # filled in below: its parser lives with the kernels
+    "blas": None,  # filled in below: its parser lives with the BLAS libraries
     "step_weights": None,
     "precision": _one_of(PRECISIONS),
     "steps": _optional(_int_at_least(0)),
@@ -260,7 +277,7 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 
 def _parse_blas(text):
-    from .kernels.blas import parse_blas
+    from .kernels.blas_libraries import parse_blas
 
     return parse_blas(text)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import sys
 import typing
 from pathlib import Path
@@ -61,20 +62,84 @@ def _check_type(name: str, value, where: str):
     }[kind](value)
     if not ok:
         raise UserError(f"{where}: key {name!r} must be {kind}, not {value!r}")
-    return tuple(value) if name == "corpus" else value
+    if name == "corpus":
+        for spec in value:
+            if re.search(r"[\x00-\x1f]", spec) and not Path(spec).exists():
+                raise UserError(
+                    f"{where}: key 'corpus' holds {spec!r}, with a control character that an "
+                    f"escape such as \\t or \\n made; in \"double quotes\" a backslash starts "
+                    f"an escape: write Windows paths in 'single quotes' or with /")
+        return tuple(value)
+    return value
 
 
 def load_document(path) -> dict:
-    """The TOML document in ``path``. Raises UserError for a missing or unreadable file
-    and for TOML syntax errors."""
+    """The TOML document in ``path``, as editors save it: a UTF-8 byte-order mark
+    (Notepad), UTF-16 or UTF-32 with a byte-order mark (Notepad's "Unicode"), CRLF or
+    old Mac (CR) line endings, no newline at the end and tabs all read. Raises UserError,
+    one line naming the file, the problem and the fix, for a missing or unreadable file,
+    bytes that are not UTF-8, zero bytes (UTF-16 without a byte-order mark, a tail a crash
+    filled with zeros) and TOML syntax errors."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        data = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {path} ({e.strerror or e})") from None
+    text = _decode(path, data)
+    if "\r" in text and "\n" not in text:
+        text = text.replace("\r", "\n")  # old Mac line endings; a TOML value never holds a bare CR
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path} is not valid TOML: {e}") from None
+        raise UserError(f"{path} is not valid TOML: {e}{_syntax_hint(text, str(e))}") from None
+
+
+def _syntax_hint(text: str, error: str) -> str:
+    """For a TOML syntax error: what the line it names probably needs (Windows paths in
+    double quotes, where a backslash starts an escape), else ""."""
+    at = re.search(r"at line (\d+)", error)
+    lines = text.splitlines()
+    line = lines[int(at.group(1)) - 1] if at and 0 < int(at.group(1)) <= len(lines) else ""
+    if "\\" in line and '"' in line:
+        return (" (in \"double quotes\" a backslash starts an escape: write Windows paths in "
+                "'single quotes' or with /)")
+    curly = sorted(set(line) & set("\u201c\u201d\u2018\u2019\u201e\u00ab\u00bb"))
+    if curly:
+        return (f" (the line has typographic quotes {''.join(curly)}, as a word processor or "
+                f"an editor's smart quotes make them: TOML needs straight \" or ')")
+    if "\u00a0" in line or "\u3000" in line:
+        return " (the line has a non-breaking or full-width space where TOML needs a plain space)"
+    return ""
+
+
+def _decode(path: Path, data: bytes) -> str:
+    """The text of a TOML file's bytes (see ``load_document``)."""
+    from .corpus import _utf16_hint, bom_encoding, suggest_encoding
+
+    encoding = bom_encoding(data[:4]) or "utf-8-sig"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        if encoding != "utf-8-sig":
+            raise UserError(f"{path}: not valid {encoding} at byte {e.start}, though it starts "
+                            f"with a {encoding.upper()} byte-order mark; save it again, as UTF-8") from None
+        guess = suggest_encoding(data, "utf-8")
+        raise UserError(
+            f"{path}: not UTF-8 at byte {e.start} (it reads as {guess}); TOML files are UTF-8: "
+            f"save it as UTF-8, e.g. iconv -f {guess} -t utf-8 {path} > {path}.new && "
+            f"mv {path}.new {path}") from None
+    if "\x00" in text:
+        stripped = text.rstrip("\x00")
+        if "\x00" not in stripped:
+            raise UserError(f"{path} ends in {len(text) - len(stripped):,} zero bytes, as a crash "
+                            f"while it was saved can leave a file; check the end of the file and "
+                            f"save it again") from None
+        utf16 = _utf16_hint(data[:4096])
+        if utf16:
+            raise UserError(f"{path} is UTF-16 without a byte-order mark; save it as UTF-8") from None
+        raise UserError(f"{path} holds zero bytes (at character {text.index(chr(0)):,}); it is not "
+                        f"a text file: give the TOML file") from None
+    return text
 
 
 def option(key: str, value, where: str) -> tuple[str, object]:
@@ -89,6 +154,10 @@ def option(key: str, value, where: str) -> tuple[str, object]:
             raise UserError(f"{where}: key {key!r}: {e}") from None
     if key in _FIELDS:
         return key, _check_type(key, value, where)
+    spelled = key.strip().lower().replace("-", "_").lstrip("_")
+    if spelled in _FIELDS or spelled in EXTRA_KEYS:
+        raise UserError(f"{where}: unknown key {key!r}; write it {spelled} (the option's name "
+                        f"with _ for -)")
     raise UserError(f"{where}: unknown key {key!r}; the keys are train's options: "
                     f"{', '.join(sorted([*_FIELDS, *EXTRA_KEYS]))}")
 
@@ -106,12 +175,37 @@ def read(path) -> dict:
     missing or unreadable file, TOML syntax errors, a missing table, unknown keys and
     values of the wrong type."""
     document = load_document(path)
+    for name, value in document.items():
+        if name == TABLE:
+            continue
+        if isinstance(value, dict):
+            sweep = (" (a sweep file: run it with `charlstm sweep FILE`)"
+                     if name in ("grid", "sweep") else "")
+            raise UserError(f"{path}: unknown table [{name}]; a run configuration file has one "
+                            f"table, [{TABLE}]{sweep}")
+        raise UserError(f"{path}: {misplaced_key(name, {TABLE: is_train_key})}")
     table = document.get(TABLE)
-    if isinstance(table, dict):
-        other = sorted(k for k in document if k != TABLE)
-        if other:
-            raise UserError(f"{path}: unknown table or key {other[0]!r} outside [{TABLE}]")
+    if TABLE in document and not isinstance(table, dict):
+        raise UserError(f"{path}: {TABLE!r} is a key here, not a table; write [{TABLE}] on a "
+                        f"line of its own, with the options on the lines under it")
     return train_options(table, str(path))
+
+
+def is_train_key(key: str) -> bool:
+    """Whether ``key`` is one a [train] table takes."""
+    return key in _FIELDS or key in EXTRA_KEYS
+
+
+def misplaced_key(key: str, homes: dict) -> str:
+    """The message for ``key`` found outside every table (TOML puts the keys above the
+    first [table] line in none): the table it belongs in, the first of ``homes`` (table
+    name -> test of a key) whose test it passes, or that no table takes it."""
+    for table, takes in homes.items():
+        if takes(key):
+            return (f"key {key!r} is outside every table (keys above the first [table] line "
+                    f"are in none); move it under [{table}]")
+    tables = ", ".join(f"[{t}]" for t in homes)
+    return f"unknown key {key!r}, outside every table; this file's tables are {tables}"
 
 
 def write_options(options: dict, comment: str = "") -> str:

@@ -73,7 +73,8 @@ def resolve_paths(specs, skipped: list | None = None) -> list[Path]:
     each file once however it is named. A directory walk (and a glob) leaves out hidden
     entries, files that look binary (``binary_reason``), charlstm's own run directories,
     symbolic links to directories (not followed, so a walk never loops) and anything that
-    is not a regular file; each one left out is appended to ``skipped``, if given, as
+    is not a regular file, and a walk editors' backup copies (``is_editor_backup``);
+    each one left out is appended to ``skipped``, if given, as
     "PATH: why", so the caller can say so. A path named directly is never left out: it is
     read, or refused with an error naming it (a pipe, a device, a broken link)."""
     skipped = skipped if skipped is not None else []
@@ -113,6 +114,13 @@ def resolve_paths(specs, skipped: list | None = None) -> list[Path]:
     return sorted(found.values(), key=lambda p: str(p))
 
 
+def is_editor_backup(name: str) -> bool:
+    """Whether a file name is an editor's copy of another file: ``notes.txt~`` (a backup:
+    Emacs, vim, gedit) or ``#notes.txt#`` (Emacs's autosave). A walk that read them would
+    train on the text twice, old and new."""
+    return name.endswith("~") or (len(name) > 2 and name.startswith("#") and name.endswith("#"))
+
+
 def is_run_directory(path: Path) -> bool:
     """A directory charlstm trains in (its lock file or last checkpoint is there)."""
     return (path / ".lock").is_file() or (path / "last.npz").is_file()
@@ -140,6 +148,9 @@ def _walk_text_files(root: Path, skipped: list):
             p = Path(dirpath) / name
             if name.startswith("."):
                 skipped.append(f"{p}: a hidden file")
+                continue
+            if is_editor_backup(name):
+                skipped.append(f"{p}: an editor's backup or autosave copy (name it to read it)")
                 continue
             if not p.is_file():
                 skipped.append(f"{p}: {'a broken symbolic link' if p.is_symlink() else 'not a regular file'}")
@@ -186,6 +197,14 @@ def binary_reason(head: bytes) -> str | None:
     if head and controls > len(head) * _BINARY_SHARE:
         return f"{controls} of its first {len(head)} bytes are NUL or other control bytes"
     return None
+
+
+def _ascii_compatible(encoding: str) -> bool:
+    """Whether ``encoding`` reads ASCII bytes as ASCII (UTF-16 and UTF-32 do not)."""
+    try:
+        return b"azAZ09 .\n".decode(encoding) == "azAZ09 .\n"
+    except (UnicodeError, LookupError):
+        return False
 
 
 def _is_utf8(encoding: str) -> bool:
@@ -296,18 +315,198 @@ def suggest_encoding(data: bytes, asked: str) -> str:
     return best
 
 
-def damaged_utf8(data: bytes, at_end: bool) -> str | None:
-    """When ``data`` is UTF-8 text with a few bad bytes (or cut mid-character at the end
-    of the file, when ``at_end``), a note saying so: no other encoding is what was
-    meant. None when the bytes do not look like UTF-8 at all."""
+def damaged_utf8(data: bytes) -> str | None:
+    """When ``data`` is UTF-8 text with a few bad bytes, a note saying so: no other
+    encoding is what was meant. None when the bytes do not look like UTF-8 at all. (A
+    file cut inside its last character is told apart as it is read: ``decoded_blocks``.)"""
     text = data.decode("utf-8", errors="replace")
     bad = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
     good = sum(1 for c in text if c > "\x7f" and c != "\ufffd")
     if bad and good >= 4 * bad:
         return f"it is UTF-8 apart from {bad} damaged byte sequence{'s' if bad > 1 else ''}"
-    if at_end and bad == 1 and text.endswith("\ufffd"):
-        return "it is UTF-8 cut off in the middle of its last character"
     return None
+
+
+class NotDecodable(UserError):
+    """A file that the encoding it is read with cannot decode; the message names the
+    byte and the fix (``encoding_advice``). ``cut_off``: the file's only fault is a
+    last character it does not finish, whatever the other files are."""
+
+    def __init__(self, message: str, path: Path, encoding: str, offset: int, cut_off: bool = False):
+        super().__init__(message)
+        self.path, self.encoding, self.offset, self.cut_off = path, encoding, offset, cut_off
+
+
+@dataclass
+class _Survey:
+    """How one file reads, for advice that is right for the whole input."""
+    path: Path
+    kind: str  # "ascii", "utf-8" (with non-ASCII characters), "bom" (UTF-16/32 by its mark),
+    #            "damaged" (UTF-8 with faults), "mixed" (UTF-8 and another encoding), "other"
+    codec: str | None = None  # "other" and "mixed": the encoding its other bytes read best as
+    example: str | None = None  # "utf-8": its first non-ASCII character
+    damage: str | None = None  # "damaged": damaged_utf8's note
+
+
+def _genuine_utf8(data: bytes) -> bool:
+    """Whether the byte sequences of ``data`` that are valid UTF-8 (and not ASCII) read
+    as what a person wrote: UTF-8 text, not bytes of another encoding that happen to form
+    UTF-8 sequences (in cp1252, "ß“" is the UTF-8 of an N'Ko letter)."""
+    text = data.decode("utf-8", errors="replace").replace("\ufffd", " ")
+    return not text.isascii() and _plausibility(text[:200_000]) > 0.5
+
+
+def _survey(path: Path, asked: str) -> _Survey:
+    """Read ``path`` through and say how it reads (``_Survey``); ``asked``: the encoding
+    the user gave, which a file that is not UTF-8 is taken to be in when it decodes it."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    example, block = None, b""
+    with open(path, "rb") as f:
+        for k, block in enumerate(iter(lambda: f.read(BLOCK_BYTES), b"")):
+            if k == 0 and bom_encoding(block[:4]) is not None:
+                return _Survey(path, "bom", bom_encoding(block[:4]))
+            try:
+                text = decoder.decode(block)
+            except UnicodeDecodeError:
+                break
+            if example is None and not text.isascii():
+                example = next(c for c in text if c > "\x7f")
+        else:
+            try:
+                decoder.decode(b"", final=True)
+                return _Survey(path, "ascii" if example is None else "utf-8", example=example)
+            except UnicodeDecodeError:
+                if example is not None:  # UTF-8 text, cut short
+                    return _Survey(path, "damaged", damage="it is UTF-8 cut off inside its last character")
+                # ASCII, then one byte above 0x7F: more likely "café" in cp1252 than cut UTF-8
+    damage = damaged_utf8(block)
+    if damage is not None:
+        return _Survey(path, "damaged", damage=damage)
+    if example is not None or _genuine_utf8(block):
+        return _Survey(path, "mixed", suggest_encoding(_not_utf8_bytes(block), "utf-8"))
+    codec = asked if not _is_utf8(asked) and _decodes(path, asked) else suggest_encoding(block, "utf-8")
+    return _Survey(path, "other", codec)
+
+
+def _not_utf8_bytes(data: bytes) -> bytes:
+    """``data`` with its valid non-ASCII UTF-8 sequences blanked out: the bytes of the
+    other encoding in a file that mixes it with UTF-8, for ``suggest_encoding``."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    return "".join(c if c < "\x80" else chr(ord(c) - 0xDC00) if "\udc80" <= c <= "\udcff" else " "
+                   for c in text).encode("latin-1")
+
+
+def _decodes(path: Path, encoding: str) -> bool:
+    """Whether ``encoding`` decodes the whole of ``path``."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(BLOCK_BYTES), b""):
+                decoder.decode(block)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _listed(names: list, limit: int = 3) -> str:
+    """"a", "a and b", "a, b and c", or "a, b, c and 4 more"."""
+    if len(names) > limit:
+        return f"{', '.join(names[:limit])} and {len(names) - limit} more"
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def utf8_misread_note(paths, encoding: str) -> str | None:
+    """When ``encoding`` (asked for, not UTF-8) reads files of ``paths`` that are UTF-8
+    as other characters ("é" as "Ã©" in cp1252), a line naming them; else None. A file
+    counts as UTF-8 when its first BLOCK_BYTES are valid UTF-8 with non-ASCII characters
+    (text in another encoding almost never is); byte-order-marked files are read by their
+    mark, not by ``encoding``."""
+    if _is_utf8(encoding) or not _ascii_compatible(encoding):
+        return None
+    misread = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(BLOCK_BYTES)
+        except OSError:
+            continue  # reading it will say why
+        if head.isascii() or bom_encoding(head[:4]) is not None:
+            continue
+        try:
+            text = codecs.getincrementaldecoder("utf-8")().decode(head)
+        except UnicodeDecodeError:
+            continue
+        example = next((c for c in text if c > "\x7f"), None)
+        if example is not None:
+            misread.append((str(path), example))
+    if not misread:
+        return None
+    c = misread[0][1]
+    wrong = c.encode("utf-8").decode(encoding, errors="replace")
+    names = _listed([p for p, _ in misread])
+    one = len(misread) == 1
+    return (f"{names} {'is' if one else 'are'} valid UTF-8, which --encoding {encoding} reads "
+            f"as other characters ({c!r} as {wrong!r}): if {'it is' if one else 'they are'} "
+            f"UTF-8, convert the files that are not to UTF-8 (iconv -f {encoding} -t utf-8) "
+            f"and drop --encoding")
+
+
+def encoding_advice(paths, failing: Path, used: str, offset: int, several: bool) -> str:
+    """The one-line error for ``failing`` (one of ``paths``, the whole input), which
+    ``used`` (the encoding asked for, ASCII-compatible) cannot decode at byte ``offset``:
+    what to do, right for every file. An encoding is recommended only if it reads every
+    file as written, never one under which files or parts of a file that are valid UTF-8
+    would read as other characters: a mix of UTF-8 and cp1252 files is told to convert
+    the cp1252 ones, with the command. A file that is UTF-8 apart from damage is told so."""
+    surveys = []
+    for p in paths:
+        try:
+            surveys.append(_survey(Path(p), used))
+        except OSError:
+            if Path(p) == Path(failing):
+                raise UserError(f"{failing}: not valid {used} at byte {offset}, and cannot be read "
+                                f"again; check the file") from None
+            # reading it in its turn will say why
+    this = next(s for s in surveys if Path(s.path) == Path(failing))
+    where = f"{failing}: not valid {used} at byte {offset}"
+    if this.kind == "damaged":
+        return f"{where}: {this.damage}; repair or remove the bytes there"
+    if this.kind == "mixed":
+        return (f"{where}: the file mixes UTF-8 with text in another encoding (the bytes there "
+                f"read as {this.codec}), so no --encoding reads all of it as written; save the "
+                f"parts that are not UTF-8 again as UTF-8, or remove them")
+    utf8 = [s for s in surveys if s.kind in ("utf-8", "mixed", "damaged")]
+    bom = [s for s in surveys if s.kind == "bom"]
+    other = [s for s in surveys if s.kind == "other"]
+    convert = ""
+    if other:
+        first = other[0]
+        convert = (f"convert the files that are not UTF-8 to UTF-8: "
+                   f"{_listed([f'{s.path} ({s.codec})' for s in other])}, e.g. iconv -f "
+                   f"{first.codec} -t utf-8 {first.path} > {first.path}.new && mv {first.path}.new {first.path}")
+    if this.kind in ("ascii", "utf-8"):  # the encoding asked for is the mistake
+        if not other:
+            return f"{where}: it is UTF-8, as is every file given; pass --encoding utf-8 (the default)"
+        return f"{where}: it is UTF-8; {convert}, then pass --encoding utf-8 (the default)"
+    if not utf8 and not bom and len({s.codec for s in other}) == 1:
+        share = "; all files must share one encoding" if several else ""
+        return (f"{where}; pass --encoding with the file's encoding (its bytes read best as "
+                f"--encoding {this.codec}){share}")
+    if utf8:
+        garbled = ""
+        sample = next((s for s in utf8 if s.example), None)
+        if sample is not None:
+            wrong = sample.example.encode("utf-8").decode(this.codec, errors="replace")
+            garbled = f" ({sample.example!r} would read as {wrong!r})"
+        why = (f"but {_listed([str(s.path) for s in utf8])} {'is' if len(utf8) == 1 else 'are'} "
+               f"UTF-8, which --encoding {this.codec} would garble{garbled}")
+    elif bom:
+        why = (f"but {_listed([str(s.path) for s in bom])} {'is' if len(bom) == 1 else 'are'} "
+               f"UTF-16 or UTF-32 (by a byte-order mark), which --encoding {this.codec} would not read")
+    else:
+        why = "but the files that are not UTF-8 are not all in one encoding, and --encoding takes one"
+    return f"{where}: it reads as {this.codec}, {why}; {convert}"
 
 
 def decoded_blocks(path: Path, encoding: str, several: bool = False):
@@ -326,6 +525,9 @@ def decoded_blocks(path: Path, encoding: str, several: bool = False):
         offset = 0
         at_start = True
         decoder = None
+        # Evidence that the encoding is right: a file that is ASCII up to one byte above
+        # 0x7F at its end is more likely "café" in cp1252 than UTF-8 cut inside a character.
+        decoded_non_ascii = False
         while True:
             try:
                 block = f.read(BLOCK_BYTES)
@@ -340,20 +542,28 @@ def decoded_blocks(path: Path, encoding: str, several: bool = False):
                 text = decoder.decode(block, final=final)
             except UnicodeDecodeError as e:
                 where = offset - pending + e.start
-                several_hint = "; all files must share one encoding" if several else ""
-                damage = damaged_utf8(block, at_end=len(block) < BLOCK_BYTES) if _is_utf8(used) else None
-                if damage:
-                    raise UserError(f"{path}: not valid {used} at byte {where}: {damage}; repair "
-                                    f"or remove the bytes there{several_hint}") from None
-                raise UserError(
-                    f"{path}: not valid {used} at byte {where}; pass --encoding with the file's "
-                    f"encoding (its bytes read best as --encoding "
-                    f"{suggest_encoding(block, used)}){several_hint}") from None
+                if final and (decoded_non_ascii or not _ascii_compatible(used)):
+                    # the only fault: a last character cut short
+                    raise NotDecodable(
+                        f"{path}: cut off inside a character: "
+                        f"{'its last byte is' if pending == 1 else f'its last {pending} bytes are'} "
+                        f"the start of a {used} character that the file does not finish (a copy "
+                        f"cut short, or `head -c`); give the whole file, or remove the unfinished "
+                        f"character (truncate -s -{pending} {path})", path, used, where,
+                        cut_off=True) from None
+                if used != encoding or not _ascii_compatible(used):
+                    raise NotDecodable(
+                        f"{path}: not valid {used} at byte {where}; pass --encoding with the "
+                        f"file's encoding (its bytes read best as --encoding "
+                        f"{suggest_encoding(block, used)})", path, used, where) from None
+                raise NotDecodable(encoding_advice([path], path, used, where, several),
+                                   path, used, where) from None
             except UnicodeError as e:  # not a decode error: UTF-16/32 without a byte-order mark
                 order = (f"name the byte order, e.g. --encoding {used}-le, or "
                          if used.lower().replace("_", "-") in ("utf-16", "utf-32") else "")
                 raise UserError(f"{path}: not valid {used} ({e}); {order}pass the file's "
                                 f"encoding") from None
+            decoded_non_ascii = decoded_non_ascii or not text.isascii()
             if _SURROGATE.search(text):
                 raise UserError(
                     f"{path}: --encoding {used} turns it into unpaired surrogates "
@@ -378,12 +588,18 @@ def corpus_blocks(paths, encoding: str):
     needs_newline = False
     for path in paths:
         last = None
-        for text in decoded_blocks(path, encoding, several):
-            if needs_newline:
-                yield "\n"
-                needs_newline = False
-            yield text
-            last = text
+        try:
+            for text in decoded_blocks(path, encoding, several):
+                if needs_newline:
+                    yield "\n"
+                    needs_newline = False
+                yield text
+                last = text
+        except NotDecodable as e:
+            if not several or e.cut_off or e.encoding != encoding or not _ascii_compatible(encoding):
+                raise
+            raise NotDecodable(encoding_advice(paths, path, e.encoding, e.offset, several),
+                               path, e.encoding, e.offset) from None
         if last is not None:
             needs_newline = not last.endswith("\n")
 

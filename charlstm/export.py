@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +33,20 @@ from . import __version__
 from .checkpoint import Checkpoint
 from .config import TrainConfig
 from .errors import UserError
+from .files import atomic_directory, atomic_write, print_warning, read_json_lines
 
 FORMATS = ("safetensors", "onnx", "hf", "tensorboard")
 EXTRA_OF = {"safetensors": "safetensors", "onnx": "onnx", "hf": "safetensors",
             "tensorboard": "tensorboard"}
 ONNX_OPSET = 17
+FOLDER_FORMATS = ("hf", "tensorboard")
 HF_WEIGHTS, HF_CONFIG, HF_VOCAB, HF_CARD = "model.safetensors", "config.json", "vocab.json", "README.md"
+# What training and sweeps write in a run directory (tokens/ is the token cache,
+# tensorboard/ train --tensorboard's default), and the files a run is recognised by.
+RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl", ".lock", "tokens", "tensorboard",
+             "trial.json", "trial.toml")
+RUN_MARKERS = ("last.npz", "best.npz", "metrics.jsonl")
+ANOTHER = "choose another -o"
 
 
 def _need(module: str, fmt: str):
@@ -54,11 +64,95 @@ def _metadata(ckpt: Checkpoint) -> dict:
             "step": str(ckpt.step), "best_val_bpc": repr(float(ckpt.best_val_bpc))}
 
 
+def check_output(source, output, fmt: str) -> None:
+    """Refuse an export to ``output`` that would replace what it reads (``source``, a
+    checkpoint, run directory or hf folder, under any spelling or symlink), an existing
+    charlstm checkpoint, a file of a run directory (RUN_FILES, kept checkpoints, their
+    temporaries), or, for a folder format, a directory that is or is inside a run
+    directory. Raises UserError naming the fix."""
+    output, folder = Path(output), fmt in FOLDER_FORMATS
+    target = output.resolve()
+    _check_outside_runs(output, target, fmt)
+    if any(target == path or _same_file(target, path) for path in _inputs(Path(source))):
+        raise UserError(f"-o {output} is what this export reads; write the export to a new "
+                        f"path: {ANOTHER}")
+    if target.is_file() and _is_checkpoint(target):
+        raise UserError(f"-o {output} is a charlstm checkpoint, which an export never "
+                        f"replaces: {ANOTHER}")
+    if folder and output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise UserError(f"{output} already exists and is not an empty directory; remove it or "
+                        f"{ANOTHER}")
+    if not folder and output.is_dir():
+        raise UserError(f"{output} is a directory; give -o the file to write")
+
+
+def _check_outside_runs(output: Path, target: Path, fmt: str) -> None:
+    """Refuse ``target`` (``output`` resolved) when it is a run's file or inside a
+    folder of a run, or, for a folder format, a run directory or inside one."""
+    for run_dir in (target, *target.parents):
+        if not _is_run_directory(run_dir):
+            continue
+        if fmt in FOLDER_FORMATS:
+            where = "is the run directory" if run_dir == target else "is inside the run directory"
+            raise UserError(f"-o {output} {where} {run_dir}; a --format {fmt} folder goes "
+                            f"outside runs: {ANOTHER}")
+        if run_dir != target:
+            name = target.relative_to(run_dir).parts[0]
+            if _belongs_to_run(name):
+                what = (f"is {name}, a file" if target.parent == run_dir
+                        else f"is inside {name}, a folder")
+                raise UserError(f"-o {output} {what} of the run in {run_dir}, which an export "
+                                f"never replaces: {ANOTHER}")
+
+
+def _inputs(source: Path) -> list[Path]:
+    """The paths an export of ``source`` reads, resolved: the file, or the directory
+    and what a reader takes from it."""
+    source = Path(source).resolve()
+    if not source.is_dir():
+        return [source]
+    names = (HF_WEIGHTS, HF_CONFIG, HF_VOCAB, HF_CARD, *RUN_MARKERS)
+    return [source, *(source / name for name in names)]
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # a hard link too
+    except OSError:
+        return False
+
+
+def _is_run_directory(path: Path) -> bool:
+    return path.is_dir() and any((path / name).is_file() for name in RUN_MARKERS)
+
+
+def _belongs_to_run(name: str) -> bool:
+    """Whether a run writes a file or folder called ``name`` at its top level."""
+    return (name in RUN_FILES or (name.startswith("best-before-step-") and name.endswith(".npz"))
+            or any(name.startswith(f".{run_file}.") for run_file in RUN_FILES))
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a zip holding an array named config, as every charlstm
+    checkpoint does (numpy's own .npz files hold other names)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "config.npy" in archive.namelist()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, NotImplementedError):
+        return False
+
+
 def export_safetensors(ckpt: Checkpoint, path: Path) -> None:
-    """``ckpt``'s parameters to a .safetensors file at ``path`` (see the module's text)."""
+    """``ckpt``'s parameters to a .safetensors file at ``path`` (see the module's text),
+    written whole or not at all. Raises OSError when it cannot be written."""
+    with atomic_write(path, parents=True) as f:
+        f.write(_safetensors_bytes(ckpt))
+
+
+def _safetensors_bytes(ckpt: Checkpoint) -> bytes:
     numpy_api = _need("safetensors.numpy", "safetensors")
     tensors = {name: np.ascontiguousarray(view) for name, view in ckpt.params.items()}
-    numpy_api.save_file(tensors, str(path), metadata=_metadata(ckpt))
+    return numpy_api.save(tensors, metadata=_metadata(ckpt))
 
 
 def load_safetensors(path: Path) -> Checkpoint:
@@ -209,8 +303,12 @@ def onnx_model(ckpt: Checkpoint):
 
 
 def export_onnx(ckpt: Checkpoint, path: Path) -> None:
+    """``ckpt``'s network as an ONNX file at ``path``, written whole or not at all.
+    Raises OSError when it cannot be written."""
     onnx = _need("onnx", "onnx")
-    onnx.save(onnx_model(ckpt), str(path))
+    model = onnx_model(ckpt)
+    with atomic_write(path, parents=True) as f:
+        onnx.save(model, f)
 
 
 def model_card(ckpt: Checkpoint, sample: str) -> str:
@@ -234,44 +332,65 @@ def model_card(ckpt: Checkpoint, sample: str) -> str:
 
 
 def export_hf(ckpt: Checkpoint, folder: Path) -> None:
-    """An hf folder for ``ckpt`` (see the module's text)."""
-    import numpy as np
-
+    """An hf folder for ``ckpt`` (see the module's text), built beside ``folder`` and
+    renamed into place whole. Raises OSError when it cannot be written; nothing of it
+    is left then."""
     from .sample import Sampler
 
-    folder.mkdir(parents=True, exist_ok=True)
-    export_safetensors(ckpt, folder / HF_WEIGHTS)
-    (folder / HF_CONFIG).write_text(json.dumps({
+    weights = _safetensors_bytes(ckpt)
+    config = json.dumps({
         "library_name": "charlstm", "charlstm_version": __version__,
         "config": ckpt.config.to_json_dict(), "step": ckpt.step,
         "best_val_bpc": None if math.isnan(ckpt.best_val_bpc) else ckpt.best_val_bpc,
-        "corpus": [{"path": f.path, "sha256": f.sha256} for f in ckpt.corpus_files]}, indent=2),
-        encoding="utf-8")
-    (folder / HF_VOCAB).write_text(json.dumps([ord(c) for c in ckpt.vocab.chars]), encoding="utf-8")
+        "corpus": [{"path": f.path, "sha256": f.sha256} for f in ckpt.corpus_files]}, indent=2)
     sampler = Sampler(ckpt)
     rng = np.random.default_rng(0)
     sampler.prime("", rng)
     sample = "".join(sampler.stream(300, 0.8, 0, rng))
-    (folder / HF_CARD).write_text(model_card(ckpt, sample), encoding="utf-8")
+    with atomic_directory(folder) as building:
+        (building / HF_WEIGHTS).write_bytes(weights)
+        (building / HF_CONFIG).write_text(config, encoding="utf-8")
+        (building / HF_VOCAB).write_text(json.dumps([ord(c) for c in ckpt.vocab.chars]), encoding="utf-8")
+        (building / HF_CARD).write_text(model_card(ckpt, sample), encoding="utf-8")
 
 
 def is_hf_folder(path: Path) -> bool:
     return Path(path).is_dir() and (Path(path) / HF_WEIGHTS).is_file() and (Path(path) / HF_CONFIG).is_file()
 
 
-def export_tensorboard(run_dir: Path, out: Path) -> int:
-    """The run's metrics.jsonl as TensorBoard events in ``out``; returns the rows written."""
+def export_tensorboard(run_dir: Path, out: Path, warn=print_warning) -> int:
+    """The run's metrics.jsonl as TensorBoard events in ``out``, a folder built beside
+    it and renamed into place whole; returns the rows written. Lines of metrics.jsonl
+    that are not whole rows (cut or zero-filled by a crash) are left out, and ``warn``
+    is given one line saying so. Raises UserError when no row is usable or the folder
+    cannot be written."""
+    from . import checkpoint as ckpt_io
     from .tensorboard import TensorBoardLog
 
     metrics = Path(run_dir) / "metrics.jsonl"
     if not metrics.is_file():
         raise UserError(f"{run_dir} has no metrics.jsonl; --format tensorboard exports a run directory")
-    from . import checkpoint as ckpt_io
-
+    log = read_json_lines(metrics, is_metrics_row)
+    if not log.records:
+        what = log.skipped_note() or f"{metrics} is empty"
+        raise UserError(f"{what}; no metrics row to export: train the run first")
     ckpt = ckpt_io.load(ckpt_io.resolve_checkpoint(run_dir))
-    rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
-    log = TensorBoardLog(out)
-    for row in rows:
-        log.write(row)
-    log.close(ckpt.config, ckpt.best_val_bpc)
-    return len(rows)
+    if log.skipped:
+        warn(log.skipped_note())
+    fix = f"nothing was written: free space or {ANOTHER}"
+    try:
+        with atomic_directory(out) as building:
+            board = TensorBoardLog(building, fix, shown_as=out)
+            for row in log.records:
+                board.write(row)
+            board.close(ckpt.config, ckpt.best_val_bpc)
+    except OSError as e:
+        raise UserError(f"cannot write {out} ({e.strerror or e}); {fix}") from None
+    return len(log.records)
+
+
+def is_metrics_row(record) -> bool:
+    """Whether ``record`` is a metrics.jsonl row: an object with a whole, finite step."""
+    step = record.get("step") if isinstance(record, dict) else None
+    return isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step) \
+        and step == int(step)

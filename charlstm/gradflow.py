@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from .cells import CELL_TABLE
 from .errors import UserError
+from .files import atomic_write
 
 # NumPy, the network and its kernels (Numba) are imported when the command runs, not when
 # the CLI starts.
@@ -211,9 +212,11 @@ def _plot(result: dict, path: str) -> None:
     ax.legend(fontsize="small")
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=120, format="png")
+        with atomic_write(path, parents=True) as f:
+            fig.savefig(f, dpi=120, format="png")
     except OSError as e:
-        raise UserError(f"cannot write {path} ({e.strerror or e})") from None
+        raise UserError(f"cannot write {path} ({e.strerror or e}); nothing was written: free "
+                        f"space or choose another -o") from None
 
 
 def gradflow_report(checkpoint, text: str, length: int = DEFAULT_LENGTH,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .config import TrainConfig
+from .config import STATISTICS, TrainConfig
 from .kernels import optim as kernels
 from .parameters import FlatParams
 
@@ -18,13 +18,6 @@ ADAM_EPS = 1e-8
 RMSPROP_ALPHA = 0.99
 RMSPROP_EPS = 1e-8
 ADAGRAD_EPS = 1e-10
-
-STATISTICS = {
-    "adam": ("exp_avg", "exp_avg_sq"),
-    "sgd": ("momentum_buffer",),
-    "rmsprop": ("square_avg",),
-    "adagrad": ("sum",),
-}
 
 
 class Optimizer:

@@ -6,12 +6,12 @@ API, so no window opens and pyplot's global state is left alone.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .files import atomic_write, print_warning, read_json_lines
 
 MISSING_MATPLOTLIB = "plotting needs matplotlib: pip install 'charlstm[plot]'"
 
@@ -28,35 +28,28 @@ def _finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_metrics(run_dir: Path) -> Curves:
-    """Training and validation bpc of the run in ``run_dir``; UserError if there is none."""
+def read_metrics(run_dir: Path, warn=print_warning) -> Curves:
+    """Training and validation bpc of the run in ``run_dir``. Lines that are not metrics
+    rows (cut off or zero-filled by a crash) are left out, and ``warn`` is given one
+    line saying so. Raises UserError when there is no such run or no value to draw."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run directory")
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{run_dir} holds no metrics.jsonl; is it a charlstm run directory?")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path} ({getattr(e, 'strerror', None) or e})") from None
+    log = read_json_lines(path, lambda row: isinstance(row, dict) and _finite_number(row.get("step"))
+                          and _finite_number(row.get("elapsed")))
     curves = Curves()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if not isinstance(row, dict) or not _finite_number(row.get("step")) \
-                or not _finite_number(row.get("elapsed")):
-            raise UserError(f"{path}, line {number}: not a metrics line (a JSON object with "
-                            f"'step' and 'elapsed')")
+    for row in log.records:
         for key, points in (("train_bpc", curves.train), ("val_bpc", curves.val)):
             if _finite_number(row.get(key)):
                 points.append((row["step"], row["elapsed"], row[key]))
     if not curves.train and not curves.val:
-        raise UserError(f"{path} holds no bits-per-character values yet; train the run first")
+        why = f" ({log.skipped_note()})" if log.skipped else ""
+        raise UserError(f"{path} holds no bits-per-character values yet{why}; train the run first")
+    if log.skipped:
+        warn(log.skipped_note())
     return curves
 
 
@@ -93,16 +86,19 @@ def draw(curves: Curves, title: str, output: Path) -> None:
     axes[1].tick_params(labelleft=True)
     fig.suptitle(title)
     try:
-        fig.savefig(output, format="png")
+        with atomic_write(output, parents=True) as f:
+            fig.savefig(f, format="png")
     except OSError as e:
-        raise UserError(f"cannot write {output} ({e.strerror or e}); choose another -o") from None
+        raise UserError(f"cannot write {output} ({e.strerror or e}); nothing was written: free "
+                        f"space or choose another -o") from None
 
 
-def plot_run(run_dir, output=None) -> Path:
+def plot_run(run_dir, output=None, warn=print_warning) -> Path:
     """Draw the learning curves of the run in ``run_dir`` to ``output`` (default
-    RUN_DIR/curve.png) and return its path. Raises UserError as read_metrics and draw do."""
+    RUN_DIR/curve.png) and return its path; ``warn`` is given one line about lines of
+    metrics.jsonl left out. Raises UserError as read_metrics and draw do."""
     run_dir = Path(run_dir)
-    curves = read_metrics(run_dir)
+    curves = read_metrics(run_dir, warn)
     output = Path(output) if output else run_dir / "curve.png"
     name = run_dir.resolve().name or str(run_dir)
     draw(curves, f"{name}: bits per character", output)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import secrets
 import shutil
 import time
 from pathlib import Path
 
 from . import checkpoint as ckpt_io
 from .budget import apply_recipe, describe, recipe_for, wants_recipe
-from .config import InvalidSetting, TrainConfig, validate
+from .config import RESUMABLE, InvalidSetting, TrainConfig, validate
 from .cpu import bf16_missing, resolve_precision
 from .errors import UsageProblem, UserError
 from .lock import RunLock
@@ -27,13 +28,6 @@ from .tune import fall_back_if_missing, resolve
 
 DEFAULT_EPOCHS = 10  # the budget of a run that names none
 OPTION_OF = {"time_limit": "time"}  # settings whose option is not named after them
-# Settings `resume` may change: they steer how training goes on without changing what
-# the checkpoint holds (the model's shape, the optimizer's statistics, the data layout).
-RESUMABLE = ("lr", "lr_schedule", "warmup", "lr_decay", "lr_decay_every", "lr_min",
-             "lr_horizon", "clip", "dropout", "weight_decay", "steps", "epochs",
-             "time_limit", "save_every", "eval_every", "log_every", "val_chars", "threads", "ranks",
-             "patience", "min_delta",
-             "corpus", "encoding", "blas", "step_weights", "precision")
 # What --init-from takes from its checkpoint: the model's shape and vocabulary.
 ARCHITECTURE = ("cell", "hidden_size", "num_layers")
 
@@ -58,7 +52,30 @@ def token_cache_dir(run_dir: Path) -> Path:
 
 
 def default_run_dir() -> Path:
-    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    """runs/DATE-TIME-MILLISECONDS-XXXX (XXXX random hex): a name that runs started at
+    the same moment, in one directory or on machines that share it, do not share.
+    ``start_run`` creates it exclusively (``claim_new_run_dir``)."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    return Path("runs") / f"{stamp}-{int(now % 1 * 1000):03d}-{secrets.token_hex(2)}"
+
+
+def claim_new_run_dir(out_dir: Path, attempts: int = 100) -> Path:
+    """Create the default-named run directory ``out_dir`` with an exclusive mkdir, so
+    no other process starting a run at the same moment has it; if its name is taken,
+    another fresh name (``default_run_dir``) in the same parent. Returns the directory
+    made. Raises UserError when the parent cannot be written."""
+    for _ in range(attempts):
+        try:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            out_dir.mkdir()
+            return out_dir
+        except FileExistsError:
+            out_dir = out_dir.parent / default_run_dir().name
+        except OSError as e:
+            raise UserError(f"cannot write to {out_dir.parent} ({e.strerror or e}); "
+                            f"choose another --out") from None
+    raise UserError(f"no free run directory name in {out_dir.parent}; give --out")
 
 
 def prepare_run_dir(out_dir: Path, fix: str = "choose another --out") -> None:
@@ -130,6 +147,7 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
     ``retune``: with ``blas`` "auto", measure even if this machine remembers a choice for
     these shapes (tuning_cache.py). The trainer's ``tuning`` says how the choice was made."""
     ranks = ranks if ranks is not None else SingleProcess()
+    fresh = out_dir is None  # a default name, claimed exclusively (claim_new_run_dir)
     out_dir = Path(ranks.bcast(str(out_dir) if out_dir is not None else str(default_run_dir())))
     # Every rank checks and reads the same inputs; what one rank meets, all hear of at
     # the agreement points (ranks.agree), so an error ends every rank the same way.
@@ -171,7 +189,6 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
         # leaves no directory behind.
         trainer = Trainer(config, data, initial_params=source.params if source is not None else None,
                           ranks=ranks)
-        trainer.origin = corpus_origin(out_dir)
         trainer.tuning = choice
         trainer.history.append({"step": 0, "event": "train"})
         if recipe_note is not None:
@@ -182,17 +199,18 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
                                        init_from_corpus=[f.sha256 for f in source.corpus_files])
             trainer.notes.append(f"starting from the weights of {source_path} (step {source.step})")
         if ranks.is_root:  # rank 0 alone writes
-            _claim_run_dir(trainer, out_dir, force, existed)
+            out_dir = _claim_run_dir(trainer, out_dir, force, existed, fresh)
     except UserError as e:
         error = e
     try:
-        ranks.agree(error)
+        out_dir = Path(ranks.agree(error, str(out_dir)))  # the name rank 0 claimed
     except BaseException:
         if ranks.is_root and error is None:  # another rank failed: undo the claim
             trainer.lock.release()
             if not existed:
                 shutil.rmtree(out_dir, ignore_errors=True)
         raise
+    trainer.origin = corpus_origin(out_dir)  # where the run is, once it is claimed
     return trainer, out_dir
 
 
@@ -211,9 +229,14 @@ def _take_budget_recipe(config: TrainConfig, data, given: set[str]):
     return config, data, (recipe.name, chosen, describe(config, recipe, chosen, train_chars))
 
 
-def _claim_run_dir(trainer: Trainer, out_dir: Path, force: bool, existed: bool) -> None:
+def _claim_run_dir(trainer: Trainer, out_dir: Path, force: bool, existed: bool,
+                   fresh: bool = False) -> Path:
     """Create and lock the run directory, and write the token cache: after every check,
-    so a refused run leaves nothing behind (a directory it made is removed)."""
+    so a refused run leaves nothing behind (a directory it made is removed). ``fresh``:
+    ``out_dir`` is a default name, created exclusively, or another if it is taken.
+    Returns the run directory."""
+    if fresh:
+        out_dir = claim_new_run_dir(out_dir)
     prepare_run_dir(out_dir)
     try:
         trainer.lock = RunLock(out_dir).acquire()
@@ -236,6 +259,7 @@ def _claim_run_dir(trainer: Trainer, out_dir: Path, force: bool, existed: bool) 
         if not existed:
             shutil.rmtree(out_dir, ignore_errors=True)  # nothing of it was the user's
         raise
+    return out_dir
 
 
 def _clear_previous_run(out_dir: Path) -> None:
@@ -466,6 +490,9 @@ def _settle_best(trainer: Trainer, run_dir: Path, changed: bool) -> str | None:
             k += 1
         os.replace(best_path, kept)
         trainer.best_val_bpc = float("nan")
+        if best is None:  # damaged (a crash) or not a checkpoint: not a change of text
+            return (f"{best_path} cannot be read (`charlstm info {kept}` says why): the "
+                    f"best-so-far restarts, and the file is kept as {kept}")
         return (f"the validation text changed: the best-so-far restarts, and the best model "
                 f"on the earlier text is kept as {kept}")
     if changed:

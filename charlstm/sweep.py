@@ -41,11 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .files import JsonLines, atomic_write, cannot_write, print_warning, read_json_lines
 
 SWEEP_HINT = "sweeps need Dask distributed: pip install 'charlstm[sweep]'"
 METRICS = ("best_val_bpc", "final_val_bpc")
 RESULT_NAME = "trial.json"
 RESULTS_NAME = "sweep.jsonl"
+SWEEP_KEYS = ("out", "metric")  # what the [sweep] table holds
 # Dask's workers set these to 1 so that libraries do not oversubscribe the cores; a trial
 # decides its own threads (--threads, --cores-per-trial), so its process gets them unset.
 THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -73,13 +75,25 @@ class Trial:
 def read_sweep(path) -> Sweep:
     """The sweep in TOML file ``path``. Raises UserError naming the file and the key for
     a missing table, an unknown key, a value of the wrong type or an empty list."""
-    from .config_file import TABLE, load_document, option, train_options
+    from .config_file import TABLE, is_train_key, load_document, misplaced_key, option, train_options
 
     path = Path(path)
     document = load_document(path)
-    unknown = sorted(set(document) - {TABLE, "grid", "sweep"})
-    if unknown:
-        raise UserError(f"{path}: unknown table {unknown[0]!r}; a sweep file has [train], [grid] and [sweep]")
+    homes = {"sweep": lambda k: k in SWEEP_KEYS, TABLE: is_train_key}
+    tables = (TABLE, "grid", "sweep")
+    for name, value in document.items():
+        if name in tables and not isinstance(value, dict):
+            raise UserError(f"{path}: {name!r} is a key here, not a table; write [{name}] on a "
+                            f"line of its own, with its keys on the lines under it")
+        if name not in tables:
+            if isinstance(value, dict):
+                raise UserError(f"{path}: unknown table [{name}]; a sweep file has [train], "
+                                f"[grid] and [sweep]")
+            raise UserError(f"{path}: {misplaced_key(name, homes)}")
+    for table in (TABLE, "grid"):
+        misplaced = sorted(k for k in document.get(table, {}) if k in SWEEP_KEYS)
+        if misplaced:
+            raise UserError(f"{path} [{table}]: key {misplaced[0]!r} belongs in [sweep]; move it there")
     base = train_options(document.get(TABLE, {}), str(path))
     grid = {}
     for key, values in document.get("grid", {}).items():
@@ -89,9 +103,11 @@ def read_sweep(path) -> Sweep:
         checked = [option(key, v, where) for v in values]
         grid[checked[0][0]] = [value for _, value in checked]
     settings = document.get("sweep", {})
-    extra = sorted(set(settings) - {"out", "metric"})
+    extra = sorted(set(settings) - set(SWEEP_KEYS))
     if extra:
-        raise UserError(f"{path} [sweep]: unknown key {extra[0]!r}; the keys are out and metric")
+        belongs = (f"; {extra[0]!r} belongs in [train] (one value) or [grid] (a list of values)"
+                   if is_train_key(extra[0]) else "")
+        raise UserError(f"{path} [sweep]: unknown key {extra[0]!r}; the keys are out and metric{belongs}")
     metric = settings.get("metric", "best_val_bpc")
     if metric not in METRICS:
         raise UserError(f"{path} [sweep]: metric must be one of {', '.join(METRICS)}, not {metric!r}")
@@ -164,7 +180,8 @@ def run_trial(options: dict, run_dir: str, metric: str) -> dict:
         return json.loads(done.read_text(encoding="utf-8"))
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "trial.toml"
-    config_path.write_text(write_options(options, "One trial of a charlstm sweep."), encoding="utf-8")
+    with atomic_write(config_path, "w", encoding="utf-8") as f:
+        f.write(write_options(options, "One trial of a charlstm sweep."))
     env = {k: v for k, v in os.environ.items() if k not in THREAD_LIMITS}
     waited = 0.0
     while True:
@@ -184,9 +201,8 @@ def run_trial(options: dict, run_dir: str, metric: str) -> dict:
     if proc.returncode != 0 and not (proc.returncode == 2 and "already reached its budget" in error):
         raise TrialFailed(error)
     result = _trial_result(options, run_dir, metric)
-    tmp = run_dir / f".{RESULT_NAME}.tmp"
-    tmp.write_text(json.dumps(result), encoding="utf-8")
-    os.replace(tmp, done)
+    with atomic_write(done, "w", encoding="utf-8") as f:
+        f.write(json.dumps(result))
     return result
 
 
@@ -194,8 +210,8 @@ def _trial_result(options: dict, run_dir: Path, metric: str) -> dict:
     from . import checkpoint as ckpt_io
 
     last = ckpt_io.load(run_dir / "last.npz")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-    scored = [r["val_bpc"] for r in rows if "val_bpc" in r]
+    rows = read_json_lines(run_dir / "metrics.jsonl").records
+    scored = [r["val_bpc"] for r in rows if isinstance(r.get("val_bpc"), (int, float))]
     best = None if last.best_val_bpc != last.best_val_bpc else last.best_val_bpc  # NaN: none
     result = {"trial": run_dir.name, "run_dir": str(run_dir), "status": "finished",
               "options": json_options(options),
@@ -205,21 +221,55 @@ def _trial_result(options: dict, run_dir: Path, metric: str) -> dict:
     return result
 
 
-def _finished(out: Path, include_failed: bool = False) -> dict:
-    """The trials in OUT/sweep.jsonl, by name (the last line of each): those that
-    finished, and with ``include_failed`` those that failed too, which a new run of the
-    sweep tries again."""
+def _is_result(record) -> bool:
+    return isinstance(record, dict) and isinstance(record.get("trial"), str)
+
+
+def _latest(records: list) -> dict:
+    """The trials of sweep.jsonl's ``records`` that finished, by name (the last record
+    of each): a failed one is tried again by a new run of the sweep."""
+    found = {record["trial"]: record for record in records}
+    return {k: r for k, r in found.items() if r.get("status") == "finished"}
+
+
+def _read_results(out: Path, warn) -> JsonLines:
+    """The records of OUT/sweep.jsonl (none if it does not exist yet); ``warn`` is given
+    one line naming the lines left out (cut off by a crash: their trials are taken up
+    again). Raises UserError when the file cannot be read."""
     path = out / RESULTS_NAME
     if not path.is_file():
-        return {}
-    found = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-            found[record["trial"]] = record
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut by a crash: that trial is run again
-    return {k: r for k, r in found.items() if include_failed or r.get("status") == "finished"}
+        return JsonLines(path)
+    log = read_json_lines(path, _is_result)
+    if log.skipped:
+        warn(f"{log.skipped_note()}; their trials are taken up again")
+    return log
+
+
+def _ends_a_line(path: Path) -> bool:
+    """Whether ``path`` is empty, missing, or ends with a newline: a record appended to
+    it starts a line of its own."""
+    try:
+        with open(path, "rb") as f:
+            if f.seek(0, os.SEEK_END) == 0:
+                return True
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+    except FileNotFoundError:
+        return True
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or e})") from None
+
+
+def _rewrite_results(out: Path, records: list) -> None:
+    """OUT/sweep.jsonl holding ``records`` alone, replaced whole: a line cut by a crash
+    goes, and the next result appended does not run into it."""
+    path = out / RESULTS_NAME
+    try:
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(record) + "\n" for record in records)
+    except OSError as e:
+        raise cannot_write(path, e, "it is kept as it was; run the sweep again once the "
+                                    "disk has room") from None
 
 
 def run_sweep(sweep: Sweep, workers: int | None = None, scheduler: str | None = None,
@@ -259,7 +309,10 @@ def _run_trials(sweep, planned, workers, scheduler, cores_per_trial, retries, qu
     from distributed import Client, LocalCluster, as_completed
     from tqdm import tqdm
 
-    finished = _finished(sweep.out)
+    results_log = _read_results(sweep.out, lambda line: echo(f"Warning: {line}"))
+    if results_log.skipped or not _ends_a_line(results_log.path):
+        _rewrite_results(sweep.out, results_log.records)
+    finished = _latest(results_log.records)
     todo = [t for t in planned if t.name not in finished]
     if not quiet:
         echo(f"{len(planned)} trials, {len(planned) - len(todo)} finished before; writing {sweep.out}")
@@ -281,7 +334,14 @@ def _run_trials(sweep, planned, workers, scheduler, cores_per_trial, retries, qu
             cluster.close()
         raise UserError(f"cannot reach the Dask scheduler {scheduler} ({e}); start it with "
                         f"`dask scheduler` or leave out --scheduler for a local cluster") from None
-    log = open(sweep.out / RESULTS_NAME, "a", encoding="utf-8")
+    path = sweep.out / RESULTS_NAME
+    try:
+        log = open(path, "a", encoding="utf-8")
+    except OSError as e:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+        raise cannot_write(path, e, "make it writable and run the sweep again") from None
     try:
         futures = {client.submit(run_trial, t.options, str(t.run_dir), sweep.metric, key=t.name,
                                  pure=False, retries=retries): t for t in todo}
@@ -295,24 +355,41 @@ def _run_trials(sweep, planned, workers, scheduler, cores_per_trial, retries, qu
                 result = {"trial": trial.name, "run_dir": str(trial.run_dir), "status": "failed",
                           "reason": reason, "options": json_options(trial.options),
                           "metric": None}
-            log.write(json.dumps(result) + "\n")
-            log.flush()
+            try:
+                log.write(json.dumps(result) + "\n")
+                log.flush()
+            except OSError as e:
+                raise cannot_write(path, e, "the finished trials keep their results in their "
+                                            "run directories: run the sweep again once the "
+                                            "disk has room") from None
             results.append(result)
             bar.update(1)
         bar.close()
     finally:
-        log.close()
+        try:
+            log.close()
+        except OSError:
+            pass  # a failed write was reported above
         client.close()
         if cluster is not None:
             cluster.close()
     return results
 
 
-def report(out: Path) -> list[dict]:
-    """The trials of OUT/sweep.jsonl, best first (lowest metric; failed ones last)."""
-    found = list(_finished(Path(out)).values())
-    if not found and not (Path(out) / RESULTS_NAME).is_file():
+def report(out: Path, warn=print_warning) -> list[dict]:
+    """The finished trials of OUT/sweep.jsonl, best first (lowest metric). Lines that are
+    not whole results (cut off by a crash) are left out, and ``warn`` is given one line
+    saying so. Raises UserError when there is no sweep.jsonl or no line of it is usable."""
+    path = Path(out) / RESULTS_NAME
+    if not path.is_file():
         raise UserError(f"{out} holds no {RESULTS_NAME}; run `charlstm sweep SWEEP.toml` first")
+    log = read_json_lines(path, _is_result)
+    if log.skipped and not log.records:
+        raise UserError(f"{log.skipped_note()}; no result is left to report: run the sweep "
+                        f"again, which takes its trials up again")
+    if log.skipped:
+        warn(f"{log.skipped_note()}; a new run of the sweep takes their trials up again")
+    found = list(_latest(log.records).values())
     return sorted(found, key=lambda r: (r.get("metric") is None, r.get("metric") or 0.0))
 
 

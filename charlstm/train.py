@@ -286,17 +286,23 @@ class _StopSignals:
 
 class MetricsLog:
     """metrics.jsonl: one JSON object a line; rewritten from the checkpoint on resume so
-    lines written after the last save do not survive a crash."""
+    lines written after the last save do not survive a crash. The rewrite goes through
+    a temporary and a rename (a full disk keeps the old file whole); rows are then
+    appended."""
 
     def __init__(self, path: Path, rows: list):
+        from .files import atomic_write
+
         self.path = path
         try:
-            with open(path, "w", encoding="utf-8") as f:
+            with atomic_write(path, "w", encoding="utf-8") as f:
                 for row in rows:
                     f.write(self._line(row))
             self.file = open(path, "a", encoding="utf-8")
         except OSError as e:
-            raise UserError(f"could not write {path} ({e.strerror or e})") from None
+            kept = "it is kept as it was" if path.exists() else "none was written"
+            raise UserError(f"could not write {path} ({e.strerror or e}); {kept}: run the "
+                            f"command again once the disk has room") from None
 
     @staticmethod
     def as_dict(row) -> dict:

@@ -58,8 +58,9 @@ def test_the_command_line_wins_over_the_file(tmp_path):
     ("[train]\ncorpus = \"one.txt\"\n", r"key 'corpus' must be a list of paths"),
     ("[train]\ntime = \"soon\"\n", r"key 'time': cannot read 'soon' as a duration"),
     ("[train\n", r"is not valid TOML"),
-    ("hidden_size = 3\n", r"has no \[train\] table"),
-    ("[train]\n[sweep]\n", r"unknown table or key 'sweep' outside \[train\]"),
+    ("", r"has no \[train\] table"),
+    ("hidden_size = 3\n", r"key 'hidden_size' is outside every table .*move it under \[train\]"),
+    ("[train]\n[sweep]\n", r"unknown table \[sweep\]; a run configuration file has one table, \[train\]"),
 ])
 def test_a_bad_file_is_refused_in_one_line_naming_the_key(tmp_path, text, message):
     import re

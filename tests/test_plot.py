@@ -121,16 +121,20 @@ def test_missing_or_unusable_runs_are_user_errors(tmp_path):
     assert "no bits-per-character values" in user_error([metrics_dir(tmp_path, "")])
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "metrics.jsonl").write_text('{"step": 5, "elapsed": 1.0, "train_bpc": 3.1}\n[1, 2]\n')
-    assert "line 2: not a metrics line" in user_error([bad])
+    (bad / "metrics.jsonl").write_text('[1, 2]\n{"step": 5, "elapsed": 1.0}\n')
+    assert "holds no bits-per-character values yet (skipped line 1 of" in user_error([bad])
 
 
-def test_rows_without_values_are_skipped(tmp_path):
+def test_rows_without_values_are_skipped_and_other_lines_named(tmp_path):
     d = metrics_dir(tmp_path, '{"step": 5, "elapsed": 1.0, "train_bpc": 3.1}\n\n'
                               '{"step": 10, "elapsed": 2.0, "train_bpc": 2.9, "val_bpc": 3.0}\n'
+                              '[1, 2]\n'
                               '{"step": 15, "elapsed": 3.0, "train_bpc": Infinity}\n')
-    curves = read_metrics(d)
+    warnings = []
+    curves = read_metrics(d, warn=warnings.append)
     assert curves.train == [(5, 1.0, 3.1), (10, 2.0, 2.9)] and curves.val == [(10, 2.0, 3.0)]
+    assert warnings == [f"skipped line 4 of {d / 'metrics.jsonl'}: not a whole record (cut off "
+                        f"or zero-filled by a crash?)"]
 
 
 def test_errors_are_one_line_through_the_cli(tmp_path):

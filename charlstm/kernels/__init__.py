@@ -6,3 +6,8 @@ of this whole package, so the second start of charlstm does not recompile and an
 anywhere here does (jit.py). The matrix products go through blas.py, which points them
 at the library a run chose (blas_libraries.py).
 """
+
+from .environment import prepare as _prepare
+
+# Before any module of the package imports Numba, which reads the environment once.
+_prepare()

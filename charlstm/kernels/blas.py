@@ -31,9 +31,11 @@ from numba import types
 from numba.core.errors import TypingError
 from numba.extending import overload
 
+from ..errors import UserError
 from . import blas_libraries
-from .blas_libraries import LIBRARY_NAMES, NO_TRANS as _NO_TRANS, ROW_MAJOR as _ROW_MAJOR
+from .blas_libraries import NO_TRANS as _NO_TRANS, ROW_MAJOR as _ROW_MAJOR
 from .blas_libraries import PACKED as _PACKED_STORAGE, TRANS as _TRANS, LibraryUnavailable
+from .blas_libraries import format_blas, parse_blas  # noqa: F401 (charlstm.kernels.blas's API)
 from .jit import kernel
 from .bf16 import bf16_step_product
 from .panels import panel_product
@@ -56,22 +58,6 @@ _TRANSPOSED, _PACKED, _PANELS = (STEP_LAYOUTS["transposed"], STEP_LAYOUTS["packe
 TRANSPOSED_PAD = 16
 _SYMBOL_SUFFIX = {"step": "_step", "chunk": ""}
 DEFAULT_BLAS = "openblas"
-
-
-def parse_blas(spec: str) -> tuple[str, str]:
-    """(step library, chunk library) of a choice written ``LIB`` or ``STEP/CHUNK``.
-    Raises ValueError naming the valid libraries."""
-    parts = spec.split("/") if isinstance(spec, str) else []
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or any(p not in LIBRARY_NAMES for p in parts):
-        raise ValueError(f"BLAS choice {spec!r} is not LIBRARY or STEP/CHUNK with libraries "
-                         f"from {', '.join(LIBRARY_NAMES)}")
-    return parts[0], parts[1]
-
-
-def format_blas(step: str, chunk: str) -> str:
-    return step if step == chunk else f"{step}/{chunk}"
 
 
 def _kernels_linked() -> bool:
@@ -173,13 +159,29 @@ class BlasBinding:
                 f"chunk products {chunk.name}: {chunk.describe()}")
 
 
+def bind_at_start(binding: BlasBinding, environ=os.environ) -> None:
+    """Bind the process's first choice: CHARLSTM_BLAS if set (a subprocess's way to choose
+    before importing charlstm), else NumPy's OpenBLAS, else the numpy.dot callback.
+
+    Raises UserError naming CHARLSTM_BLAS when its value is not a choice or its library
+    cannot be loaded: a run asked for, say, mkl must not go on silently on another."""
+    chosen = environ.get("CHARLSTM_BLAS")
+    if not chosen:
+        try:
+            binding.bind(DEFAULT_BLAS)
+        except LibraryUnavailable:
+            binding.bind("numpy")
+        return
+    try:
+        binding.bind(chosen)
+    except ValueError as e:
+        raise UserError(f"CHARLSTM_BLAS: {e}; correct it or unset it") from None
+    except LibraryUnavailable as e:
+        raise LibraryUnavailable(f"CHARLSTM_BLAS={chosen}: {e}, or unset CHARLSTM_BLAS") from None
+
+
 BLAS = BlasBinding()
-# The process starts on CHARLSTM_BLAS if set (a subprocess's way to choose before
-# importing charlstm), else on NumPy's OpenBLAS, else on the numpy.dot callback.
-try:
-    BLAS.bind(os.environ.get("CHARLSTM_BLAS") or DEFAULT_BLAS)
-except LibraryUnavailable:
-    BLAS.bind("numpy")
+bind_at_start(BLAS)
 BACKEND = BLAS.libraries["chunk"].name
 
 

@@ -37,6 +37,22 @@ PACK_B, PACKED = 162, 151  # CBLAS_IDENTIFIER CblasBMatrix, CBLAS_STORAGE CblasP
 _INT, _I64, _PTR = ctypes.c_int, ctypes.c_int64, ctypes.c_void_p
 
 
+def parse_blas(spec: str) -> tuple[str, str]:
+    """(step library, chunk library) of a choice written ``LIB`` or ``STEP/CHUNK`` (the
+    roles of kernels/blas.py). Raises ValueError naming the valid libraries."""
+    parts = spec.split("/") if isinstance(spec, str) else []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or any(p not in LIBRARY_NAMES for p in parts):
+        raise ValueError(f"BLAS choice {spec!r} is not LIBRARY or STEP/CHUNK with libraries "
+                         f"from {', '.join(LIBRARY_NAMES)}")
+    return parts[0], parts[1]
+
+
+def format_blas(step: str, chunk: str) -> str:
+    return step if step == chunk else f"{step}/{chunk}"
+
+
 def cblas_gemm_prototype(real):
     return ctypes.CFUNCTYPE(None, _INT, _INT, _INT, _I64, _I64, _I64, real, _PTR, _I64,
                             _PTR, _I64, real, _PTR, _I64)
