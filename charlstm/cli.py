@@ -34,7 +34,7 @@ INVOCATION_STARTED = time.perf_counter() - _process_age()
 
 import click
 
-from charlstm import __version__, standard_output
+from charlstm import __version__, console, standard_output
 from charlstm.bench import QUALITY_RECIPES
 from charlstm.config import CELLS, DEFAULTS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_duration
 from charlstm.cpu import DEFAULT_PRECISION, PRECISION_CHOICES
@@ -158,7 +158,9 @@ def _tensorboard_option(f):
 
 
 def _cadence_options(f):
-    f = click.option("--quiet", is_flag=True, help="Hide the progress bar.")(f)
+    f = click.option("--quiet", is_flag=True,
+                     help="Hide the progress bar; the notes, the start-up lines and the lines "
+                          "naming the checkpoints at the end still show.")(f)
     f = click.option("--log-every", type=POSITIVE, default=None,
                      help=f"Write a metrics.jsonl line every N steps.  [default: {DEFAULTS.log_every}]")(f)
     f = click.option("--eval-every", type=NON_NEGATIVE, default=None,
@@ -203,12 +205,13 @@ class _Group(click.Group):
                 raise
             raise click.ClickException(
                 "out of memory; use a smaller model, --batch-size or --seq-len") from None
-        except KeyboardInterrupt:
-            # Ctrl-C outside training (which stops itself cleanly): quietly, with 128 +
-            # SIGINT, as training and sample end, not click's "Aborted!" and 1.
+        except KeyboardInterrupt as e:
+            # Ctrl-C, SIGTERM or SIGHUP outside training (which stops itself cleanly):
+            # quietly, with 128 + the signal, as training and sample end, not click's
+            # "Aborted!" and 1.
             if debug():
                 raise
-            sys.exit(130)
+            sys.exit(console.exit_status(e))
 
     def _guard_ranks(self, ctx):
         try:
@@ -240,9 +243,12 @@ def main(ctx, debug):
             # name in `info`) goes out as the bytes it was.
             stream.reconfigure(encoding="utf-8", errors="surrogateescape" if stream is sys.stdout
                                else "backslashreplace")
-    # A full disk or a file size limit under `> FILE` is then one line, never a
-    # traceback or text silently cut (standard_output.py).
+    # No command fails because it cannot print its notes, and every one ends cleanly on
+    # SIGTERM and SIGHUP (console.py); a full disk or a file size limit under `> FILE`
+    # is one line, never a traceback or text silently cut (standard_output.py).
+    console.guard_standard_streams()
     standard_output.guard()
+    console.stop_on_signals()
 
 
 def _read_run_file(ctx, param, value):
@@ -347,14 +353,14 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, retune, precision, 
     board = _board_dir(tensorboard, None) if tensorboard else None  # a named one: checked first
     trainer, out_dir = start_run(TrainConfig(corpus=tuple(paths), **options, **cadence),
                                  Path(out) if out else None, force, blas, step_weights,
-                                 precision=precision, retune=retune, init_from=init_from, ranks=ranks, given=_given(ctx, options))
-    quiet = quiet or not ranks.is_root
-    _announce(trainer, out_dir, quiet)
+                                 precision=precision, retune=retune, init_from=init_from,
+                                 ranks=ranks, given=_given(ctx, options))
+    _announce(trainer, out_dir)
     if tensorboard == "":
         board = _board_dir(tensorboard, out_dir)
-    status = run_training(trainer, out_dir, quiet=quiet, started=INVOCATION_STARTED,
-                          tensorboard=board)
-    _finish(trainer, out_dir, status, quiet)
+    status = run_training(trainer, out_dir, quiet=quiet or not ranks.is_root,
+                          started=INVOCATION_STARTED, tensorboard=board)
+    _finish(trainer, out_dir, status)
 
 
 def _given(ctx, options: dict) -> set[str]:
@@ -381,10 +387,11 @@ def _board_dir(option: str | None, run_dir: Path) -> Path | None:
 
 
 def _ranks(ctx, distributed: str):
-    """The run's processes: this one alone, or the ranks of the MPI job it is part of."""
-    from charlstm.ranks import MpiRanks, SingleProcess
+    """The run's processes: this one alone, or the ranks of the MPI job it is part of;
+    refused when that does not match how the process was started (ranks.ranks_for)."""
+    from charlstm.ranks import ranks_for
 
-    ranks = MpiRanks() if distributed == "mpi" else SingleProcess()
+    ranks = ranks_for(distributed)
     ctx.obj["ranks"] = ranks
     return ranks
 
@@ -403,13 +410,11 @@ def _take_architecture_from(ctx, init_from, options: dict) -> None:
             options[name] = getattr(source.config, name)
 
 
-def _announce(trainer, out_dir: Path, quiet: bool) -> None:
+def _announce(trainer, out_dir: Path) -> None:
     if not trainer.ranks.is_root:
         return  # rank 0 speaks for the run
-    for note in trainer.notes:  # what the user must know about the input, even when quiet
+    for note in trainer.notes:  # what the user must know about the input
         click.echo(f"Note: {note}", err=True)
-    if quiet:
-        return
     cfg, data = trainer.config, trainer.data
     from charlstm.parameters import count_params
     click.echo(
@@ -428,14 +433,14 @@ def _announce(trainer, out_dir: Path, quiet: bool) -> None:
     click.echo(f"{products}, {cfg.threads} thread{'s' if cfg.threads != 1 else ''}{how}", err=True)
 
 
-def _finish(trainer, out_dir: Path, status: int, quiet: bool) -> None:
-    if trainer.stop_reason:
-        click.echo(f"Note: {trainer.stop_reason}", err=True)
-    if not quiet:
-        best = trainer.best_val_bpc
-        best_txt = f", best validation {best:.4f} bpc" if not math.isnan(best) else ""
-        stopped = " (stopped by signal)" if status else ""
-        click.echo(f"step {trainer.step}{best_txt}{stopped}; checkpoint {out_dir / 'last.npz'}", err=True)
+def _finish(trainer, out_dir: Path, status: int) -> None:
+    from charlstm.train import checkpoint_lines
+
+    if trainer.ranks.is_root:  # rank 0 speaks for the run
+        if trainer.stop_reason:
+            click.echo(f"Note: {trainer.stop_reason}", err=True)
+        for line in checkpoint_lines(trainer, out_dir, stopped=bool(status)):
+            click.echo(line, err=True)
     if status:
         sys.exit(status)
 
@@ -489,11 +494,10 @@ def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_
         raise click.UsageError("--retune measures the products again: it goes with --blas auto")
     trainer = resume_run(run_dir, changes, blas, step_weights, precision=precision, retune=retune,
                          warn=lambda line: click.echo(f"Warning: {line}", err=True), ranks=ranks)
-    quiet = quiet or not ranks.is_root
-    _announce(trainer, run_dir, quiet)
-    status = run_training(trainer, run_dir, quiet=quiet, started=INVOCATION_STARTED,
-                          tensorboard=board)
-    _finish(trainer, run_dir, status, quiet)
+    _announce(trainer, run_dir)
+    status = run_training(trainer, run_dir, quiet=quiet or not ranks.is_root,
+                          started=INVOCATION_STARTED, tensorboard=board)
+    _finish(trainer, run_dir, status)
 
 
 @main.command()
@@ -507,7 +511,7 @@ def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_
               help="Nucleus sampling: draw only from the fewest most likely characters whose "
                    "probability (after temperature and --top-k) adds up to P; 1: all.")
 @click.option("--prime", default="", help="Text that warms up the state; printed first.")
-@click.option("--prime-file", type=click.File("rb"), default=None,
+@click.option("--prime-file", type=click.Path(dir_okay=False, allow_dash=True), default=None,
               help="Read the prime from this file (- for standard input), verbatim: as UTF-8, "
                    "trailing newlines kept. For primes too long for the command line.")
 @click.option("--num-samples", type=POSITIVE, default=1,
@@ -534,8 +538,8 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num
             raise click.UsageError("give the prime as --prime or as --prime-file, not both")
         from charlstm.corpus import bom_encoding
 
-        name = getattr(prime_file, "name", "-")
-        raw = prime_file.read()
+        name = prime_file
+        raw = _read_bytes(prime_file, "--prime-file")
         codec = bom_encoding(raw) or "utf-8"  # a UTF-16/32 byte-order mark names its encoding
         try:
             prime = raw.decode(codec)
@@ -572,12 +576,29 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num
         # The reader went away (e.g. `| head`): that is the user's way to stop, not an error.
         sys.stdout = None
         sys.exit(0)
-    except KeyboardInterrupt:
-        # Ctrl-C ends a sample as it ends training: quietly, with 128 + SIGINT, and what
-        # was generated so far stays written.
-        out.write("\n")
-        out.flush()
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        # Ctrl-C, SIGTERM or SIGHUP end a sample as they end training: quietly, with 128 +
+        # the signal, and what was generated so far stays written (ended by a newline,
+        # where the output can still be written: not to a terminal that hung up).
+        try:
+            out.write("\n")
+            out.flush()
+        except OSError:
+            sys.stdout = None  # nothing left to flush at exit, which would fail again
+        sys.exit(console.exit_status(e))
+
+
+def _read_bytes(path: str, option: str) -> bytes:
+    """The bytes of the file ``path`` (- for standard input) that ``option`` names. A file
+    that cannot be read is a UserError (status 1, as for every file charlstm reads), not
+    an invalid option."""
+    if path == "-":
+        return sys.stdin.buffer.read() if sys.stdin is not None else b""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise UserError(f"{path}: {e.strerror or e}; check the path given to {option}") from None
 
 
 def _read_checkpoint(checkpoint):
@@ -781,7 +802,7 @@ def export(checkpoint, fmt, output):
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), default=None,
               help="Instead: print the results in this sweep directory, best first.")
 @click.option("--json", "as_json", is_flag=True, help="With --report or --dry-run: JSON.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="Hide the progress bar (the other lines still show).")
 def sweep(sweep_file, workers, scheduler, cores_per_trial, retries, dry_run, report_dir,
           as_json, quiet):
     """Train every combination of the [grid] of SWEEP_FILE on Dask (pip install
@@ -861,7 +882,7 @@ def baseline(paths, orders, encoding, val_frac, val_chars, discount, as_json):
 @main.command()
 @click.option("--config", "configs", multiple=True, type=click.Choice(["S", "M", "L", "R"]),
               help="Configurations to run (repeatable).  [default: S M L R]")
-@click.option("--corpus", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
               help="Text to train on.  [default: the built-in corpus]")
 @click.option("--steps", type=POSITIVE, default=20, help="Timed training steps per configuration.")
 @click.option("--warmup", type=NON_NEGATIVE, default=3, help="Untimed steps first.")
@@ -898,6 +919,8 @@ def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads,
     from charlstm.bench import run_bench, run_quality
 
     echo = (lambda text: click.echo(text, err=True)) if as_json else click.echo
+    if corpus is not None and not Path(corpus).is_file():  # a recognised mistake: status 1
+        raise UserError(f"{corpus}: no such file; give --corpus a text file")
     torch_threads = torch_threads or os.cpu_count()
     if quality is not None:
         if len(configs) > 1:

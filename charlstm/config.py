@@ -299,15 +299,18 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in '90', '90s', '10m', '1.5h' or '1h30m'."""
+    """Seconds in '90s', '10m', '1.5h' or '1h30m'. Raises ValueError for anything else,
+    a number without a unit included: '2' could mean seconds, minutes or hours."""
     s = text.strip().lower()
     pos, total, matched = 0, 0.0, False
     while pos < len(s):
         m = _DURATION.match(s, pos)
         if not m or m.end() == pos:
             raise ValueError(f"cannot read {text!r} as a duration; use e.g. 90s, 10m or 1h30m")
-        value, unit = float(m.group(1)), m.group(2) or "s"
-        total += value * {"h": 3600, "m": 60, "s": 1}[unit]
+        if not m.group(2):
+            number = m.group(1)
+            raise ValueError(f"{text!r} has no unit: give {number}s, {number}m or {number}h")
+        total += float(m.group(1)) * {"h": 3600, "m": 60, "s": 1}[m.group(2)]
         pos, matched = m.end(), True
     if not matched:
         raise ValueError(f"cannot read {text!r} as a duration; use e.g. 90s, 10m or 1h30m")

@@ -146,10 +146,12 @@ def option(key: str, value, where: str) -> tuple[str, object]:
     """The TrainConfig field and value of one ``[train]`` key (``time`` is a duration).
     Raises UserError naming ``where`` and the key for an unknown key or a wrong type."""
     if key in EXTRA_KEYS:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise UserError(f"{where}: key {key!r} must be a duration such as \"30m\", not {value!r}")
+        # A number alone is refused: 2 could mean seconds, minutes or hours.
+        if not isinstance(value, str):
+            raise UserError(f"{where}: key {key!r} must be a duration with its unit in quotes, "
+                            f"such as \"30m\" or \"90s\", not {value!r}")
         try:
-            return EXTRA_KEYS[key], parse_duration(str(value))
+            return EXTRA_KEYS[key], parse_duration(value)
         except ValueError as e:
             raise UserError(f"{where}: key {key!r}: {e}") from None
     if key in _FIELDS:

@@ -20,12 +20,73 @@ one code path.
 """
 from __future__ import annotations
 
+import os
+from typing import NamedTuple
+
 import numpy as np
 
 from .errors import AnotherRankFailed, UsageProblem, UserError
 from .shards import shard_bounds
 
 MPI_HINT = "--distributed mpi needs mpi4py and an MPI: pip install 'charlstm[mpi]'"
+
+# What launchers set in every process they start: (job size, this process's rank, the
+# command). Slurm's SLURM_NTASKS is set in a batch script too, which runs once: only
+# srun's job steps set SLURM_STEP_NUM_TASKS.
+LAUNCHER_VARIABLES = (
+    ("PMI_SIZE", "PMI_RANK", "mpiexec"),  # MPICH's Hydra, Intel MPI, MVAPICH
+    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "mpiexec"),  # Open MPI
+    ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK", "mpirun_rsh"),  # MVAPICH's own launcher
+    ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "srun"),  # a Slurm job step
+)
+
+
+class Launch(NamedTuple):
+    size: int  # processes the launcher started
+    rank: int  # this one's place among them
+    command: str  # the launcher, as the user typed it
+
+
+def launched_by(environ=None) -> Launch | None:
+    """The launcher (mpiexec, srun, ...) that started this process, from the variables it
+    set (LAUNCHER_VARIABLES), or None for a process started on its own."""
+    environ = os.environ if environ is None else environ
+    for size_name, rank_name, command in LAUNCHER_VARIABLES:
+        try:
+            size, rank = int(environ[size_name]), int(environ.get(rank_name, "0"))
+        except (KeyError, ValueError):
+            continue
+        return Launch(size, rank, command)
+    return None
+
+
+def ranks_for(distributed: str, environ=None):
+    """The ranks of this run for ``--distributed`` (none or mpi), checked against how the
+    process was started, before anything touches the run directory. Raises UserError for
+    a process that a launcher started among several without --distributed mpi (each
+    would train alone, in the same directory) on rank 0, AnotherRankFailed on the
+    others (rank 0 speaks for the job); and for --distributed mpi in a process started
+    alone, or in an MPI job that sees another size than its launcher started (mpi4py
+    built for another MPI)."""
+    launch = launched_by(environ)
+    if distributed != "mpi":
+        if launch is not None and launch.size > 1:
+            if launch.rank != 0:
+                raise AnotherRankFailed(1)
+            raise UserError(f"this is one of {launch.size} processes that {launch.command} started, "
+                            f"and without --distributed mpi each would train alone: add "
+                            f"--distributed mpi, or start one process without {launch.command}")
+        return SingleProcess()
+    if launch is None:
+        raise UserError("--distributed mpi trains over the processes an MPI launcher starts, and "
+                        "this one was started alone: run `mpiexec -n N charlstm ... --distributed "
+                        "mpi`, or drop --distributed mpi")
+    ranks = MpiRanks()
+    if ranks.size != launch.size:
+        raise UserError(f"{launch.command} started {launch.size} processes but MPI sees "
+                        f"{ranks.size}: mpi4py is built for another MPI than this "
+                        f"{launch.command}'s; use the mpiexec of the MPI mpi4py was built with")
+    return ranks
 
 
 class SingleProcess:

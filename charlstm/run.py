@@ -32,8 +32,9 @@ OPTION_OF = {"time_limit": "time"}  # settings whose option is not named after t
 ARCHITECTURE = ("cell", "hidden_size", "num_layers")
 
 
-class BudgetReached(UsageProblem):
-    """resume was given no budget beyond the step the run already reached."""
+class BudgetReached(UserError):
+    """resume was given no budget beyond the step the run already reached: a recognised
+    mistake (exit status 1), not an invalid option."""
 
 
 def checked(config: TrainConfig) -> TrainConfig:

@@ -29,6 +29,7 @@ absolute before the trials are sent out.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -40,6 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .console import STOP_SIGNALS
 from .errors import UserError
 from .files import JsonLines, atomic_write, cannot_write, print_warning, read_json_lines
 
@@ -52,6 +54,8 @@ SWEEP_KEYS = ("out", "metric")  # what the [sweep] table holds
 # decides its own threads (--threads, --cores-per-trial), so its process gets them unset.
 THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 LOCK_RETRY_SECONDS = 30  # how long a retried trial waits for its dying predecessor's lock
+# The exit statuses of a trial that a stop signal ended after saving (console.STOP_SIGNALS).
+STOPPED_STATUSES = frozenset(128 + s for s in STOP_SIGNALS)
 
 
 @dataclass
@@ -147,9 +151,19 @@ def trials(sweep: Sweep, cores_per_trial: int | None = None) -> list[Trial]:
     return found
 
 
+# Ctrl-C and a closed terminal signal the whole process group: the sweep, which stops
+# its cluster, and each trial, which saves; not the cluster's processes, which started
+# deaf to them (``_cluster_deaf_to_the_terminal``) and so print no traceback each.
+TERMINAL_SIGNALS = tuple(s for s in STOP_SIGNALS if s != signal.SIGTERM)
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Linux: deliver SIGTERM to the trial when the worker that started it dies, so a
-    killed worker never leaves its trial training (charlstm saves and exits on it)."""
+    killed worker never leaves its trial training (charlstm saves and exits on it); and
+    let the trial hear the terminal's signals, which its worker does not."""
+    for signum in TERMINAL_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, TERMINAL_SIGNALS)
     try:
         import ctypes
 
@@ -198,7 +212,12 @@ def run_trial(options: dict, run_dir: str, metric: str) -> dict:
             waited += 0.5
             continue
         break
-    if proc.returncode != 0 and not (proc.returncode == 2 and "already reached its budget" in error):
+    if proc.returncode in STOPPED_STATUSES:
+        # Stopped by Ctrl-C, SIGTERM or a closed terminal, its progress saved: not a
+        # failure to retry or record; the next run of the sweep resumes it.
+        return {"trial": run_dir.name, "run_dir": str(run_dir), "status": "interrupted",
+                "options": json_options(options), "metric": None}
+    if proc.returncode != 0 and not (proc.returncode == 1 and "already reached its budget" in error):
         raise TrialFailed(error)
     result = _trial_result(options, run_dir, metric)
     with atomic_write(done, "w", encoding="utf-8") as f:
@@ -314,8 +333,7 @@ def _run_trials(sweep, planned, workers, scheduler, cores_per_trial, retries, qu
         _rewrite_results(sweep.out, results_log.records)
     finished = _latest(results_log.records)
     todo = [t for t in planned if t.name not in finished]
-    if not quiet:
-        echo(f"{len(planned)} trials, {len(planned) - len(todo)} finished before; writing {sweep.out}")
+    echo(f"{len(planned)} trials, {len(planned) - len(todo)} finished before; writing {sweep.out}")
     results = [finished[t.name] for t in planned if t.name in finished]
     if not todo:
         return results
@@ -324,9 +342,11 @@ def _run_trials(sweep, planned, workers, scheduler, cores_per_trial, retries, qu
         n = workers or max(1, (os.cpu_count() or 1) // max(cores_per_trial, 1))
         # The scheduler's HTTP server (its health checks and, when bokeh is installed,
         # the dashboard) on a free loopback port: never 8787, which may be taken.
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address="127.0.0.1:0", memory_limit=0,
-                               silence_logs=logging.CRITICAL)  # a failed trial is reported once, below
+        with _cluster_deaf_to_the_terminal():
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                                   memory_limit=0,  # a failed trial is reported once, below
+                                   silence_logs=logging.CRITICAL)
     try:
         client = Client(cluster if cluster is not None else scheduler, timeout="30s")
     except (OSError, TimeoutError, ValueError) as e:
@@ -355,6 +375,8 @@ def _run_trials(sweep, planned, workers, scheduler, cores_per_trial, retries, qu
                 result = {"trial": trial.name, "run_dir": str(trial.run_dir), "status": "failed",
                           "reason": reason, "options": json_options(trial.options),
                           "metric": None}
+            if result.get("status") == "interrupted":
+                continue  # not finished: left out of sweep.jsonl, resumed by the next run
             try:
                 log.write(json.dumps(result) + "\n")
                 log.flush()
@@ -374,6 +396,25 @@ def _run_trials(sweep, planned, workers, scheduler, cores_per_trial, retries, qu
         if cluster is not None:
             cluster.close()
     return results
+
+
+@contextlib.contextmanager
+def _cluster_deaf_to_the_terminal():
+    """While the local cluster starts, TERMINAL_SIGNALS are blocked and SIGINT ignored:
+    its processes (and the threads started meanwhile) inherit both and never take
+    them (Python unblocks SIGINT at start-up, but leaves an ignored one ignored). A
+    SIGHUP that arrives meanwhile reaches this process when the block ends; a Ctrl-C
+    in those seconds is lost."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, TERMINAL_SIGNALS)
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
 
 
 def report(out: Path, warn=print_warning) -> list[dict]:

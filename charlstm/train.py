@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from . import checkpoint as ckpt_io
 from .checkpoint import METRIC_COLUMNS, Checkpoint
+from .console import STOP_SIGNALS
 from .config import TrainConfig
 from .corpus import Batches, Vocab, split
 from .dropout import DropoutMasks
@@ -258,24 +259,35 @@ class _StepPace:
 
 
 class _StopSignals:
-    """Turns SIGINT/SIGTERM into a flag the loop checks between steps, so a stop never
-    lands in the middle of an update."""
+    """Turns SIGINT, SIGTERM and SIGHUP (a closed terminal or SSH session) into a flag the
+    loop checks between steps, so a stop never lands in the middle of an update and
+    always ends with last.npz written."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    SIGNALS = STOP_SIGNALS
+
+    # One event may arrive as several signals at once: a dying parent's SIGTERM
+    # (PR_SET_PDEATHSIG, as sweep's trials ask for) reaches every thread of the process.
+    SAME_EVENT_SECONDS = 0.5
 
     def __init__(self):
         self.signum = None
+        self.since = None
         self._previous = {}
 
     def _handle(self, signum, frame):
-        if self.signum is not None:
-            # A second signal while stopping: restore the default and re-raise.
-            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+        if self.signum is None:
+            self.signum, self.since = signum, time.monotonic()
+        elif signum == self.signum and time.monotonic() - self.since > self.SAME_EVENT_SECONDS:
+            # The same signal again while stopping (Ctrl-C twice): the user wants out
+            # now. A different one (SIGTERM after the SIGHUP of a closed terminal, from
+            # a session manager or a dying parent) lets the save finish.
+            signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
-        self.signum = signum
 
     def __enter__(self):
         for s in self.SIGNALS:
+            if s == getattr(signal, "SIGHUP", None) and signal.getsignal(s) is signal.SIG_IGN:
+                continue  # `nohup charlstm train ...`: the user asked to outlive the terminal
             self._previous[s] = signal.signal(s, self._handle)
         return self
 
@@ -354,6 +366,32 @@ def validations_without_improvement(metrics, min_delta: float) -> tuple[int, flo
     return count, best
 
 
+def step_scores(metrics) -> dict:
+    """Validation score by step, from ``metrics`` (rows of METRIC_COLUMNS)."""
+    val = METRIC_COLUMNS.index("val_bpc")
+    return {int(row[0]): row[val] for row in metrics if row[val] == row[val]}
+
+
+def checkpoint_lines(trainer: Trainer, out_dir: Path, stopped: bool = False) -> list:
+    """The lines that end a run: last.npz's step and validation score, best.npz's, and
+    which of the two ``sample`` and ``eval`` read (best.npz where there is one), so a
+    best.npz older than last.npz, or a last step left unscored, is never a surprise."""
+    out_dir = Path(out_dir)
+    scores = step_scores(trainer.metrics)
+    last = scores.get(trainer.step)
+    tail = " (stopped by signal)" if stopped else ""
+    scored = f"validation {last:.4f} bpc" if last is not None else "not validated"
+    best = trainer.best_val_bpc
+    if not (out_dir / "best.npz").is_file() or best != best:
+        return [f"{out_dir / 'last.npz'}: step {trainer.step}, {scored}{tail}; "
+                f"there is no best.npz: sample and eval read last.npz"]
+    best_at = min((s for s, v in scores.items() if v == best), default=None)
+    at = f"step {best_at}, " if best_at is not None else ""
+    return [f"{out_dir / 'last.npz'}: step {trainer.step}, {scored}{tail}",
+            f"{out_dir / 'best.npz'}: {at}validation {best:.4f} bpc, the best; "
+            f"sample and eval read it"]
+
+
 def _clock(seconds: float) -> str:
     if seconds < 10:
         return f"{max(0.0, seconds):.1f}s"
@@ -365,15 +403,18 @@ def _clock(seconds: float) -> str:
 def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                  started: float | None = None, tensorboard: Path | None = None) -> int:
     """Train until the budget is spent or a signal arrives; returns the exit status
-    (0, or 128 + signal number after a clean stop on SIGINT/SIGTERM).
+    (0, or 128 + signal number after a clean stop on SIGINT, SIGTERM or SIGHUP).
 
     ``started``: the time.perf_counter() at which the invocation began (default: now).
     ``tensorboard``: a directory to write each metrics row to as TensorBoard events too
     (tensorboard.py), and the hyperparameters at the end.
     A --time budget bounds the whole invocation from then: training stops early enough
     that the final validation (timed on the validation text as the run goes) and the last
-    save fit, and a validation still running at the deadline, or when a signal arrives,
-    stops within one chunk and goes unscored. last.npz is written before the first
+    save fit. If the machine slows after that time was set aside, a validation still
+    running at the deadline goes on past it by at most the time set aside for it (1.5
+    times its estimate and VALIDATION_SLACK_SECONDS), so the run ends with its last step
+    scored (``stop_reason`` says how late); past that, or when a signal arrives, it stops
+    within one chunk and goes unscored. last.npz is written before the first
     step, so a run directory always holds a checkpoint to resume. Raises
     TrainingDiverged, saying which checkpoint is on disk, and UserError when a file
     cannot be written."""
@@ -481,20 +522,29 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
             needed += timing["step"] + final_validation_seconds()
         return time.perf_counter() + needed >= deadline
 
+    # A validation still running at the deadline is the last one, and scores the model
+    # the run ends with: it may go on past the deadline by as much as was set aside for
+    # it (a machine that slowed after the time was set aside), then stops unscored.
+    overrun = {"allowed": 0.0}
+
     def validation_must_stop() -> bool:
         return signals.signum is not None or (
-            deadline is not None and time.perf_counter() + timing["save"] >= deadline)
+            deadline is not None and time.perf_counter() + 2 * timing["save"] + EXIT_SECONDS
+            >= deadline + overrun["allowed"])
 
     def evaluate() -> tuple[float, bool]:
         """Validate (rank 0): the score, NaN if cut short, and whether it is the best."""
         nonlocal last_val
+        overrun["allowed"] = final_validation_seconds() if deadline is not None else 0.0
         t0 = time.perf_counter()
         value = trainer.validate(validation_must_stop)
         if math.isnan(value) and not validation_must_stop():
             raise TrainingDiverged(f"training diverged at step {trainer.step}: the validation "
                                    f"loss is not finite; lower --lr or clip gradients with --clip")
         if math.isnan(value):
-            why = "a signal" if signals.signum is not None else "the --time budget"
+            why = "a signal" if signals.signum is not None else (
+                f"the --time budget, and the {overrun['allowed']:.1f} s past it that the final "
+                f"validation may take,")
             trainer.stop_reason = (f"{why} cut the validation at step {trainer.step} "
                                    f"short; it has no validation score")
             return value, False
@@ -597,7 +647,10 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                             val, improved = evaluate()
                         except TrainingDiverged as e:
                             problem = str(e)
-                        final = final or patience_ran_out(val) or trainer.stop_reason is not None
+                        # A validation that ran into the deadline was the last: the step
+                        # it scored ends the run, not one more unscored step.
+                        final = (final or patience_ran_out(val) or trainer.stop_reason is not None
+                                 or budget_spent())
                     decision = (final, val, improved, problem)
                 final, val, improved, problem = ranks.bcast(decision)
                 if problem is not None:
@@ -612,6 +665,12 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                 if final:
                     break
             save(last_path)
+            late = time.perf_counter() - deadline if deadline is not None and root else 0.0
+            if late > 0 and has_val and trainer.stop_reason is None and not signals.signum:
+                trainer.stop_reason = (
+                    f"the machine slowed near the end: the final validation and save ended "
+                    f"{late:.2f} s past the --time budget (the final validation may take up "
+                    f"to {overrun['allowed']:.2f} s past it)")
     except TrainingDiverged as e:
         raise TrainingDiverged(
             f"{e}; {last_path} (step {saved['step']}) is untouched: continue from it with "

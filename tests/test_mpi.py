@@ -127,3 +127,38 @@ def test_an_error_on_the_ranks_is_one_line_and_ends_the_job(tmp_path):
                "--out", tmp_path / "r", check=False, timeout=60)
     assert proc.returncode == 1 and "no such file or directory" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_mpiexec_without_the_flag_is_refused_before_any_rank_touches_the_run(tmp_path, corpus):
+    out = tmp_path / "run"
+    proc = mpi(2, "train", corpus, *TINY, "--steps", "5", "--out", out, check=False)
+    assert proc.returncode == 1, proc.stderr
+    [line] = proc.stderr.splitlines()  # rank 0 speaks for the job
+    assert line.startswith("Error: this is one of 2 processes that mpiexec started")
+    assert "add --distributed mpi" in line
+    assert not out.exists()
+
+
+def test_the_flag_without_a_launcher_is_refused_saying_how_to_start_it(tmp_path, corpus):
+    out = tmp_path / "run"
+    proc = run_cli("train", corpus, *TINY, "--steps", "5", "--distributed", "mpi", "--out", out,
+                   check=False)
+    assert proc.returncode == 1
+    [line] = proc.stderr.splitlines()
+    assert "`mpiexec -n N charlstm ... --distributed mpi`, or drop --distributed mpi" in line
+    assert not out.exists()
+    resumed = run_cli("resume", out, "--distributed", "mpi", check=False)
+    assert resumed.returncode == 1 and "started alone" in resumed.stderr
+
+
+@pytest.mark.parametrize("environ, seen", [
+    ({"PMI_SIZE": "4", "PMI_RANK": "3"}, (4, 3, "mpiexec")),  # MPICH's Hydra, Intel MPI
+    ({"OMPI_COMM_WORLD_SIZE": "2", "OMPI_COMM_WORLD_RANK": "1", "PMIX_RANK": "1"}, (2, 1, "mpiexec")),
+    ({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_NTASKS": "8"}, (8, 5, "srun")),
+    ({"SLURM_NTASKS": "8", "SLURM_PROCID": "0"}, None),  # a batch script: it runs once
+    ({}, None),
+])
+def test_launchers_are_told_by_the_variables_they_set(environ, seen):
+    from charlstm.ranks import launched_by
+
+    assert launched_by(environ) == (None if seen is None else seen)

@@ -161,3 +161,55 @@ def test_a_rerun_tries_failed_trials_again_and_a_missing_corpus_stops_it_at_once
     missing = run_cli("sweep", path, "--workers", "2", check=False)
     assert missing.returncode == 1 and "no such file" in missing.stderr
     assert "Traceback" not in missing.stderr and time.monotonic() - t0 < 30
+
+
+def _trials_still_running(out) -> bool:
+    """Whether a trial process still holds its run directory's lock (lock.py: flock)."""
+    import fcntl
+
+    for path in out.glob("trial-*/.lock"):
+        with open(path, "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return True
+    return False
+
+
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False),
+                                              (signal.SIGHUP, True)],
+                         ids=["ctrl-c", "kill", "terminal-closed"])
+def test_a_stop_signal_ends_the_sweep_with_every_trial_saved_and_none_failed(tmp_path, signum, to_group):
+    """Ctrl-C and a closed terminal signal the whole process group (sweep, workers,
+    trials); `kill PID` the sweep alone, whose workers then stop their trials."""
+    path = _sweep_file(tmp_path, steps=10_000_000, save_every=1_000_000,
+                       grid="[grid]\nhidden_size = [8, 16]\n\n")
+    out = tmp_path / "out"
+    sweep = subprocess.Popen([sys.executable, "-m", "charlstm", "sweep", str(path), "--workers", "2",
+                              "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (len(list(out.glob("trial-*/metrics.jsonl"))) == 2 and all(
+                p.stat().st_size > 500 for p in out.glob("trial-*/metrics.jsonl"))):
+            assert time.monotonic() < deadline and sweep.poll() is None, "the trials never got going"
+            time.sleep(0.05)
+        if to_group:
+            os.killpg(sweep.pid, signum)
+        else:
+            sweep.send_signal(signum)
+        stdout, stderr = sweep.communicate(timeout=120)
+        deadline = time.monotonic() + 60
+        while _trials_still_running(out) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert sweep.returncode == 128 + signum, stderr.decode()[-800:]
+    assert b"Traceback" not in stderr, stderr.decode()[-800:]
+    assert not _trials_still_running(out)
+    for run in out.glob("trial-*"):  # each stopped where it logged last, its steps saved
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert np.load(run / "last.npz")["step"] == rows[-1]["step"] > 0
+    recorded = _lines(out) if (out / "sweep.jsonl").exists() else []
+    assert recorded == []  # no trial finished, and none is recorded as failed

@@ -60,7 +60,7 @@ def test_time_alone_anneals_over_the_budget_and_resume_continues_the_curve(tmp_p
     assert all(b <= a for a, b in zip(lrs, lrs[1:]))  # one falling curve across the resume
     assert lrs[-1] < 0.15 * 2e-3 and rows[-1]["elapsed"] == pytest.approx(horizon, abs=1.0)
     later = run_cli("resume", out, check=False)
-    assert later.returncode == 2 and "already spent its time budget" in later.stderr
+    assert later.returncode == 1 and "already spent its time budget" in later.stderr
 
 
 def test_the_time_horizon_stays_out_of_run_files(tmp_path):
@@ -90,7 +90,7 @@ def test_patience_stops_the_run_and_resume_respects_and_changes_it(tmp_path):
     assert "stopped early: 2 validations in a row" in proc.stderr
     assert np.load(out / "last.npz")["step"] == 3
     refused = run_cli("resume", out, check=False)
-    assert refused.returncode == 2 and "--patience" in refused.stderr
+    assert refused.returncode == 1 and "--patience" in refused.stderr
     run_cli("resume", out, "--patience", "4", "--quiet")
     assert np.load(out / "last.npz")["step"] == 5  # two more misses make four
 
