@@ -308,6 +308,11 @@ def _read_run_file(ctx, param, value):
               help="Which copy of weight_hh the per-step products read in each direction: "
                    "stored, transposed, or packed (once per chunk by mkl), e.g. "
                    "transposed/stored.  [default: measured with --blas auto, else stored/stored]")
+@click.option("--bf16-products", default=None, metavar="STEP/CHUNK",
+              help="With --precision bfloat16: what computes the step products and the "
+                   "chunk products, each panels (charlstm's own, AVX512_BF16) or mkl (oneMKL's "
+                   "bfloat16 GEMM, on AMX tiles where the CPU has them), e.g. panels/mkl.  "
+                   "[default: measured with --blas auto, else panels/panels]")
 @click.option("--retune", is_flag=True,
               help="With --blas auto: measure the products again even if this machine "
                    "remembers a choice for these shapes (in ~/.cache/charlstm/tuning.json), "
@@ -325,8 +330,8 @@ def _read_run_file(ctx, param, value):
 @_distributed_option
 @_tensorboard_option
 @click.pass_context
-def train(ctx, paths, out, force, quiet, blas, step_weights, retune, precision, init_from,
-          distributed, tensorboard, **options):
+def train(ctx, paths, out, force, quiet, blas, step_weights, bf16_products, retune, precision,
+          init_from, distributed, tensorboard, **options):
     """Train a model on the text in PATHS (files, directories, globs).
 
     With no PATHS it trains on the corpus of --config's file, if it names one, else on
@@ -353,7 +358,8 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, retune, precision, 
     board = _board_dir(tensorboard, None) if tensorboard else None  # a named one: checked first
     trainer, out_dir = start_run(TrainConfig(corpus=tuple(paths), **options, **cadence),
                                  Path(out) if out else None, force, blas, step_weights,
-                                 precision=precision, retune=retune, init_from=init_from,
+                                 precision=precision, retune=retune,
+                                 bf16_products=bf16_products, init_from=init_from,
                                  ranks=ranks, given=_given(ctx, options))
     _announce(trainer, out_dir)
     if tensorboard == "":
@@ -423,9 +429,17 @@ def _announce(trainer, out_dir: Path) -> None:
         f"{len(data.train_ids):,} training / {len(data.val_ids):,} validation characters, "
         f"{data.batches.steps_per_epoch} steps per epoch; writing {out_dir}", err=True)
     from charlstm.kernels.blas import BLAS
-    products = (f"bfloat16 products (float32 accumulation) on charlstm's own kernels; float32 "
-                f"products (validation) on {BLAS.describe()}" if cfg.precision == "bfloat16"
-                else f"matrix products on {BLAS.describe()}; step weights {cfg.step_weights}")
+    if cfg.precision == "bfloat16":
+        from charlstm.config import parse_bf16_products
+
+        step, chunk = parse_bf16_products(cfg.bf16_products)
+        where = {"panels": "charlstm's panels", "mkl": "oneMKL"}
+        on = (f"on {where[step]}" if step == chunk
+              else f"step products on {where[step]}, chunk products on {where[chunk]}")
+        products = (f"bfloat16 products (float32 accumulation) {on}; validation in float32 "
+                    f"on {BLAS.describe()}")
+    else:
+        products = f"matrix products on {BLAS.describe()}; step weights {cfg.step_weights}"
     tuning = trainer.tuning
     how = ("" if tuning is None else
            "; chosen by an earlier measurement here (--retune measures again)" if tuning.remembered
@@ -459,6 +473,8 @@ def _finish(trainer, out_dir: Path, status: int) -> None:
                    "than the run's own rounds differently.  [default: the run's own]")
 @click.option("--step-weights", default=None, metavar="FORWARD/BACKWARD",
               help="As train --step-weights.  [default: the run's own]")
+@click.option("--bf16-products", default=None, metavar="STEP/CHUNK",
+              help="As train --bf16-products.  [default: the run's own]")
 @click.option("--retune", is_flag=True,
               help="With --blas auto: measure the products again (as train --retune).")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
@@ -470,7 +486,7 @@ def _finish(trainer, out_dir: Path, status: int) -> None:
 @_tensorboard_option
 @click.pass_context
 def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weights,
-           retune, precision, quiet, distributed, tensorboard, **settings):
+           bf16_products, retune, precision, quiet, distributed, tensorboard, **settings):
     """Continue the run in RUN_DIR from its last.npz, exactly where it stopped.
 
     Without options that change how it trains, the run goes on bit-identical to one that
@@ -493,6 +509,7 @@ def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_
     if retune and blas != "auto":
         raise click.UsageError("--retune measures the products again: it goes with --blas auto")
     trainer = resume_run(run_dir, changes, blas, step_weights, precision=precision, retune=retune,
+                         bf16_products=bf16_products,
                          warn=lambda line: click.echo(f"Warning: {line}", err=True), ranks=ranks)
     _announce(trainer, run_dir)
     status = run_training(trainer, run_dir, quiet=quiet or not ranks.is_root,

@@ -19,8 +19,6 @@ from .cells import CELL_TABLE
 from .config import TrainConfig
 from .errors import UserError
 from .kernels import blas as blas_module
-from .kernels.bf16 import bf16_product, interleave_rows, round_rows
-from .kernels.bf16 import pack_panels as pack_bf16_panels
 from .kernels.blas import BLAS, STEP_LAYOUTS, matmul_nn, matmul_nt, matmul_tn, transpose_into
 from .kernels.cifg import cifg_backward, cifg_forward
 from .kernels.gru import gru_backward, gru_forward
@@ -30,7 +28,7 @@ from .kernels.panels import pack_panels, panel_buffer
 from .kernels.peephole import peephole_backward, peephole_forward, peephole_weight_grads
 from .kernels.rnn import rnn_backward, rnn_forward
 from .kernels.softmax import softmax_xent_grad, softmax_xent_loss
-from .mixed import LowPrecisionBuffers, LowPrecisionWeights
+from .mixed import LowPrecisionProducts, LowPrecisionWeights
 from .parameters import FlatParams
 
 
@@ -116,9 +114,10 @@ class Network:
         self.low_precision = config.precision == "bfloat16" and self.dtype == np.float32
         self._owns_low_precision_weights = self.low_precision and low_precision_weights is None
         if self._owns_low_precision_weights:
-            low_precision_weights = LowPrecisionWeights(params, self.num_layers)
+            low_precision_weights = LowPrecisionWeights(params, self.num_layers,
+                                                        config.bf16_products)
         self.low_precision_weights = low_precision_weights if self.low_precision else None
-        self._low_precision_buffers: dict[tuple, LowPrecisionBuffers] = {}
+        self._low_precision_products: dict[tuple, LowPrecisionProducts] = {}
 
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
         """The carried state of ``batch`` streams at zero: [num_layers, batch, H] per key
@@ -134,13 +133,14 @@ class Network:
             self._workspaces[key] = ws
         return ws
 
-    def low_precision_buffers(self, T: int, B: int) -> LowPrecisionBuffers:
+    def low_precision_products(self, T: int, B: int) -> LowPrecisionProducts:
+        """The bfloat16 products of a (T, B) chunk, with this network's buffers."""
         key = (T, B)
-        buffers = self._low_precision_buffers.get(key)
-        if buffers is None:
-            buffers = LowPrecisionBuffers(T, B, self.H, self.G * self.H, self.V)
-            self._low_precision_buffers[key] = buffers
-        return buffers
+        products = self._low_precision_products.get(key)
+        if products is None:
+            products = LowPrecisionProducts(self.low_precision_weights, T, B)
+            self._low_precision_products[key] = products
+        return products
 
     def _step_weight(self, k: int, layout: str, forward: bool, rows: int):
         """Layer k's weight_hh as one direction's step products read it, and the kernels'
@@ -185,8 +185,7 @@ class Network:
         """
         B, T = inputs.shape
         ws = self.workspace(T, B)
-        low = self.low_precision_buffers(T, B) if low_precision else None
-        weights16 = self.low_precision_weights
+        low = self.low_precision_products(T, B) if low_precision else None
         if masks is not None and ws.dropped is None:
             ws.dropped = [np.empty_like(h) for h in ws.hs]
         p = self.params
@@ -210,15 +209,13 @@ class Network:
                 np.add(p["rnn.weight_ih_l0"].T, bias, out=ws.table)
                 onehot_forward(ws.table, ws.ids, xproj2d)
             elif low is not None:
-                round_rows(x, low.rows(self.H))
-                bf16_product(low.rows(self.H), False, weights16.ih_forward[k], xproj2d,
-                             low.scratch, False)
+                low.input_projection(k, x, xproj2d)
                 xproj2d += bias
             else:
                 matmul_nt(x, p[f"rnn.weight_ih_l{k}"], xproj2d)
                 xproj2d += bias
             if low is not None:
-                w_hh, layout = (weights16.hh_forward[k], low.h_pairs, low.scratch), 0
+                w_hh, layout = low.step_weight(k, True), 0
             else:
                 if self._w_hh_t is not None:
                     transpose_into(p[f"rnn.weight_hh_l{k}"], self._w_hh_t[k])
@@ -246,9 +243,7 @@ class Network:
                 np.multiply(ws.hs[k], masks[k], out=ws.dropped[k])
                 x = ws.dropped[k].reshape(N, self.H)
         if low is not None:
-            round_rows(x, low.rows(self.H))
-            bf16_product(low.rows(self.H), False, weights16.decoder_forward, ws.logits,
-                         low.scratch, False)
+            low.decoder(x, ws.logits)
         else:
             matmul_nt(x, p["decoder.weight"], ws.logits)
         ws.logits += p["decoder.bias"]
@@ -284,22 +279,14 @@ class Network:
     def _backward(self, ws: Workspace, T: int, B: int, masks) -> None:
         p, g = self.params, self.grads
         N, H = T * B, self.H
-        low = self.low_precision_buffers(T, B) if self.low_precision else None
-        weights16 = self.low_precision_weights
+        low = self.low_precision_products(T, B) if self.low_precision else None
         # What each layer's output was as read above it: masked under dropout.
         outputs = ws.hs if masks is None else ws.dropped
         dlogits = ws.logits
         top = outputs[-1].reshape(N, H)
         dhs2d = ws.dhs.reshape(N, H)
         if low is not None:
-            # dW_dec = (top.T @ dlogits).T; dh = dlogits @ W_dec.
-            interleave_rows(top[:0], top, low.interleaved)
-            panels = low.long_panels(self.V)
-            pack_bf16_panels(dlogits, panels, False)
-            bf16_product(low.interleaved, True, panels, g["decoder.weight"], low.scratch, True)
-            round_rows(dlogits, low.rows(self.V))
-            bf16_product(low.rows(self.V), False, weights16.decoder_backward, dhs2d,
-                         low.scratch, False)
+            low.decoder_backward(dlogits, top, g["decoder.weight"], dhs2d)
         else:
             matmul_tn(dlogits, top, g["decoder.weight"])
             matmul_nn(dlogits, p["decoder.weight"], dhs2d)
@@ -312,7 +299,7 @@ class Network:
             dh[...] = 0.0
             dc[...] = 0.0
             if low is not None:
-                w_hh, layout = (weights16.hh_backward[k], low.dpre_pairs, low.scratch), 0
+                w_hh, layout = low.step_weight(k, False), 0
             else:
                 w_hh, layout = self._step_weight(k, self.bwd_layout, False, B)
             if self.cell == "lstm":
@@ -335,15 +322,11 @@ class Network:
             drec = ws.drec if self.gru else dpre
             GH = dpre.shape[2]
             dpre2d = dpre.reshape(N, GH)
+            drec2d = drec.reshape(N, GH) if self.gru else dpre2d
             hs = ws.hs[k]
             g_hh = g[f"rnn.weight_hh_l{k}"]
             if low is not None:
-                # sum_t drec_t^T h_{t-1} = (h_prev.T @ drec).T over the chunk's rows,
-                # h_prev being h0 then h_0 .. h_{T-2}.
-                interleave_rows(ws.h0[k], hs[:-1].reshape(-1, H), low.interleaved)
-                panels = low.long_panels(GH)
-                pack_bf16_panels(drec.reshape(N, GH), panels, False)
-                bf16_product(low.interleaved, True, panels, g_hh, low.scratch, True)
+                low.recurrent_weight_gradient(drec2d, ws.h0[k], hs[:-1].reshape(-1, H), g_hh)
             else:
                 # sum_t drec_t^T h_{t-1}: steps 1..T-1 in one GEMM, step 0 against h0.
                 matmul_tn(drec[1:].reshape(-1, GH), hs[:-1].reshape(-1, H), g_hh)
@@ -357,15 +340,9 @@ class Network:
                 onehot_backward(dpre2d, ws.ids, ws.table)
                 g["rnn.weight_ih_l0"][...] = ws.table.T
             elif low is not None:
-                below = outputs[k - 1].reshape(N, H)
-                if self.gru:  # the panels hold drec, which differs from dpre here
-                    pack_bf16_panels(dpre2d, panels, False)
-                interleave_rows(below[:0], below, low.interleaved)
-                bf16_product(low.interleaved, True, panels, g[f"rnn.weight_ih_l{k}"],
-                             low.scratch, True)
-                round_rows(dpre2d, low.rows(GH))
-                bf16_product(low.rows(GH), False, weights16.ih_backward[k], dhs2d,
-                             low.scratch, False)
+                low.input_weight_gradient(dpre2d, outputs[k - 1].reshape(N, H),
+                                          g[f"rnn.weight_ih_l{k}"])
+                low.input_gradient(k, dpre2d, dhs2d)
             else:
                 below = outputs[k - 1].reshape(N, H)
                 w_ih = p[f"rnn.weight_ih_l{k}"]

@@ -121,7 +121,8 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
               blas: str = "auto", step_weights: str | None = None,
               init_from: Path | None = None, ranks=None,
               given: set[str] | None = None, precision: str | None = None,
-              retune: bool = False) -> tuple[Trainer, Path]:
+              retune: bool = False, bf16_products: str | None = None
+              ) -> tuple[Trainer, Path]:
     """A new run of ``config`` in ``out_dir`` (default runs/<timestamp>), ready to train.
 
     ``config.threads`` is taken as given; a config with no budget trains DEFAULT_EPOCHS
@@ -146,7 +147,8 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
     ``precision``: auto, float32 or bfloat16 (cpu.resolve_precision), or None to keep
     ``config.precision``; bfloat16 on a CPU without its products is refused (UserError).
     ``retune``: with ``blas`` "auto", measure even if this machine remembers a choice for
-    these shapes (tuning_cache.py). The trainer's ``tuning`` says how the choice was made."""
+    these shapes (tuning_cache.py). The trainer's ``tuning`` says how the choice was made.
+    ``bf16_products``: what computes a bfloat16 run's products (tune.resolve)."""
     ranks = ranks if ranks is not None else SingleProcess()
     fresh = out_dir is None  # a default name, claimed exclusively (claim_new_run_dir)
     out_dir = Path(ranks.bcast(str(out_dir) if out_dir is not None else str(default_run_dir())))
@@ -180,7 +182,8 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
             config, data, recipe_note = _take_budget_recipe(config, data, given)
         config = fix_schedule_horizon(config, data.batches.steps_per_epoch)
         if ranks.is_root:  # rank 0 measures; its choice is every rank's
-            planned, choice = resolve(config, len(data.vocab), blas, step_weights, retune)
+            planned, choice = resolve(config, len(data.vocab), blas, step_weights, retune,
+                                      bf16_products)
     except UserError as e:
         error = e
     config = ranks.agree(error, planned)
@@ -321,7 +324,8 @@ def locate_corpus(ckpt, run_dir: Path) -> tuple[tuple, dict]:
 
 def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = None,
                step_weights: str | None = None, warn=None, ranks=None,
-               precision: str | None = None, retune: bool = False) -> Trainer:
+               precision: str | None = None, retune: bool = False,
+               bf16_products: str | None = None) -> Trainer:
     """The run in ``run_dir``, from its last.npz, ready to continue.
 
     ``changes``: settings that differ from the saved ones, among RESUMABLE (budgets,
@@ -335,8 +339,8 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
     Raises UserError (CheckpointError, BudgetReached) naming the fix. ``ranks``: as
     ``start_run`` takes it; a run may continue on another number of ranks (recorded).
     ``precision``: a new one (auto, float32, bfloat16); without one, a bfloat16 run on a
-    CPU without bfloat16 products continues in float32 and ``warn`` says so. ``retune``:
-    as in ``start_run``, with ``blas`` "auto"."""
+    CPU without bfloat16 products continues in float32 and ``warn`` says so. ``retune``
+    and ``bf16_products``: as in ``start_run``."""
     ranks = ranks if ranks is not None else SingleProcess()
     run_dir = Path(run_dir)
     error, choice = None, None
@@ -374,15 +378,6 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
         if "lr_schedule" in changes and changes["lr_schedule"] != ckpt.config.lr_schedule:
             config = fix_schedule_horizon(config.replace(lr_horizon=changes.get("lr_horizon", 0)),
                                           data.batches.steps_per_epoch)
-        if blas is not None or step_weights is not None:
-            if ranks.is_root:  # rank 0 measures; its choice is every rank's
-                config, choice = resolve(config, len(data.vocab), blas or config.blas,
-                                         step_weights or (None if blas == "auto" else config.step_weights),
-                                         retune)
-        else:
-            config, warning = fall_back_if_missing(config)
-            if warning and warn is not None and ranks.is_root:
-                warn(warning)
         if precision is not None:
             config = config.replace(precision=resolve_precision(precision))
         elif config.precision == "bfloat16" and bf16_missing():
@@ -390,6 +385,15 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
             if warn is not None and ranks.is_root:
                 warn(f"this run trained with bfloat16 products, which {bf16_missing()}: "
                      f"continuing in float32, which rounds differently from here on")
+        if blas is not None or step_weights is not None or bf16_products is not None:
+            if ranks.is_root:  # rank 0 measures; its choice is every rank's
+                config, choice = resolve(config, len(data.vocab), blas or config.blas,
+                                         step_weights or (None if blas == "auto" else config.step_weights),
+                                         retune, bf16_products)
+        else:
+            config, warning = fall_back_if_missing(config)
+            if warning and warn is not None and ranks.is_root:
+                warn(warning)
     except UserError as e:
         error = e
     config, follow_schedule = ranks.agree(error, (config, follow_schedule) if error is None else None)

@@ -70,8 +70,9 @@ class ShardedNetwork:
         self.params = params
         # The bfloat16 copies of the weights (mixed precision): made once per step, here,
         # and read by every shard.
-        self.low_precision_weights = (LowPrecisionWeights(params, config.num_layers)
-                                      if config.precision == "bfloat16" else None)
+        self.low_precision_weights = (
+            LowPrecisionWeights(params, config.num_layers, config.bf16_products)
+            if config.precision == "bfloat16" else None)
         self.nets = [Network(config, vocab_size, params, self.low_precision_weights)
                      for _ in range(min(threads, config.batch_size))]
         # Shard 0's buffer receives the sum, so the sum needs no extra pass.

@@ -40,6 +40,15 @@ def assert_product(got, a, b, what="", slack=0.0):
     assert excess.max() <= 0, f"{what}: off by {excess.max():.3g} beyond the accumulation bound"
 
 
+def _has_mkl_bf16() -> bool:
+    from charlstm.kernels import blas_libraries
+
+    try:
+        return blas_libraries.load("mkl").has_bf16
+    except blas_libraries.LibraryUnavailable:
+        return False
+
+
 def _bits(values64):
     """float64 values (exactly bfloat16) as their bfloat16 bit patterns."""
     return (np.asarray(values64, np.float32).view(np.uint32) >> 16).astype(np.uint16)
@@ -183,12 +192,20 @@ def test_bf16_product_is_not_a_float32_product():
 CELLS = ("lstm", "peephole", "cifg", "gru", "rnn")
 
 
-def _step_weights(w_hh, B, forward):
-    """The (panels, pairs, scratch) tuple a cell kernel takes for bfloat16 step products."""
+def _step_weights(w_hh, B, forward, kind="panels"):
+    """What a cell kernel takes for bfloat16 step products: the (panels, pairs, scratch)
+    tuple, or for oneMKL's packed products (packed, pairs, scratch, 0)."""
     from charlstm.kernels.bf16 import pack_panels, pair_buffer, panel_buffer, result_scratch
 
     GH, H = w_hh.shape
     k, n = (H, GH) if forward else (GH, H)
+    if kind == "mkl":
+        from charlstm.mixed import LowPrecisionWeights
+
+        params = {"rnn.weight_hh_l0": w_hh, "decoder.weight": np.zeros((3, H), np.float32)}
+        weights = LowPrecisionWeights(params, 1, "mkl/panels")
+        weights.refresh()
+        return weights.mkl_packed(0, forward, B), pair_buffer(B, k), result_scratch(), 0
     panels = panel_buffer(k, n)
     pack_panels(w_hh, panels, forward)
     return panels, pair_buffer(B, k), result_scratch()
@@ -209,7 +226,7 @@ def _layer(cell, rng, T, B, H):
     }
 
 
-def _run_forward(cell, L, T, B, H):
+def _run_forward(cell, L, T, B, H, kind="panels"):
     """Run the cell's forward kernel with bfloat16 step weights; returns its outputs."""
     from charlstm.kernels import cifg, gru, lstm, peephole, rnn
 
@@ -217,7 +234,7 @@ def _run_forward(cell, L, T, B, H):
     out = {"hs": np.empty((T, B, H), f32), "cs": np.empty((T, B, H), f32),
            "tanh_cs": np.empty((T, B, H), f32), "gates": np.empty((T, B, L["G"] * H), f32),
            "ghns": np.empty((T, B, H), f32)}
-    weights = _step_weights(L["w_hh"], B, True)
+    weights = _step_weights(L["w_hh"], B, True, kind)
     if cell == "lstm":
         lstm.lstm_forward(L["xproj"], weights, L["h0"], L["c0"], out["hs"], out["cs"],
                           out["gates"], out["tanh_cs"])
@@ -258,11 +275,16 @@ def _twin_step(cell, L, t, out, H):
     return ref.rnn_layer_forward(x, eye, L["w_hh"], zero, zero, h_prev, **products)
 
 
+STEP_KINDS = ["panels", pytest.param("mkl", marks=pytest.mark.skipif(
+    not _has_mkl_bf16(), reason="oneMKL's bfloat16 GEMM is not installed"))]
+
+
+@pytest.mark.parametrize("kind", STEP_KINDS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_cell_forward_with_bf16_step_products_matches_the_twin_step_by_step(cell):
+def test_cell_forward_with_bf16_step_products_matches_the_twin_step_by_step(cell, kind):
     T, B, H = 6, 5, 40
     L = _layer(cell, np.random.default_rng(len(cell)), T, B, H)
-    out = _run_forward(cell, L, T, B, H)
+    out = _run_forward(cell, L, T, B, H, kind)
     tol = 2e-6 * H
     for t in range(T):
         twin = _twin_step(cell, L, t, out, H)
@@ -300,16 +322,17 @@ def _backward_one_step(cell, L, out, t, dh, dc, dpre, drec, weights, H):
         rnn.rnn_backward(weights, out["hs"][sl], L["dhs"][sl], dh, dpre[sl])
 
 
+@pytest.mark.parametrize("kind", STEP_KINDS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_cell_backward_with_bf16_step_products_matches_the_twin_step_by_step(cell):
+def test_cell_backward_with_bf16_step_products_matches_the_twin_step_by_step(cell, kind):
     """Each step's gradient through the recurrent product is the twin's product of the
     kernel's own dpre_t (drec_t for the GRU) and W_hh, both rounded; and running the
     steps one at a time is the whole chunk's call, bit for bit."""
     T, B, H = 6, 5, 40
     L = _layer(cell, np.random.default_rng(7 * len(cell)), T, B, H)
-    out = _run_forward(cell, L, T, B, H)
+    out = _run_forward(cell, L, T, B, H, kind)
     GH = L["G"] * H
-    weights = _step_weights(L["w_hh"], B, False)
+    weights = _step_weights(L["w_hh"], B, False, kind)
     rng = np.random.default_rng(1)
     dh_T = rng.standard_normal((B, H)).astype(np.float32)
     dc_T = rng.standard_normal((B, H)).astype(np.float32)
@@ -348,12 +371,20 @@ def test_cell_backward_with_bf16_step_products_matches_the_twin_step_by_step(cel
 # --------------------------------------------------------------------------------------
 # the network: every chunk product from the operands it saved
 # --------------------------------------------------------------------------------------
-def _bf16_network(cell, num_layers, seed=0, V=13, H=40):
+# charlstm's panels for both; oneMKL's bfloat16 GEMM for both, and each for one role.
+PRODUCTS = ["panels/panels"] + [
+    pytest.param(kinds, marks=pytest.mark.skipif(not _has_mkl_bf16(),
+                                                 reason="oneMKL's bfloat16 GEMM is not installed"))
+    for kinds in ("mkl/mkl", "panels/mkl", "mkl/panels")]
+
+
+def _bf16_network(cell, num_layers, seed=0, V=13, H=40, products="panels/panels"):
     from charlstm.config import TrainConfig
     from charlstm.network import Network
     from charlstm.parameters import init_params
 
-    config = TrainConfig(cell=cell, hidden_size=H, num_layers=num_layers, precision="bfloat16")
+    config = TrainConfig(cell=cell, hidden_size=H, num_layers=num_layers, precision="bfloat16",
+                         bf16_products=products)
     params = init_params(config, V, np.random.default_rng(seed))
     return Network(config, V, params), V
 
@@ -367,11 +398,12 @@ def _chunk(net, V, B, T, seed):
     return inputs, targets, state
 
 
+@pytest.mark.parametrize("products", PRODUCTS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_network_forward_products_are_the_twins(cell):
+def test_network_forward_products_are_the_twins(cell, products):
     """The upper layer's input projection and the decoder, from the activations the
     forward pass saved; layer 0's input stays a float32 row lookup."""
-    net, V = _bf16_network(cell, 2)
+    net, V = _bf16_network(cell, 2, products=products)
     B, T = 5, 6
     inputs, _, state = _chunk(net, V, B, T, 1)
     net.low_precision_weights.refresh()
@@ -396,13 +428,14 @@ def test_network_forward_products_are_the_twins(cell):
     np.testing.assert_allclose(ws.xproj[0].reshape(N, -1), lookup, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("products", PRODUCTS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_network_gradient_products_are_the_twins(cell):
+def test_network_gradient_products_are_the_twins(cell, products):
     """Every weight gradient and the gradient passed down between layers, from the
     activations and gate gradients the pass saved (one layer for the GRU beside two:
     its drec buffer is shared by the layers)."""
     for num_layers in ((1, 2) if cell != "gru" else (1,)):
-        net, V = _bf16_network(cell, num_layers, seed=num_layers)
+        net, V = _bf16_network(cell, num_layers, seed=num_layers, products=products)
         B, T = 4, 7
         inputs, targets, state = _chunk(net, V, B, T, 2)
         h0 = state["h"].copy()
@@ -433,11 +466,13 @@ def test_network_gradient_products_are_the_twins(cell):
             assert_product(ws.dhs.reshape(N, H), dpre1, p["rnn.weight_ih_l1"], "dx of layer 1")
 
 
+@pytest.mark.parametrize("products", PRODUCTS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_network_drifts_from_its_twin_no_more_than_rounding_flips_allow(cell):
+def test_network_drifts_from_its_twin_no_more_than_rounding_flips_allow(cell, products):
     """The whole pass against the twin run on its own: any miswired product is an error
-    of order 1; rounding flips cascading over a chunk stay far below it."""
-    net, V = _bf16_network(cell, 2, seed=5)
+    of order 1; rounding flips cascading over a chunk stay far below it (and through
+    the step products, which the forward products' test reaches only via h)."""
+    net, V = _bf16_network(cell, 2, seed=5, products=products)
     B, T = 4, 7
     inputs, targets, state = _chunk(net, V, B, T, 3)
     h0 = state["h"].astype(np.float64)

@@ -88,3 +88,28 @@ def test_bfloat16_learns_what_float32_learns(tmp_path, corpus):
         scores[precision] = json.loads(run_cli("info", out / "last.npz", "--json").stdout)["best_val_bpc"]
     assert scores["float32"] < 1.5, scores  # it learned the words
     assert abs(scores["bfloat16"] - scores["float32"]) < 0.03, scores
+
+
+def _has_mkl_bf16() -> bool:
+    from charlstm.kernels import blas_libraries
+
+    try:
+        return blas_libraries.load("mkl").has_bf16
+    except blas_libraries.LibraryUnavailable:
+        return False
+
+
+@needs_bf16
+@pytest.mark.skipif(not _has_mkl_bf16(), reason="oneMKL's bfloat16 GEMM is not installed")
+def test_a_run_on_onemkls_bfloat16_products_resumes_bit_identically(tmp_path, corpus):
+    whole, _ = train_split_and_whole(tmp_path, corpus, [*TINY, "--precision", "bfloat16",
+                                                        "--bf16-products", "mkl/mkl"], 4)
+    info = json.loads(run_cli("info", whole / "last.npz", "--json").stdout)
+    assert info["config"]["bf16_products"] == "mkl/mkl"
+
+
+def test_bf16_products_are_refused_for_a_float32_run(tmp_path, corpus):
+    proc = run_cli("train", corpus, *TINY, "--steps", "2", "--precision", "float32",
+                   "--bf16-products", "panels", "--out", tmp_path / "run", check=False)
+    assert proc.returncode == 1 and "--precision bfloat16" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

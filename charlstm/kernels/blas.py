@@ -37,7 +37,7 @@ from .blas_libraries import NO_TRANS as _NO_TRANS, ROW_MAJOR as _ROW_MAJOR
 from .blas_libraries import PACKED as _PACKED_STORAGE, TRANS as _TRANS, LibraryUnavailable
 from .blas_libraries import format_blas, parse_blas  # noqa: F401 (charlstm.kernels.blas's API)
 from .jit import kernel
-from .bf16 import bf16_step_product
+from .bf16 import bf16_step_product, round_rows
 from .panels import panel_product
 
 ROLES = ("step", "chunk")
@@ -48,8 +48,8 @@ ROLES = ("step", "chunk")
 # Or, not through a BLAS at all, packed once per chunk into the column panels of charlstm's
 # own product (panels.py).
 STEP_LAYOUTS = {"stored": 0, "transposed": 1, "packed": 2, "panels": 3}
-_TRANSPOSED, _PACKED, _PANELS = (STEP_LAYOUTS["transposed"], STEP_LAYOUTS["packed"],
-                                 STEP_LAYOUTS["panels"])
+_STORED, _TRANSPOSED, _PACKED, _PANELS = (STEP_LAYOUTS["stored"], STEP_LAYOUTS["transposed"],
+                                          STEP_LAYOUTS["packed"], STEP_LAYOUTS["panels"])
 # Columns of padding after each row of a transposed weight_hh copy. Its rows are G*H
 # floats, a multiple of 4 KB at M and L, and rows a multiple of 4 KB apart fall into the
 # same cache sets, more or less depending on where the pages land. Whole training steps
@@ -116,6 +116,15 @@ class BlasBinding:
                 address = ctypes.cast(stub, ctypes.c_void_p).value
             llvm.add_symbol(f"charlstm_{kind}gemm_compute_step", address)
         self.spec, self.libraries = spec, libraries
+
+    def bind_bf16_compute(self) -> None:
+        """Point the bfloat16 step products' symbol at oneMKL's packed bfloat16 compute.
+        Raises LibraryUnavailable without oneMKL (or an oneMKL without it)."""
+        lib = blas_libraries.load("mkl")
+        if not lib.has_bf16:
+            raise LibraryUnavailable(f"{lib.describe()} has no bfloat16 GEMM; upgrade it "
+                                     f"(pip install -U 'charlstm[mkl]')")
+        llvm.add_symbol("charlstm_bf16_compute_step", lib.bf16["compute"])
 
     @property
     def step_packs(self) -> bool:
@@ -446,8 +455,28 @@ def recurrent_backward(dpre, weight, out, layout):
     raise NotImplementedError
 
 
+# oneMKL's cblas_gemm_bf16bf16f32_compute, for bfloat16 step products on a weight it
+# packed (BlasBinding.bind_bf16_compute points the symbol at it before such a product
+# compiles).
+_bf16_compute_step = types.ExternalFunction(
+    "charlstm_bf16_compute_step",
+    types.void(types.int32, types.int64, types.int64, types.int64, types.int64, types.int64,
+               types.float32, types.voidptr, types.int64, types.voidptr, types.int64,
+               types.float32, types.voidptr, types.int64))
+
+
 def _step_product_overload(float_version):
     def typer(h, weight, out, layout):
+        if isinstance(weight, types.BaseTuple) and len(weight) == 4:
+            # (packed by oneMKL, a_pairs, scratch, 0): round h, then MKL's compute.
+            def mkl_low_precision(h, weight, out, layout):
+                round_rows(h, weight[1])
+                m, k = h.shape
+                n = out.shape[1]
+                _bf16_compute_step(_ROW_MAJOR, _NO_TRANS, _PACKED_STORAGE, m, n, k,
+                                   np.float32(1.0), weight[1].ctypes.data, 2 * weight[1].shape[1],
+                                   weight[0].ctypes.data, n, np.float32(0.0), out.ctypes.data, n)
+            return mkl_low_precision
         if isinstance(weight, types.BaseTuple):
             def low_precision(h, weight, out, layout):
                 bf16_step_product(h, weight[1], weight[0], out, weight[2])
@@ -494,3 +523,4 @@ def transpose_into(src, dst):
                 row = dst[j]
                 for i in range(i0, i1):
                     row[i] = src[i, j]
+
