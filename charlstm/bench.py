@@ -117,15 +117,18 @@ def _peak_rss_mb() -> float:
 # -- workers (run in subprocesses) ---------------------------------------------------------
 
 def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int, threads: int,
-                    blas: str = "auto", step_weights: str | None = None) -> dict:
+                    blas: str = "auto", step_weights: str | None = None,
+                    precision: str = "float32") -> dict:
     from .config import TrainConfig
+    from .cpu import resolve_precision
     from .kernels.blas import BLAS
     from .sample import Sampler
     from .train import Trainer, prepare_data
     from .tune import resolve
 
     spec = CONFIGS[name]
-    config = TrainConfig(corpus=(corpus,) if corpus else (), threads=threads, **spec)
+    config = TrainConfig(corpus=(corpus,) if corpus else (), threads=threads,
+                         precision=resolve_precision(precision), **spec)
     data = prepare_data(config)
     config, _ = resolve(config, len(data.vocab), blas, step_weights)  # as `charlstm train` does
     trainer = Trainer(config, data)
@@ -152,8 +155,11 @@ def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int, thre
         pass
     sample_cps = SAMPLE_CHARS / (time.perf_counter() - t0)
     gemm_s = numpy_gemm_seconds(step_gemm_shapes(spec["cell"], H, L, V, T, B))
+    from .bench_products import product_rates
+
+    products = product_rates(config, V, -(-B // min(threads, B)))
     return {
-        "config": name, **spec, "vocab": V, "threads": threads,
+        "config": name, **spec, "vocab": V, "threads": threads, "precision": config.precision,
         "blas": config.blas, "step_weights": config.step_weights, "blas_detail": BLAS.describe(),
         "train_chars_per_s": cps,
         "step_ms": step_s * 1e3,
@@ -161,6 +167,7 @@ def worker_charlstm(name: str, corpus: str | None, steps: int, warmup: int, thre
         "numpy_gemm_ms": gemm_s * 1e3,
         "gemm_fraction": gemm_s / step_s,
         "sample_chars_per_s": sample_cps,
+        "products": products,
         "peak_rss_mb": _peak_rss_mb(),
     }
 
@@ -186,9 +193,38 @@ def worker_jit(cache_dir: str) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
+def train_charlstm_steps(spec: dict, corpus: str | None, steps: int, eval_every: int,
+                         threads: int, seed: int = 0, torch_init: bool = False,
+                         precision: str = "float32") -> list:
+    """charlstm's side of an equal-steps comparison: the real Trainer for ``steps``
+    steps, validated every ``eval_every`` steps and at the end. Returns [(step, val_bpc),
+    ...]. ``torch_init``: start from PyTorch's initial weights of ``seed``."""
+    from .config import TrainConfig
+    from .cpu import resolve_precision
+    from .train import Trainer, prepare_data
+    from .tune import resolve
+
+    config = TrainConfig(corpus=(corpus,) if corpus else (), seed=seed, threads=threads,
+                         precision=resolve_precision(precision), **spec)
+    data = prepare_data(config)
+    config, _ = resolve(config, len(data.vocab), "auto")
+    trainer = Trainer(config, data)
+    if torch_init:
+        from .bench_torch import TorchTwin
+
+        for name, value in TorchTwin(spec, corpus, threads=1, seed=seed).state_dict().items():
+            trainer.net.params[name][...] = value
+    curve = []
+    for step in range(1, steps + 1):
+        trainer.train_step()
+        if step % eval_every == 0 or step == steps:
+            curve.append((step, trainer.validate()))
+    return curve
+
+
 def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_every_s: float,
                        threads: int, seed: int = 0, torch_init: bool = False,
-                       blas: str = "auto") -> list:
+                       blas: str = "auto", precision: str = "float32") -> list:
     """charlstm's side of the equal-budget comparison: the real Trainer, validated every
     ``eval_every_s`` seconds of training time. Returns [(seconds, val_bpc), ...].
 
@@ -198,9 +234,11 @@ def train_charlstm_for(spec: dict, corpus: str | None, seconds: float, eval_ever
     from .config import TrainConfig
     from .train import Trainer, prepare_data
 
+    from .cpu import resolve_precision
     from .tune import resolve
 
-    config = TrainConfig(corpus=(corpus,) if corpus else (), seed=seed, threads=threads, **spec)
+    config = TrainConfig(corpus=(corpus,) if corpus else (), seed=seed, threads=threads,
+                         precision=resolve_precision(precision), **spec)
     data = prepare_data(config)
     config, _ = resolve(config, len(data.vocab), blas)
     trainer = Trainer(config, data)
@@ -270,14 +308,29 @@ def time_first_sample_char(config: str = "M") -> float:
 
 def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torch: bool,
               torch_threads: int, echo=print, repeat: int = 1, threads: int | None = None,
-              blas: str = "auto") -> dict:
+              blas: str = "auto", precisions=None) -> dict:
     """``threads``: charlstm's (None: one per core, at most the batch size); PyTorch uses
-    ``torch_threads``. ``blas``: charlstm's, as ``train --blas`` takes it."""
-    from .shards import default_threads
+    ``torch_threads``. ``blas``: charlstm's, as ``train --blas`` takes it. ``precisions``:
+    charlstm's (default float32, and bfloat16 where the CPU has its products); PyTorch
+    runs both ways, float32 and under bfloat16 autocast, whatever the CPU. Every worker
+    of a configuration runs in its own process, interleaved with the others, ``repeat``
+    times; the rows hold medians."""
+    from .bench_products import bfloat16_peak_gflops, float32_peak_gflops
+    from .cpu import has_bf16_products
+    from .shards import available_cores, default_threads
 
+    if precisions is None:
+        precisions = ("float32", "bfloat16") if has_bf16_products() else ("float32",)
     results = {"machine": machine_summary(), "configs": [], "corpus": corpus or "builtin:pydoc"}
     echo(format_machine(results["machine"]))
+    cores = available_cores()
     results["numpy_square_gemm_gflops"] = numpy_square_gemm_gflops()
+    results["peak_float32_gflops"] = float32_peak_gflops(cores)
+    results["peak_bfloat16_gflops"] = bfloat16_peak_gflops(cores)
+    echo(f"peaks on {cores} cores: float32 {results['peak_float32_gflops']:.0f} GFLOP/s, "
+         f"bfloat16 {results['peak_bfloat16_gflops']:.0f} GFLOP/s (charlstm's register blocks on "
+         f"L1-resident operands); NumPy's float32 GEMM on 2048x2048 matrices "
+         f"{results['numpy_square_gemm_gflops']:.0f} GFLOP/s")
     torch_ok = False
     if compare_torch:
         try:
@@ -286,25 +339,41 @@ def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torc
         except ImportError:
             echo("torch is not importable: skipping the PyTorch comparison")
     corpus_args = ["--corpus", corpus] if corpus else []
+    torch_ways = ("float32", "bfloat16") if torch_ok else ()
     for name in configs:
-        rows, torch_rows = [], []
         ours = threads or default_threads(CONFIGS[name]["batch_size"])
-        for _ in range(repeat):  # interleaved, so drifts in machine load hit both alike
-            rows.append(_run_worker(["--worker", "charlstm", "--config", name, "--steps", str(steps),
-                                     "--warmup", str(warmup), "--threads", str(ours),
-                                     "--blas", blas] + corpus_args))
-            if torch_ok:
-                torch_rows.append(_run_worker(
+        rows = {p: [] for p in precisions}
+        torch_rows = {p: [] for p in torch_ways}
+        for _ in range(repeat):  # interleaved, so drifts in machine load hit all alike
+            for precision in precisions:
+                rows[precision].append(_run_worker(
+                    ["--worker", "charlstm", "--config", name, "--steps", str(steps), "--warmup",
+                     str(warmup), "--threads", str(ours), "--blas", blas, "--precision",
+                     precision] + corpus_args))
+            for way in torch_ways:
+                torch_rows[way].append(_run_worker(
                     ["--worker", "torch", "--config", name, "--steps", str(steps), "--warmup",
-                     str(warmup), "--threads", str(torch_threads)] + corpus_args))
-        row = _median_row(rows)
-        if torch_ok:
-            t = _median_row(torch_rows)
-            row["torch"] = t
-            row["train_ratio"] = row["train_chars_per_s"] / t["train_chars_per_s"]
-            row["sample_ratio"] = row["sample_chars_per_s"] / t["sample_chars_per_s"]
-        results["configs"].append(row)
-        echo(_format_row(row))
+                     str(warmup), "--threads", str(torch_threads), "--precision", way]
+                    + corpus_args))
+        torch = {way: _median_row(r) for way, r in torch_rows.items()}
+        base = None
+        for precision in precisions:
+            row = _median_row(rows[precision])
+            if precision == "float32":
+                base = row
+            elif base is not None:
+                row["vs_float32"] = row["train_chars_per_s"] / base["train_chars_per_s"]
+            if torch:
+                row["torch"] = torch
+                for way, t in torch.items():
+                    row[f"train_ratio_{way}"] = row["train_chars_per_s"] / t["train_chars_per_s"]
+                # against PyTorch the same way: float32 against float32, bfloat16 against autocast
+                same = torch.get(precision, torch["float32"])
+                row["train_ratio"] = row["train_chars_per_s"] / same["train_chars_per_s"]
+                row["sample_ratio"] = row["sample_chars_per_s"] / torch["float32"]["sample_chars_per_s"]
+            results["configs"].append(row)
+            echo(_format_row(row))
+            echo(_format_products(row, results))
     with tempfile.TemporaryDirectory() as cache:
         cold = _run_worker(["--worker", "jit"], env={"NUMBA_CACHE_DIR": cache})
         warm = _run_worker(["--worker", "jit"], env={"NUMBA_CACHE_DIR": cache})
@@ -314,6 +383,20 @@ def run_bench(configs, corpus: str | None, steps: int, warmup: int, compare_torc
     echo(f"`charlstm sample` (config M, cached kernels): first character after "
          f"{results['sample_first_char_s']:.2f} s")
     return results
+
+
+def _format_products(row: dict, results: dict) -> str:
+    """One line per product of the step: its GFLOP/s alone on one core, against one
+    core's peak in the row's precision."""
+    cores = results["machine"]["cores"] or 1
+    peak = results[f"peak_{row['precision']}_gflops"] / cores
+    lines = [f"  products of one shard's step ({row['precision']}; one core's peak "
+             f"{peak:.0f} GFLOP/s):"]
+    for p in row["products"]:
+        lines.append(f"    {p['product']:<28} [{p['m']}x{p['k']}] x [{p['k']}x{p['n']}] x{p['count']}: "
+                     f"{p['gflops']:6.1f} GFLOP/s ({p['gflops'] / peak:4.0%} of peak), "
+                     f"{p['step_ms']:.2f} ms a step")
+    return "\n".join(lines)
 
 
 def run_quality(config: str, corpus: str | None, seconds: float, eval_every_s: float,
@@ -355,16 +438,23 @@ def _curve_summary(name: str, curve: list) -> str:
 
 
 def _format_row(row: dict) -> str:
-    text = (f"{row['config']}: {row['cell']} H={row['hidden_size']} L={row['num_layers']} "
-            f"T={row['seq_len']} B={row['batch_size']}, "
+    text = (f"{row['config']} {row.get('precision', 'float32')}: {row['cell']} "
+            f"H={row['hidden_size']} L={row['num_layers']} T={row['seq_len']} B={row['batch_size']}, "
             f"{row['threads']} thread{'s' if row['threads'] != 1 else ''}, "
             f"--blas {row['blas']} --step-weights {row['step_weights']}: "
             f"{row['train_chars_per_s']:,.0f} chars/s, "
             f"{row['gflops']:.1f} GFLOP/s, {row['gemm_fraction']:.2f} of NumPy GEMM time, "
             f"sampling {row['sample_chars_per_s']:,.0f} chars/s, peak RSS {row['peak_rss_mb']:.0f} MB")
+    if "vs_float32" in row:
+        text += f"; x{row['vs_float32']:.2f} charlstm's float32"
     if "torch" in row:
-        text += (f"; PyTorch {row['torch']['train_chars_per_s']:,.0f} chars/s "
-                 f"(x{row['train_ratio']:.2f}), sampling {row['torch']['sample_chars_per_s']:,.0f} "
+        t = row["torch"]
+        text += (f"; PyTorch float32 {t['float32']['train_chars_per_s']:,.0f} chars/s "
+                 f"(x{row['train_ratio_float32']:.2f})")
+        if "bfloat16" in t:
+            text += (f", bfloat16 autocast {t['bfloat16']['train_chars_per_s']:,.0f} chars/s "
+                     f"(x{row['train_ratio_bfloat16']:.2f})")
+        text += (f"; sampling: PyTorch {t['float32']['sample_chars_per_s']:,.0f} "
                  f"(x{row['sample_ratio']:.1f})")
     return text
 
@@ -411,8 +501,13 @@ def _main(argv=None):
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m charlstm.bench")
-    ap.add_argument("--worker", choices=["charlstm", "torch", "jit", "quality-charlstm", "quality-torch"],
+    ap.add_argument("--worker", choices=["charlstm", "torch", "jit", "quality-charlstm",
+                                         "quality-torch", "steps-charlstm", "steps-torch"],
                     required=True)
+    ap.add_argument("--precision", default="float32",
+                    help="charlstm's precision; for the torch workers, bfloat16 is autocast")
+    ap.add_argument("--train-steps", type=int, default=1500)
+    ap.add_argument("--eval-steps", type=int, default=250)
     ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--eval-every", type=float, default=30.0)
     ap.add_argument("--config", default="M")
@@ -437,15 +532,25 @@ def _main(argv=None):
 def _run_as_worker(a) -> dict:
     if a.worker == "charlstm":
         out = worker_charlstm(a.config, a.corpus, a.steps, a.warmup, a.threads, a.blas,
-                              a.step_weights)
+                              a.step_weights, a.precision)
     elif a.worker == "torch":
         from .bench_torch import worker_torch
-        out = worker_torch(CONFIGS[a.config], a.corpus, a.steps, a.warmup, a.threads, SAMPLE_CHARS)
+        out = worker_torch(CONFIGS[a.config], a.corpus, a.steps, a.warmup, a.threads, SAMPLE_CHARS,
+                           autocast=a.precision == "bfloat16")
         out["peak_rss_mb"] = _peak_rss_mb()
+    elif a.worker == "steps-charlstm":
+        out = {"curve": train_charlstm_steps(CONFIGS[a.config], a.corpus, a.train_steps,
+                                             a.eval_steps, a.threads, a.seed, a.torch_init,
+                                             a.precision)}
+    elif a.worker == "steps-torch":
+        from .bench_torch import train_torch_steps
+        out = {"curve": train_torch_steps(CONFIGS[a.config], a.corpus, a.train_steps,
+                                          a.eval_steps, a.threads, a.seed,
+                                          autocast=a.precision == "bfloat16")}
     elif a.worker == "quality-charlstm":
         spec = quality_spec(a.config, a.recipe, a.corpus, a.seconds)
         out = {"curve": train_charlstm_for(spec, a.corpus, a.seconds, a.eval_every,
-                                           a.threads, a.seed, a.torch_init, a.blas)}
+                                           a.threads, a.seed, a.torch_init, a.blas, a.precision)}
     elif a.worker == "quality-torch":
         from .bench_torch import train_torch_for
         out = {"curve": train_torch_for(quality_spec(a.config, a.recipe, a.corpus, a.seconds),

@@ -17,13 +17,20 @@ from .optim import learning_rate
 class TorchTwin:
     """charlstm's model and training step, written in PyTorch, on charlstm's own data."""
 
-    def __init__(self, spec: dict, corpus: str | None, threads: int, seed: int = 0):
+    def __init__(self, spec: dict, corpus: str | None, threads: int, seed: int = 0,
+                 autocast: bool = False):
+        """``autocast``: run the forward pass under ``torch.autocast("cpu",
+        dtype=torch.bfloat16)``, what a PyTorch user with bfloat16 instructions runs: nn.LSTM
+        then goes to oneDNN's bfloat16 RNN (aten::mkldnn_rnn_layer), whose outputs, final h
+        and final c are bfloat16; the loss is taken in float32 and validation runs without
+        autocast, as charlstm validates its float32 master weights."""
         import torch
 
         from .config import TrainConfig
         from .train import prepare_data
 
         self.torch = torch
+        self.autocast = autocast
         torch.set_num_threads(threads)
         torch.manual_seed(seed)
         self.config = TrainConfig(corpus=(corpus,) if corpus else (), **spec)
@@ -77,9 +84,11 @@ class TorchTwin:
         T, V = self.T, self.V
         x = self.streams[:, k * T:(k + 1) * T]
         y = self.streams[:, k * T + 1:(k + 1) * T + 1]
-        out, state = self.module(self.eye[x.T], state)
-        logits = self.decoder(self.output_dropout(out))
-        loss = self.torch.nn.functional.cross_entropy(logits.reshape(-1, V), y.T.reshape(-1))
+        with self.torch.autocast("cpu", dtype=self.torch.bfloat16, enabled=self.autocast):
+            out, state = self.module(self.eye[x.T], state)
+            logits = self.decoder(self.output_dropout(out))
+        loss = self.torch.nn.functional.cross_entropy(logits.float().reshape(-1, V),
+                                                      y.T.reshape(-1))
         self.opt.zero_grad()
         loss.backward()
         self.torch.nn.utils.clip_grad_norm_(self.params, self.config.clip)
@@ -89,12 +98,13 @@ class TorchTwin:
             group["lr"] = lr
         self.opt.step()
         self.steps_taken += 1
-        return tuple(s.detach() for s in state) if self.lstm else state.detach()
+        # float() is a no-op in float32; under autocast the state comes back bfloat16.
+        return tuple(s.detach().float() for s in state) if self.lstm else state.detach().float()
 
 
 def worker_torch(spec: dict, corpus: str | None, steps: int, warmup: int, threads: int,
-                 sample_chars: int) -> dict:
-    twin = TorchTwin(spec, corpus, threads)
+                 sample_chars: int, autocast: bool = False) -> dict:
+    twin = TorchTwin(spec, corpus, threads, autocast=autocast)
     torch = twin.torch
     state, times = twin.zero(twin.B), []
     for k in range(warmup + steps):
@@ -112,7 +122,26 @@ def worker_torch(spec: dict, corpus: str | None, steps: int, warmup: int, thread
             c = torch.multinomial(p, 1)
         sample_cps = sample_chars / (time.perf_counter() - t0)
     return {"train_chars_per_s": twin.T * twin.B / step_s, "step_ms": step_s * 1e3,
-            "sample_chars_per_s": sample_cps, "threads": threads, "torch": torch.__version__}
+            "sample_chars_per_s": sample_cps, "threads": threads, "torch": torch.__version__,
+            "autocast": autocast}
+
+
+def train_torch_steps(spec: dict, corpus: str | None, steps: int, eval_every: int,
+                      threads: int, seed: int = 0, autocast: bool = False) -> list:
+    """Train ``steps`` optimizer steps, validating every ``eval_every`` steps and at the
+    end; returns [(step, val_bpc), ...]. Equal steps, so the comparison does not depend
+    on how fast the machine is."""
+    twin = TorchTwin(spec, corpus, threads, seed, autocast)
+    steps_per_epoch = twin.data.batches.steps_per_epoch
+    curve, k, state = [], 0, twin.zero(twin.B)
+    for step in range(1, steps + 1):
+        if k == steps_per_epoch:
+            k, state = 0, twin.zero(twin.B)
+        state = twin.step(k, state)
+        k += 1
+        if step % eval_every == 0 or step == steps:
+            curve.append((step, twin.validate()))
+    return curve
 
 
 def train_torch_for(spec: dict, corpus: str | None, seconds: float, eval_every_s: float,

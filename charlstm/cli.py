@@ -37,6 +37,7 @@ import click
 from charlstm import __version__, console, standard_output
 from charlstm.bench import QUALITY_RECIPES
 from charlstm.config import CELLS, DEFAULTS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_duration
+from charlstm.cpu import DEFAULT_PRECISION, PRECISION_CHOICES
 from charlstm.errors import AnotherRankFailed, UsageProblem, UserError
 from charlstm.gradflow import DEFAULT_CHUNKS as DEFAULT_FLOW_CHUNKS, DEFAULT_LENGTH as DEFAULT_FLOW_LENGTH
 from charlstm.options import Real
@@ -307,6 +308,20 @@ def _read_run_file(ctx, param, value):
               help="Which copy of weight_hh the per-step products read in each direction: "
                    "stored, transposed, or packed (once per chunk by mkl), e.g. "
                    "transposed/stored.  [default: measured with --blas auto, else stored/stored]")
+@click.option("--bf16-products", default=None, metavar="STEP/CHUNK",
+              help="With --precision bfloat16: what computes the step products and the "
+                   "chunk products, each panels (charlstm's own, AVX512_BF16) or mkl (oneMKL's "
+                   "bfloat16 GEMM, on AMX tiles where the CPU has them), e.g. panels/mkl.  "
+                   "[default: measured with --blas auto, else panels/panels]")
+@click.option("--retune", is_flag=True,
+              help="With --blas auto: measure the products again even if this machine "
+                   "remembers a choice for these shapes (in ~/.cache/charlstm/tuning.json), "
+                   "and remember the new one.")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=DEFAULT_PRECISION,
+              help="The operands of a training step's matrix products: float32, or "
+                   "bfloat16 with float32 accumulation and everything else float32 (needs "
+                   "a CPU with AVX512_BF16); auto: bfloat16 where the CPU has it. Saved "
+                   "with the run.")
 @functools.partial(_budget_options, train=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory.  [default: runs/<timestamp>]")
@@ -315,8 +330,8 @@ def _read_run_file(ctx, param, value):
 @_distributed_option
 @_tensorboard_option
 @click.pass_context
-def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, distributed, tensorboard,
-          **options):
+def train(ctx, paths, out, force, quiet, blas, step_weights, bf16_products, retune, precision,
+          init_from, distributed, tensorboard, **options):
     """Train a model on the text in PATHS (files, directories, globs).
 
     With no PATHS it trains on the corpus of --config's file, if it names one, else on
@@ -326,6 +341,8 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, distribu
     from charlstm.run import start_run
     from charlstm.train import run_training
 
+    if retune and blas != "auto":
+        raise click.UsageError("--retune measures the products again: it goes with --blas auto")
     paths = paths or ctx.meta.get("run_file_corpus", ())
 
     cadence = {k: options.pop(k) for k in ("save_every", "eval_every", "log_every")}
@@ -341,7 +358,9 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, init_from, distribu
     board = _board_dir(tensorboard, None) if tensorboard else None  # a named one: checked first
     trainer, out_dir = start_run(TrainConfig(corpus=tuple(paths), **options, **cadence),
                                  Path(out) if out else None, force, blas, step_weights,
-                                 init_from=init_from, ranks=ranks, given=_given(ctx, options))
+                                 precision=precision, retune=retune,
+                                 bf16_products=bf16_products, init_from=init_from,
+                                 ranks=ranks, given=_given(ctx, options))
     _announce(trainer, out_dir)
     if tensorboard == "":
         board = _board_dir(tensorboard, out_dir)
@@ -410,8 +429,22 @@ def _announce(trainer, out_dir: Path) -> None:
         f"{len(data.train_ids):,} training / {len(data.val_ids):,} validation characters, "
         f"{data.batches.steps_per_epoch} steps per epoch; writing {out_dir}", err=True)
     from charlstm.kernels.blas import BLAS
-    click.echo(f"matrix products on {BLAS.describe()}; step weights {cfg.step_weights}, "
-               f"{cfg.threads} thread{'s' if cfg.threads != 1 else ''}", err=True)
+    if cfg.precision == "bfloat16":
+        from charlstm.config import parse_bf16_products
+
+        step, chunk = parse_bf16_products(cfg.bf16_products)
+        where = {"panels": "charlstm's panels", "mkl": "oneMKL"}
+        on = (f"on {where[step]}" if step == chunk
+              else f"step products on {where[step]}, chunk products on {where[chunk]}")
+        products = (f"bfloat16 products (float32 accumulation) {on}; validation in float32 "
+                    f"on {BLAS.describe()}")
+    else:
+        products = f"matrix products on {BLAS.describe()}; step weights {cfg.step_weights}"
+    tuning = trainer.tuning
+    how = ("" if tuning is None else
+           "; chosen by an earlier measurement here (--retune measures again)" if tuning.remembered
+           else "; measured now")
+    click.echo(f"{products}, {cfg.threads} thread{'s' if cfg.threads != 1 else ''}{how}", err=True)
 
 
 def _finish(trainer, out_dir: Path, status: int) -> None:
@@ -440,13 +473,20 @@ def _finish(trainer, out_dir: Path, status: int) -> None:
                    "than the run's own rounds differently.  [default: the run's own]")
 @click.option("--step-weights", default=None, metavar="FORWARD/BACKWARD",
               help="As train --step-weights.  [default: the run's own]")
+@click.option("--bf16-products", default=None, metavar="STEP/CHUNK",
+              help="As train --bf16-products.  [default: the run's own]")
+@click.option("--retune", is_flag=True,
+              help="With --blas auto: measure the products again (as train --retune).")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
+              help="Continue in this precision (as train --precision). Another choice than "
+                   "the run's own rounds differently.  [default: the run's own]")
 @_steering_options_resume
 @_cadence_options
 @_distributed_option
 @_tensorboard_option
 @click.pass_context
-def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weights, quiet,
-           distributed, tensorboard, **settings):
+def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_weights,
+           bf16_products, retune, precision, quiet, distributed, tensorboard, **settings):
     """Continue the run in RUN_DIR from its last.npz, exactly where it stopped.
 
     Without options that change how it trains, the run goes on bit-identical to one that
@@ -466,7 +506,10 @@ def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_
     run_dir = Path(run_dir)
     ranks = _ranks(ctx, distributed)
     board = _board_dir(tensorboard, run_dir) if ranks.is_root else None
-    trainer = resume_run(run_dir, changes, blas, step_weights,
+    if retune and blas != "auto":
+        raise click.UsageError("--retune measures the products again: it goes with --blas auto")
+    trainer = resume_run(run_dir, changes, blas, step_weights, precision=precision, retune=retune,
+                         bf16_products=bf16_products,
                          warn=lambda line: click.echo(f"Warning: {line}", err=True), ranks=ranks)
     _announce(trainer, run_dir)
     status = run_training(trainer, run_dir, quiet=quiet or not ranks.is_root,
@@ -867,6 +910,10 @@ def baseline(paths, orders, encoding, val_frac, val_chars, discount, as_json):
 @click.option("--torch-threads", type=POSITIVE, default=None, help="PyTorch's threads.  [default: all cores]")
 @click.option("--blas", default="auto", help="charlstm's BLAS, as train --blas.")
 @click.option("--repeat", type=POSITIVE, default=1, help="Runs per configuration; medians are reported.")
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(("float32", "bfloat16")),
+              help="charlstm's precisions to run (repeatable); PyTorch runs both ways, float32 "
+                   "and bfloat16 autocast.  [default: float32, and bfloat16 where the CPU has "
+                   "AVX512_BF16]")
 @click.option("--quality", type=Duration(), default=None,
               help="Instead: train config M (or one --config) this long in charlstm and in PyTorch "
                    "and compare validation bpc against time (needs torch).")
@@ -882,7 +929,7 @@ def baseline(paths, orders, encoding, val_frac, val_chars, discount, as_json):
                    "and budget; constant: the configuration's constant rate, no dropout.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads, blas, repeat,
-          quality, seed, same_init, recipe, as_json):
+          precisions, quality, seed, same_init, recipe, as_json):
     """Measure training and sampling speed for S, M, L and R (see docs/BENCHMARKS.md)."""
     import os
 
@@ -905,9 +952,13 @@ def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads,
                               torch_threads, echo=echo, seed=seed, same_init=same_init,
                               threads=threads, blas=blas, recipe=recipe)
     else:
+        if "bfloat16" in precisions:
+            from charlstm.cpu import resolve_precision
+
+            resolve_precision("bfloat16")  # one line, naming what the CPU lacks
         results = run_bench(configs or ("S", "M", "L", "R"), corpus, steps, warmup, compare_torch,
                             torch_threads, echo=echo, repeat=repeat, threads=threads,
-                            blas=blas)
+                            blas=blas, precisions=precisions or None)
     if as_json:
         click.echo(json.dumps(results, indent=2))
 

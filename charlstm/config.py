@@ -21,6 +21,13 @@ STATISTICS = {
 }
 LR_SCHEDULES = ("constant", "cosine", "step")
 STEP_WEIGHT_COPIES = ("stored", "transposed", "packed", "panels")
+# The precision of a training step's matrix products: float32, or bfloat16 operands with
+# float32 accumulation (mixed precision; kernels/bf16.py). Everything else is float32.
+PRECISIONS = ("float32", "bfloat16")
+# What computes a bfloat16 run's products, for the step products and the chunk products:
+# charlstm's own VDPBF16PS panels (kernels/bf16.py), or oneMKL's bfloat16 GEMM (on AMX
+# tiles where the CPU has them). `train --blas auto` measures them (tune.py).
+BF16_PRODUCT_KINDS = ("panels", "mkl")
 
 # Settings `resume` may change: they steer how training goes on without changing what
 # the checkpoint holds (the model's shape, the optimizer's statistics, the data layout).
@@ -29,7 +36,7 @@ RESUMABLE = ("lr", "lr_schedule", "warmup", "lr_decay", "lr_decay_every", "lr_mi
              "lr_horizon", "clip", "dropout", "weight_decay", "steps", "epochs",
              "time_limit", "save_every", "eval_every", "log_every", "val_chars", "threads", "ranks",
              "patience", "min_delta",
-             "corpus", "encoding", "blas", "step_weights")
+             "corpus", "encoding", "blas", "step_weights", "precision", "bf16_products")
 
 # Gates per cell: the G in PyTorch's [G*H, in] weight layout.
 GATES = {name: cell.gates for name, cell in CELL_TABLE.items()}
@@ -92,6 +99,12 @@ class TrainConfig:
     # Saved with the run because each choice rounds float32 its own way.
     blas: str = "openblas"
     step_weights: str = "stored/stored"
+    # The operands of a training step's matrix products (PRECISIONS): bfloat16 needs a CPU
+    # with AVX512_BF16 (cpu.py); validation, evaluation and sampling run in float32 either
+    # way, from the float32 master weights. Saved because it decides the rounding.
+    precision: str = "float32"
+    # With bfloat16: STEP/CHUNK, each of BF16_PRODUCT_KINDS. Saved: each rounds its way.
+    bf16_products: str = "panels/panels"
     # budget: the run stops at whichever is reached first; None means no limit of that kind
     steps: int | None = None
     epochs: float | None = None
@@ -224,6 +237,8 @@ RULES = {
     "threads": _int_at_least(1),
     "blas": None,  # filled in below: its parser lives with the BLAS libraries
     "step_weights": None,
+    "precision": _one_of(PRECISIONS),
+    "bf16_products": None,
     "steps": _optional(_int_at_least(0)),
     "epochs": _optional(_real_in(0, low_open=True)),
     "time_limit": _optional(_real_in(0, low_open=True)),
@@ -247,7 +262,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     should be)."""
     rules = dict(RULES, step_weights=_parses(parse_step_weights, "FORWARD/BACKWARD, each "
                                              + " or ".join(STEP_WEIGHT_COPIES)),
-                 blas=_parses(_parse_blas, "LIBRARY or STEP/CHUNK, e.g. openblas or mkl/openblas"))
+                 blas=_parses(_parse_blas, "LIBRARY or STEP/CHUNK, e.g. openblas or mkl/openblas"),
+                 bf16_products=_parses(parse_bf16_products, "STEP/CHUNK, each "
+                                       + " or ".join(BF16_PRODUCT_KINDS)))
     for f in dataclasses.fields(config):
         problem = rules[f.name](getattr(config, f.name))
         if problem is not None:
@@ -284,6 +301,18 @@ def parse_step_weights(text: str) -> tuple[str, str]:
     if len(parts) != 2 or any(p not in STEP_WEIGHT_COPIES for p in parts):
         raise ValueError(f"step weights {text!r} are not FORWARD/BACKWARD, each one of "
                          f"{', '.join(STEP_WEIGHT_COPIES)}")
+    return parts[0], parts[1]
+
+
+def parse_bf16_products(text: str) -> tuple[str, str]:
+    """(step, chunk) of 'STEP/CHUNK' or 'KIND' (both), each one of BF16_PRODUCT_KINDS.
+    Raises ValueError otherwise."""
+    parts = text.split("/") if isinstance(text, str) else []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or any(p not in BF16_PRODUCT_KINDS for p in parts):
+        raise ValueError(f"bfloat16 products {text!r} are not STEP/CHUNK, each one of "
+                         f"{', '.join(BF16_PRODUCT_KINDS)}")
     return parts[0], parts[1]
 
 

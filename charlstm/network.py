@@ -28,6 +28,7 @@ from .kernels.panels import pack_panels, panel_buffer
 from .kernels.peephole import peephole_backward, peephole_forward, peephole_weight_grads
 from .kernels.rnn import rnn_backward, rnn_forward
 from .kernels.softmax import softmax_xent_grad, softmax_xent_loss
+from .mixed import LowPrecisionProducts, LowPrecisionWeights
 from .parameters import FlatParams
 
 
@@ -74,9 +75,17 @@ class Network:
     ``params`` and ``grads`` are FlatParams with PyTorch state_dict names; the dtype of
     ``params`` (float32 to train, float64 for gradient checks) is the dtype of every
     activation.
+
+    With ``config.precision == "bfloat16"`` (and float32 parameters) the products of
+    ``loss_and_grad`` take bfloat16 operands (mixed.py); ``loss_sum``, which evaluation
+    reads, stays float32. ``low_precision_weights``: the bfloat16 copies of the weights,
+    shared with the other shards of a batch, which the caller refreshes once per step
+    (ShardedNetwork); without it the network keeps its own and refreshes them on every
+    ``loss_and_grad``.
     """
 
-    def __init__(self, config: TrainConfig, vocab_size: int, params: FlatParams):
+    def __init__(self, config: TrainConfig, vocab_size: int, params: FlatParams,
+                 low_precision_weights: LowPrecisionWeights | None = None):
         self.cell = config.cell
         self.has_cell_state = CELL_TABLE[config.cell].has_cell_state
         self.gru = config.cell == "gru"
@@ -102,6 +111,13 @@ class Network:
                             for _ in range(self.num_layers)]
         self._packed: dict[tuple, np.ndarray] = {}  # (layer, forward, rows) -> buffer
         self._panels: dict[tuple, np.ndarray] = {}  # (layer, forward) -> panel buffer
+        self.low_precision = config.precision == "bfloat16" and self.dtype == np.float32
+        self._owns_low_precision_weights = self.low_precision and low_precision_weights is None
+        if self._owns_low_precision_weights:
+            low_precision_weights = LowPrecisionWeights(params, self.num_layers,
+                                                        config.bf16_products)
+        self.low_precision_weights = low_precision_weights if self.low_precision else None
+        self._low_precision_products: dict[tuple, LowPrecisionProducts] = {}
 
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:
         """The carried state of ``batch`` streams at zero: [num_layers, batch, H] per key
@@ -116,6 +132,15 @@ class Network:
             ws = Workspace(T, B, self.num_layers, self.H, self.G, self.V, self.dtype, self.cell)
             self._workspaces[key] = ws
         return ws
+
+    def low_precision_products(self, T: int, B: int) -> LowPrecisionProducts:
+        """The bfloat16 products of a (T, B) chunk, with this network's buffers."""
+        key = (T, B)
+        products = self._low_precision_products.get(key)
+        if products is None:
+            products = LowPrecisionProducts(self.low_precision_weights, T, B)
+            self._low_precision_products[key] = products
+        return products
 
     def _step_weight(self, k: int, layout: str, forward: bool, rows: int):
         """Layer k's weight_hh as one direction's step products read it, and the kernels'
@@ -147,16 +172,20 @@ class Network:
         return [tensors[f"rnn.{name}_l{k}"] for name in CELL_TABLE[self.cell].peepholes]
 
     # -- passes --------------------------------------------------------------------
-    def forward(self, inputs: np.ndarray, state: dict, masks=None) -> Workspace:
+    def forward(self, inputs: np.ndarray, state: dict, masks=None,
+                low_precision: bool = False) -> Workspace:
         """Run all layers and the decoder over ``inputs`` [B, T]; leave logits in the
         workspace and carry the final state into ``state`` (in place).
 
         ``masks`` (training with dropout only): [num_layers, T, B, H] scaled dropout
         masks (see dropout.py); ``masks[k]`` multiplies layer k's output where the layer
         above or the decoder reads it. None: no dropout, as in evaluation and sampling.
+        ``low_precision``: the products take bfloat16 operands (a bfloat16 network's
+        training pass, with its weights refreshed).
         """
         B, T = inputs.shape
         ws = self.workspace(T, B)
+        low = self.low_precision_products(T, B) if low_precision else None
         if masks is not None and ws.dropped is None:
             ws.dropped = [np.empty_like(h) for h in ws.hs]
         p = self.params
@@ -179,12 +208,18 @@ class Network:
             if k == 0:
                 np.add(p["rnn.weight_ih_l0"].T, bias, out=ws.table)
                 onehot_forward(ws.table, ws.ids, xproj2d)
+            elif low is not None:
+                low.input_projection(k, x, xproj2d)
+                xproj2d += bias
             else:
                 matmul_nt(x, p[f"rnn.weight_ih_l{k}"], xproj2d)
                 xproj2d += bias
-            if self._w_hh_t is not None:
-                transpose_into(p[f"rnn.weight_hh_l{k}"], self._w_hh_t[k])
-            w_hh, layout = self._step_weight(k, self.fwd_layout, True, B)
+            if low is not None:
+                w_hh, layout = low.step_weight(k, True), 0
+            else:
+                if self._w_hh_t is not None:
+                    transpose_into(p[f"rnn.weight_hh_l{k}"], self._w_hh_t[k])
+                w_hh, layout = self._step_weight(k, self.fwd_layout, True, B)
             if self.cell == "lstm":
                 lstm_forward(xproj, w_hh, ws.h0[k], ws.c0[k], ws.hs[k], ws.cs[k],
                              ws.gates[k], ws.tanh_cs[k], layout)
@@ -207,7 +242,10 @@ class Network:
             else:
                 np.multiply(ws.hs[k], masks[k], out=ws.dropped[k])
                 x = ws.dropped[k].reshape(N, self.H)
-        matmul_nt(x, p["decoder.weight"], ws.logits)
+        if low is not None:
+            low.decoder(x, ws.logits)
+        else:
+            matmul_nt(x, p["decoder.weight"], ws.logits)
         ws.logits += p["decoder.bias"]
         return ws
 
@@ -230,7 +268,9 @@ class Network:
         """
         B, T = inputs.shape
         N = T * B if mean_over is None else mean_over
-        ws = self.forward(inputs, state, masks)
+        if self._owns_low_precision_weights:
+            self.low_precision_weights.refresh()
+        ws = self.forward(inputs, state, masks, self.low_precision)
         np.copyto(ws.targets, targets.T.reshape(-1))
         loss_sum = softmax_xent_grad(ws.logits, ws.targets, 1.0 / N)
         self._backward(ws, T, B, masks)
@@ -239,14 +279,18 @@ class Network:
     def _backward(self, ws: Workspace, T: int, B: int, masks) -> None:
         p, g = self.params, self.grads
         N, H = T * B, self.H
+        low = self.low_precision_products(T, B) if self.low_precision else None
         # What each layer's output was as read above it: masked under dropout.
         outputs = ws.hs if masks is None else ws.dropped
         dlogits = ws.logits
         top = outputs[-1].reshape(N, H)
-        matmul_tn(dlogits, top, g["decoder.weight"])
-        np.sum(dlogits, axis=0, out=g["decoder.bias"])
         dhs2d = ws.dhs.reshape(N, H)
-        matmul_nn(dlogits, p["decoder.weight"], dhs2d)
+        if low is not None:
+            low.decoder_backward(dlogits, top, g["decoder.weight"], dhs2d)
+        else:
+            matmul_tn(dlogits, top, g["decoder.weight"])
+            matmul_nn(dlogits, p["decoder.weight"], dhs2d)
+        np.sum(dlogits, axis=0, out=g["decoder.bias"])
         for k in range(self.num_layers - 1, -1, -1):
             if masks is not None:
                 ws.dhs *= masks[k]  # gradient of the masked output -> of the output itself
@@ -254,7 +298,10 @@ class Network:
             dh, dc = ws.dh0[k], ws.dc0[k]
             dh[...] = 0.0
             dc[...] = 0.0
-            w_hh, layout = self._step_weight(k, self.bwd_layout, False, B)
+            if low is not None:
+                w_hh, layout = low.step_weight(k, False), 0
+            else:
+                w_hh, layout = self._step_weight(k, self.bwd_layout, False, B)
             if self.cell == "lstm":
                 lstm_backward(w_hh, ws.c0[k], ws.cs[k], ws.gates[k], ws.tanh_cs[k],
                               ws.dhs, dh, dc, dpre, layout)
@@ -275,11 +322,15 @@ class Network:
             drec = ws.drec if self.gru else dpre
             GH = dpre.shape[2]
             dpre2d = dpre.reshape(N, GH)
+            drec2d = drec.reshape(N, GH) if self.gru else dpre2d
             hs = ws.hs[k]
             g_hh = g[f"rnn.weight_hh_l{k}"]
-            # sum_t drec_t^T h_{t-1}: steps 1..T-1 in one GEMM, step 0 against h0.
-            matmul_tn(drec[1:].reshape(-1, GH), hs[:-1].reshape(-1, H), g_hh)
-            matmul_tn(drec[0], ws.h0[k], g_hh, 1.0)
+            if low is not None:
+                low.recurrent_weight_gradient(drec2d, ws.h0[k], hs[:-1].reshape(-1, H), g_hh)
+            else:
+                # sum_t drec_t^T h_{t-1}: steps 1..T-1 in one GEMM, step 0 against h0.
+                matmul_tn(drec[1:].reshape(-1, GH), hs[:-1].reshape(-1, H), g_hh)
+                matmul_tn(drec[0], ws.h0[k], g_hh, 1.0)
             np.sum(dpre2d, axis=0, out=g[f"rnn.bias_ih_l{k}"])
             if self.gru:
                 np.sum(drec.reshape(N, GH), axis=0, out=g[f"rnn.bias_hh_l{k}"])
@@ -288,6 +339,10 @@ class Network:
             if k == 0:
                 onehot_backward(dpre2d, ws.ids, ws.table)
                 g["rnn.weight_ih_l0"][...] = ws.table.T
+            elif low is not None:
+                low.input_weight_gradient(dpre2d, outputs[k - 1].reshape(N, H),
+                                          g[f"rnn.weight_ih_l{k}"])
+                low.input_gradient(k, dpre2d, dhs2d)
             else:
                 below = outputs[k - 1].reshape(N, H)
                 w_ih = p[f"rnn.weight_ih_l{k}"]

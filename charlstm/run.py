@@ -17,6 +17,7 @@ from pathlib import Path
 from . import checkpoint as ckpt_io
 from .budget import apply_recipe, describe, recipe_for, wants_recipe
 from .config import RESUMABLE, InvalidSetting, TrainConfig, validate
+from .cpu import bf16_missing, resolve_precision
 from .errors import UsageProblem, UserError
 from .lock import RunLock
 from .ranks import SingleProcess
@@ -119,7 +120,9 @@ def corpus_origin(run_dir: Path, base: Path | None = None) -> dict:
 def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = False,
               blas: str = "auto", step_weights: str | None = None,
               init_from: Path | None = None, ranks=None,
-              given: set[str] | None = None) -> tuple[Trainer, Path]:
+              given: set[str] | None = None, precision: str | None = None,
+              retune: bool = False, bf16_products: str | None = None
+              ) -> tuple[Trainer, Path]:
     """A new run of ``config`` in ``out_dir`` (default runs/<timestamp>), ready to train.
 
     ``config.threads`` is taken as given; a config with no budget trains DEFAULT_EPOCHS
@@ -139,16 +142,24 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
     ``given``: the settings (TrainConfig fields) the user chose. When it is passed and the
     run has a --time budget alone and no chosen model size, the settings it lacks come
     from the budget table (budget.py), the choice is told in a note and recorded in the
-    run's history. None: ``config`` is taken as it is."""
+    run's history. None: ``config`` is taken as it is.
+
+    ``precision``: auto, float32 or bfloat16 (cpu.resolve_precision), or None to keep
+    ``config.precision``; bfloat16 on a CPU without its products is refused (UserError).
+    ``retune``: with ``blas`` "auto", measure even if this machine remembers a choice for
+    these shapes (tuning_cache.py). The trainer's ``tuning`` says how the choice was made.
+    ``bf16_products``: what computes a bfloat16 run's products (tune.resolve)."""
     ranks = ranks if ranks is not None else SingleProcess()
     fresh = out_dir is None  # a default name, claimed exclusively (claim_new_run_dir)
     out_dir = Path(ranks.bcast(str(out_dir) if out_dir is not None else str(default_run_dir())))
     # Every rank checks and reads the same inputs; what one rank meets, all hear of at
     # the agreement points (ranks.agree), so an error ends every rank the same way.
-    source, planned, error, recipe_note = None, None, None, None
+    source, planned, error, recipe_note, choice = None, None, None, None, None
     try:
         if config.steps is None and config.epochs is None and config.time_limit is None:
             config = config.replace(epochs=DEFAULT_EPOCHS)
+        if precision is not None:
+            config = config.replace(precision=resolve_precision(precision))
         config = checked(config.replace(ranks=ranks.size))
         if (out_dir / "last.npz").exists() and not force:
             raise UserError(
@@ -171,7 +182,8 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
             config, data, recipe_note = _take_budget_recipe(config, data, given)
         config = fix_schedule_horizon(config, data.batches.steps_per_epoch)
         if ranks.is_root:  # rank 0 measures; its choice is every rank's
-            planned = resolve(config, len(data.vocab), blas, step_weights)[0]
+            planned, choice = resolve(config, len(data.vocab), blas, step_weights, retune,
+                                      bf16_products)
     except UserError as e:
         error = e
     config = ranks.agree(error, planned)
@@ -181,6 +193,7 @@ def start_run(config: TrainConfig, out_dir: Path | None = None, force: bool = Fa
         # leaves no directory behind.
         trainer = Trainer(config, data, initial_params=source.params if source is not None else None,
                           ranks=ranks)
+        trainer.tuning = choice
         trainer.history.append({"step": 0, "event": "train"})
         if recipe_note is not None:
             trainer.history[-1].update(budget_recipe=recipe_note[0], chosen=recipe_note[1])
@@ -310,7 +323,9 @@ def locate_corpus(ckpt, run_dir: Path) -> tuple[tuple, dict]:
 
 
 def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = None,
-               step_weights: str | None = None, warn=None, ranks=None) -> Trainer:
+               step_weights: str | None = None, warn=None, ranks=None,
+               precision: str | None = None, retune: bool = False,
+               bf16_products: str | None = None) -> Trainer:
     """The run in ``run_dir``, from its last.npz, ready to continue.
 
     ``changes``: settings that differ from the saved ones, among RESUMABLE (budgets,
@@ -322,10 +337,13 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
     new choice (as ``tune.resolve`` takes them); without one, a run whose library is
     missing here continues on OpenBLAS and ``warn`` (a function of one line) says so.
     Raises UserError (CheckpointError, BudgetReached) naming the fix. ``ranks``: as
-    ``start_run`` takes it; a run may continue on another number of ranks (recorded)."""
+    ``start_run`` takes it; a run may continue on another number of ranks (recorded).
+    ``precision``: a new one (auto, float32, bfloat16); without one, a bfloat16 run on a
+    CPU without bfloat16 products continues in float32 and ``warn`` says so. ``retune``
+    and ``bf16_products``: as in ``start_run``."""
     ranks = ranks if ranks is not None else SingleProcess()
     run_dir = Path(run_dir)
-    error = None
+    error, choice = None, None
     try:
         changes = dict(changes or {})
         refused = sorted(set(changes) - set(RESUMABLE))
@@ -360,10 +378,18 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
         if "lr_schedule" in changes and changes["lr_schedule"] != ckpt.config.lr_schedule:
             config = fix_schedule_horizon(config.replace(lr_horizon=changes.get("lr_horizon", 0)),
                                           data.batches.steps_per_epoch)
-        if blas is not None or step_weights is not None:
+        if precision is not None:
+            config = config.replace(precision=resolve_precision(precision))
+        elif config.precision == "bfloat16" and bf16_missing():
+            config = config.replace(precision="float32")
+            if warn is not None and ranks.is_root:
+                warn(f"this run trained with bfloat16 products, which {bf16_missing()}: "
+                     f"continuing in float32, which rounds differently from here on")
+        if blas is not None or step_weights is not None or bf16_products is not None:
             if ranks.is_root:  # rank 0 measures; its choice is every rank's
-                config = resolve(config, len(data.vocab), blas or config.blas,
-                                 step_weights or (None if blas == "auto" else config.step_weights))[0]
+                config, choice = resolve(config, len(data.vocab), blas or config.blas,
+                                         step_weights or (None if blas == "auto" else config.step_weights),
+                                         retune, bf16_products)
         else:
             config, warning = fall_back_if_missing(config)
             if warning and warn is not None and ranks.is_root:
@@ -374,6 +400,7 @@ def resume_run(run_dir: Path, changes: dict | None = None, blas: str | None = No
     error = None
     try:
         trainer = Trainer(config, data, resume_from=ckpt, ranks=ranks)
+        trainer.tuning = choice
         trainer.train_to_schedule_end = follow_schedule
         limit = trainer.step_limit()
         if limit is not None and trainer.step >= limit and changes.get("time_limit") is None:

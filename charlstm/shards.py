@@ -27,6 +27,7 @@ import numpy as np
 from .config import TrainConfig
 from .handoff import SpinningWorker
 from .kernels.blas import BLAS_THREADS
+from .mixed import LowPrecisionWeights
 from .parameters import FlatParams
 from .network import Network
 
@@ -67,7 +68,12 @@ class ShardedNetwork:
             raise ValueError("threads must be at least 1")
         self.threads = threads
         self.params = params
-        self.nets = [Network(config, vocab_size, params)
+        # The bfloat16 copies of the weights (mixed precision): made once per step, here,
+        # and read by every shard.
+        self.low_precision_weights = (
+            LowPrecisionWeights(params, config.num_layers, config.bf16_products)
+            if config.precision == "bfloat16" else None)
+        self.nets = [Network(config, vocab_size, params, self.low_precision_weights)
                      for _ in range(min(threads, config.batch_size))]
         # Shard 0's buffer receives the sum, so the sum needs no extra pass.
         self.grads = self.nets[0].grads
@@ -98,6 +104,8 @@ class ShardedNetwork:
             return self.nets[s].loss_and_grad(inputs[lo:hi], targets[lo:hi], rows,
                                               shard_masks, mean_over=N)
 
+        if self.low_precision_weights is not None:
+            self.low_precision_weights.refresh()
         if len(bounds) > 1 and not self._workers:
             self._workers = [SpinningWorker(f"charlstm-shard-{s}") for s in range(1, len(self.nets))]
         before = BLAS_THREADS.get()

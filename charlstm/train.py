@@ -126,6 +126,9 @@ class Trainer:
         if resume_from is None and data.encoded.control_note:
             self.notes.append(data.encoded.control_note)
         self.lock = None  # the run directory's lock.RunLock, held while training
+        # How --blas auto chose this invocation's products (tune.Choice), or None when the
+        # choice was given or kept from the checkpoint.
+        self.tuning = None
         self.stop_reason = None  # why run_training stopped early, when the user should know
         # Set by a resume with no budget of a run whose schedule follows a time budget:
         # train until the schedule's time is spent (not for time_limit from start-up).

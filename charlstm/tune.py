@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .config import STEP_WEIGHT_COPIES, TrainConfig, parse_step_weights
+from . import tuning_cache
+from .config import STEP_WEIGHT_COPIES, TrainConfig, parse_bf16_products, parse_step_weights
 from .errors import UserError
 from .kernels import blas_libraries
 from .kernels.blas import DEFAULT_BLAS, TRANSPOSED_PAD, format_blas, parse_blas
@@ -55,11 +56,16 @@ _F = ctypes.c_float
 
 @dataclass
 class Choice:
-    """What ``tune`` chose, and the medians (seconds per step of one shard) behind it."""
+    """What ``tune`` chose, and the medians (seconds per step of one shard) behind it;
+    ``remembered``: taken from the tuning cache (tuning_cache.py), measured earlier on
+    this machine for the same shapes, rather than measured now. ``bf16_products``: what
+    computes a bfloat16 run's products (config.bf16_products)."""
 
     blas: str
     step_weights: str
     timings: dict = field(default_factory=dict)
+    remembered: bool = False
+    bf16_products: str = "panels/panels"
 
     def describe(self) -> str:
         return f"--blas {self.blas} --step-weights {self.step_weights}"
@@ -293,21 +299,148 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
                "step_product_s": {"/".join(k[1:]): v for k, v in median.items() if k[0] == "step"
                                   and k[-1] != "panels"}
                | {f"panels/{d}": median[("panels", d)] for d in ("forward", "backward")}}
-    return Choice(format_blas(step, chunk), "/".join(layouts[step]), timings)
+    choice = Choice(format_blas(step, chunk), "/".join(layouts[step]), timings)
+    if config.precision == "bfloat16":
+        choice.bf16_products, bf16_timings = tune_bf16(config, vocab_size, rounds)
+        choice.timings.update(bf16_timings)
+    return choice
+
+
+def _bf16_candidates() -> list[str]:
+    """What can compute bfloat16 products here: charlstm's panels (every CPU with
+    AVX512_BF16), and oneMKL's bfloat16 GEMM where it is installed."""
+    kinds = ["panels"]
+    try:
+        if blas_libraries.load("mkl").has_bf16:
+            kinds.append("mkl")
+    except blas_libraries.LibraryUnavailable:
+        pass
+    return kinds
+
+
+def tune_bf16(config: TrainConfig, vocab_size: int, rounds: int = 5) -> tuple[str, dict]:
+    """Measure charlstm's bfloat16 panels against oneMKL's bfloat16 GEMM, where it is
+    installed, and choose for each role of a bfloat16 run (config.bf16_products): the
+    step products (one time step forward and backward, T per layer) with the weights'
+    rounding and packing, once per step; and the chunk products (every other product of
+    a shard's step, on at most MAX_CHUNK_ROWS rows, scaled to the chunk). oneMKL is taken
+    only when it is LIBRARY_MARGIN faster, since the panels round the same on every CPU.
+    Returns (STEP/CHUNK, the medians behind it, seconds per step of one shard)."""
+    from .config import GATES
+    from .kernels.bf16_timing import repeated_step_product
+    from .kernels.blas import BLAS_THREADS
+    from .mixed import LowPrecisionProducts, LowPrecisionWeights
+
+    kinds = _bf16_candidates()
+    if kinds == ["panels"]:
+        return "panels/panels", {}
+    rows, _ = _shard_rows(config)
+    H, L, T, V = config.hidden_size, config.num_layers, config.seq_len, vocab_size
+    GH = GATES[config.cell] * H
+    rng = np.random.default_rng(0)
+
+    def array(*shape):
+        return rng.uniform(-0.5, 0.5, shape).astype(np.float32)
+
+    # A two-layer model of the run's sizes, so that every kind of product is there.
+    params = {"rnn.weight_hh_l0": array(GH, H), "rnn.weight_hh_l1": array(GH, H),
+              "rnn.weight_ih_l1": array(GH, H), "decoder.weight": array(V, H)}
+    chunk_T = max(1, min(T, MAX_CHUNK_ROWS // rows))
+    N = chunk_T * rows
+    h, d, x = array(rows, H), array(rows, GH), array(N, H)
+    dpre, dlogits = array(N, GH), array(N, V)
+    gates, dh = np.empty((rows, GH), np.float32), np.empty((rows, H), np.float32)
+    proj, logits, dx = np.empty_like(dpre), np.empty_like(dlogits), np.empty_like(x)
+    grad, grad_dec = np.empty((GH, H), np.float32), np.empty((V, H), np.float32)
+    setups = {}
+    for kind in kinds:
+        weights = LowPrecisionWeights(params, 2, f"{kind}/{kind}")
+        setups[kind] = (weights, LowPrecisionProducts(weights, chunk_T, rows))
+
+    def step_seconds(kind):
+        """A shard's step products of one step: refresh (per step) + T*L of each."""
+        weights, products = setups[kind]
+        t0 = time.perf_counter()
+        weights.refresh()
+        refresh = time.perf_counter() - t0
+        reps = max(4, T)
+        t0 = time.perf_counter()
+        repeated_step_product(h, products.step_weight(0, True), gates, reps)
+        repeated_step_product(d, products.step_weight(0, False), dh, reps)
+        return refresh + (time.perf_counter() - t0) / reps * T * L
+
+    def chunk_seconds(kind):
+        """A shard's chunk products of one step (scaled from N rows to the chunk's)."""
+        _, products = setups[kind]
+        t0 = time.perf_counter()
+        products.decoder(x, logits)
+        products.decoder_backward(dlogits, x, grad_dec, dx)
+        products.recurrent_weight_gradient(dpre, x[:rows], x[rows:], grad)
+        t1 = time.perf_counter()
+        products.input_projection(1, x, proj)
+        products.input_weight_gradient(dpre, x, grad)
+        products.input_gradient(1, dpre, dx)
+        t2 = time.perf_counter()
+        return ((t1 - t0) + (L - 1) * (t2 - t1)) * T / chunk_T
+
+    before = BLAS_THREADS.get()
+    BLAS_THREADS.set(1)
+    samples: dict = {}
+    try:
+        for kind in kinds:  # compiles, or loads from the cache
+            step_seconds(kind)
+            chunk_seconds(kind)
+        for _ in range(rounds):
+            for kind in kinds:
+                samples.setdefault(("step", kind), []).append(step_seconds(kind))
+                samples.setdefault(("chunk", kind), []).append(chunk_seconds(kind))
+    finally:
+        if before is not None:
+            BLAS_THREADS.set(before)
+    median = {key: float(np.median(values)) for key, values in samples.items()}
+
+    def pick(role):
+        faster = median[(role, "mkl")] * (1 + LIBRARY_MARGIN) < median[(role, "panels")]
+        return "mkl" if faster else "panels"
+
+    timings = {f"bf16_{role}_s": {kind: median[(role, kind)] for kind in kinds}
+               for role in ("step", "chunk")}
+    return f"{pick('step')}/{pick('chunk')}", timings
+
+
+def tuned_shape(config: TrainConfig, vocab_size: int) -> dict:
+    """What a measurement depends on besides the machine: the products' shapes, as a
+    shard computes them, and the precision."""
+    rows, blas_threads = _shard_rows(config)
+    return {"cell": config.cell, "hidden_size": config.hidden_size,
+            "num_layers": config.num_layers, "vocab": vocab_size, "seq_len": config.seq_len,
+            "shard_rows": rows, "blas_threads": blas_threads, "precision": config.precision}
 
 
 def resolve(config: TrainConfig, vocab_size: int, blas: str = "auto",
-            step_weights: str | None = None) -> tuple[TrainConfig, Choice | None]:
+            step_weights: str | None = None, retune: bool = False,
+            bf16_products: str | None = None) -> tuple[TrainConfig, Choice | None]:
     """``config`` with its BLAS and step weights fixed for a new run, and the measurement
     behind them (None when nothing was measured).
 
-    ``blas``: "auto" (measure every installed library, ``tune``), or LIBRARY or
-    STEP/CHUNK. ``step_weights``: FORWARD/BACKWARD, or None: measured with "auto",
+    ``blas``: "auto" (measure every installed library, ``tune``, or take what an earlier
+    measurement of the same shapes on this machine chose: tuning_cache.py), or LIBRARY or
+    STEP/CHUNK. ``retune``: measure even when a choice is remembered, and remember the
+    new one. ``step_weights``: FORWARD/BACKWARD, or None: measured with "auto",
     "stored/stored" (PyTorch's layout) otherwise, so an explicit choice is reproducible.
+    ``bf16_products``: what computes a bfloat16 run's products (STEP/CHUNK of panels and
+    mkl), or None: measured with "auto", "panels/panels" otherwise.
     Raises UserError for a malformed or uninstalled choice."""
     try:
         if step_weights is not None:
             parse_step_weights(step_weights)
+        if bf16_products is not None:
+            if config.precision != "bfloat16":
+                raise UserError(f"--bf16-products chooses a bfloat16 run's products, and this "
+                                f"run is {config.precision}: drop it, or add --precision bfloat16")
+            bf16_products = "/".join(parse_bf16_products(bf16_products))
+            config = config.replace(bf16_products=bf16_products)
+            _check_bf16_products(config)
         if blas != "auto":
             step, chunk = parse_blas(blas)
             for name in {step, chunk}:
@@ -318,12 +451,47 @@ def resolve(config: TrainConfig, vocab_size: int, blas: str = "auto",
             return chosen, None
     except ValueError as e:
         raise UserError(str(e)) from None
-    choice = tune(config, vocab_size)
+    choice = None if retune else _remembered(config, vocab_size)
+    if choice is None:
+        choice = tune(config, vocab_size)
+        tuning_cache.store(tuning_cache.key_for(tuned_shape(config, vocab_size)),
+                           {"blas": choice.blas, "step_weights": choice.step_weights,
+                            "bf16_products": choice.bf16_products, "timings": choice.timings,
+                            "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
     if step_weights is not None:
         choice.step_weights = step_weights
-    chosen = config.replace(blas=choice.blas, step_weights=choice.step_weights)
+    if bf16_products is not None:
+        choice.bf16_products = bf16_products
+    chosen = config.replace(blas=choice.blas, step_weights=choice.step_weights,
+                            bf16_products=choice.bf16_products)
     _check_packing(chosen)
     return chosen, choice
+
+
+def _remembered(config: TrainConfig, vocab_size: int) -> Choice | None:
+    """The choice an earlier measurement of these shapes on this machine made, if it is
+    still one this install can run."""
+    entry = tuning_cache.lookup(tuning_cache.key_for(tuned_shape(config, vocab_size)))
+    if entry is None:
+        return None
+    try:
+        for name in set(parse_blas(entry["blas"])):
+            blas_libraries.load(name)
+        parse_step_weights(entry["step_weights"])
+        bf16 = entry.get("bf16_products", "panels/panels")
+        _check_bf16_products(config.replace(bf16_products=bf16))
+    except (ValueError, UserError):
+        return None
+    return Choice(entry["blas"], entry["step_weights"], entry.get("timings", {}), remembered=True,
+                  bf16_products=bf16)
+
+
+def _check_bf16_products(config: TrainConfig) -> None:
+    """Raise UserError when ``config``'s bfloat16 products need oneMKL's bfloat16 GEMM
+    and it is not here."""
+    if "mkl" in parse_bf16_products(config.bf16_products) and "mkl" not in _bf16_candidates():
+        raise UserError(f"--bf16-products {config.bf16_products} needs oneMKL with its bfloat16 "
+                        f"GEMM: pip install 'charlstm[mkl]', or use --bf16-products panels")
 
 
 def _check_packing(config: TrainConfig) -> None:
@@ -335,7 +503,18 @@ def _check_packing(config: TrainConfig) -> None:
 
 def fall_back_if_missing(config: TrainConfig) -> tuple[TrainConfig, str | None]:
     """``config`` on a BLAS that loads here: a run saved on a library this machine lacks
-    continues on OpenBLAS, with a one-line warning saying what that costs."""
+    continues on OpenBLAS (and its bfloat16 products on charlstm's panels), with a
+    one-line warning saying what that costs."""
+    warnings = []
+    if config.precision == "bfloat16":
+        try:
+            _check_bf16_products(config)
+        except UserError:
+            warnings.append(
+                f"this run's bfloat16 products ran on {config.bf16_products}, and oneMKL's "
+                f"bfloat16 GEMM is not here: continuing on charlstm's panels, which round "
+                f"differently from here on (pip install 'charlstm[mkl]' to continue bit for bit)")
+            config = config.replace(bf16_products="panels/panels")
     missing = []
     for name in sorted(set(parse_blas(config.blas))):
         try:
@@ -343,12 +522,13 @@ def fall_back_if_missing(config: TrainConfig) -> tuple[TrainConfig, str | None]:
         except blas_libraries.LibraryUnavailable:
             missing.append(name)
     if not missing:
-        return config, None
+        return config, "; ".join(warnings) or None
     extras = " ".join(f"'charlstm[{blas_libraries.EXTRA_FOR[m]}]'" for m in missing
                       if m in blas_libraries.EXTRA_FOR)
     fix = f" (pip install {extras} to continue bit for bit)" if extras else ""
     weights = "/".join("stored" if w == "packed" else w
                        for w in parse_step_weights(config.step_weights))
-    return config.replace(blas=DEFAULT_BLAS, step_weights=weights), (
+    warnings.append(
         f"this run's products ran on {config.blas}, and {', '.join(missing)} is not installed "
         f"here: continuing on {DEFAULT_BLAS}, which rounds float32 differently from here on{fix}")
+    return config.replace(blas=DEFAULT_BLAS, step_weights=weights), "; ".join(warnings)

@@ -3,12 +3,17 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tuner remembers its choices in the user's cache directory (tuning_cache.py): the
+# suite keeps its own, so a developer's cache neither steers the tests nor gains entries
+# from them. The CLI's subprocesses inherit it.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="charlstm-tests-cache-")
 
 
 def make_text(n_chars: int, seed: int = 0) -> str:

@@ -57,6 +57,27 @@ def onehot(ids, V):
     return out
 
 
+def matmul(a, b):
+    """The plain float64 product: what every layer multiplies with by default."""
+    return np.asarray(a, F64) @ np.asarray(b, F64)
+
+
+def bf16_round(x):
+    """``x`` rounded to float32, then to the nearest bfloat16 (ties to even), as float64:
+    the value a bfloat16 operand carries. Written from the definition on the bit pattern
+    (the top 16 bits of a float32), independently of charlstm's kernels. NaN stays NaN."""
+    bits = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    out = rounded.astype(np.uint32).view(np.float32).astype(F64)
+    return np.where(np.isnan(np.asarray(x, F64)), np.nan, out)
+
+
+def bf16_matmul(a, b):
+    """The twin of a bfloat16 product (kernels/bf16.py): both operands rounded to
+    bfloat16, the product taken in float64."""
+    return bf16_round(a) @ bf16_round(b)
+
+
 # --------------------------------------------------------------------------------------
 # one-hot projection (the twin of kernels/onehot.py)
 # --------------------------------------------------------------------------------------
@@ -94,7 +115,7 @@ def softmax_xent_ref(logits, targets):
 # --------------------------------------------------------------------------------------
 # LSTM layer
 # --------------------------------------------------------------------------------------
-def lstm_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0, c0):
+def lstm_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0, c0, mm=matmul, mm_in=matmul):
     """x [T, B, D] -> dict with hs, cs, tanh_cs [T, B, H], gates [T, B, 4H] (activated,
     order i, f, g, o) and everything the backward pass needs."""
     x = np.asarray(x, F64)
@@ -104,7 +125,7 @@ def lstm_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0, c0):
     c = np.asarray(c0, F64).copy()
     hs, cs, tanh_cs, gates, h_prevs, c_prevs = [], [], [], [], [], []
     for t in range(T):
-        pre = x[t] @ W_ih.T + b_ih + h @ W_hh.T + b_hh
+        pre = mm_in(x[t], W_ih.T) + b_ih + mm(h, W_hh.T) + b_hh
         i = sigmoid(pre[:, 0 * H:1 * H])
         f = sigmoid(pre[:, 1 * H:2 * H])
         g = np.tanh(pre[:, 2 * H:3 * H])
@@ -119,7 +140,7 @@ def lstm_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0, c0):
         tanh_cs.append(tc)
         gates.append(np.concatenate([i, f, g, o], axis=1))
     return {
-        "x": x, "W_ih": np.asarray(W_ih, F64), "W_hh": np.asarray(W_hh, F64),
+        "x": x, "W_ih": np.asarray(W_ih, F64), "W_hh": np.asarray(W_hh, F64), "mm": mm, "mm_in": mm_in,
         "hs": np.array(hs), "cs": np.array(cs), "tanh_cs": np.array(tanh_cs),
         "gates": np.array(gates), "h_prev": np.array(h_prevs), "c_prev": np.array(c_prevs),
     }
@@ -133,6 +154,7 @@ def lstm_layer_backward(fwd, dhs, dhT=None, dcT=None):
     [T, B, 4H] (w.r.t. the gate pre-activations), dx, dW_ih, dW_hh, db_ih, db_hh, dh0, dc0.
     """
     x, W_ih, W_hh = fwd["x"], fwd["W_ih"], fwd["W_hh"]
+    mm, mm_in = fwd["mm"], fwd["mm_in"]
     T, B, H = fwd["hs"].shape
     dh_next = np.zeros((B, H)) if dhT is None else np.asarray(dhT, F64).copy()
     dc_next = np.zeros((B, H)) if dcT is None else np.asarray(dcT, F64).copy()
@@ -161,11 +183,11 @@ def lstm_layer_backward(fwd, dhs, dhT=None, dcT=None):
                              dg * (1.0 - g ** 2), do * o * (1.0 - o)], axis=1)
         dpre[t] = dp
         # pre = x W_ih^T + b_ih + h_prev W_hh^T + b_hh
-        dW_ih += dp.T @ x[t]
-        dW_hh += dp.T @ h_prev
+        dW_ih += mm_in(dp.T, x[t])
+        dW_hh += mm(dp.T, h_prev)
         db += dp.sum(axis=0)
-        dx[t] = dp @ W_ih
-        dh_next = dp @ W_hh
+        dx[t] = mm_in(dp, W_ih)
+        dh_next = mm(dp, W_hh)
     return {"dpre": dpre, "dx": dx, "dW_ih": dW_ih, "dW_hh": dW_hh,
             "db_ih": db, "db_hh": db.copy(), "dh0": dh_next, "dc0": dc_next}
 
@@ -173,7 +195,7 @@ def lstm_layer_backward(fwd, dhs, dhT=None, dcT=None):
 # --------------------------------------------------------------------------------------
 # Peephole LSTM layer
 # --------------------------------------------------------------------------------------
-def peephole_layer_forward(x, W_ih, W_hh, b_ih, b_hh, w_ci, w_cf, w_co, h0, c0):
+def peephole_layer_forward(x, W_ih, W_hh, b_ih, b_hh, w_ci, w_cf, w_co, h0, c0, mm=matmul, mm_in=matmul):
     """x [T, B, D] -> dict with hs, cs, tanh_cs [T, B, H], gates [T, B, 4H] (activated,
     order i, f, g, o) and everything the backward pass needs."""
     x = np.asarray(x, F64)
@@ -184,7 +206,7 @@ def peephole_layer_forward(x, W_ih, W_hh, b_ih, b_hh, w_ci, w_cf, w_co, h0, c0):
     c = np.asarray(c0, F64).copy()
     hs, cs, tanh_cs, gates, h_prevs, c_prevs = [], [], [], [], [], []
     for t in range(T):
-        pre = x[t] @ W_ih.T + b_ih + h @ W_hh.T + b_hh
+        pre = mm_in(x[t], W_ih.T) + b_ih + mm(h, W_hh.T) + b_hh
         i = sigmoid(pre[:, 0 * H:1 * H] + w_ci * c)
         f = sigmoid(pre[:, 1 * H:2 * H] + w_cf * c)
         g = np.tanh(pre[:, 2 * H:3 * H])
@@ -199,7 +221,7 @@ def peephole_layer_forward(x, W_ih, W_hh, b_ih, b_hh, w_ci, w_cf, w_co, h0, c0):
         tanh_cs.append(tc)
         gates.append(np.concatenate([i, f, g, o], axis=1))
     return {
-        "x": x, "W_ih": np.asarray(W_ih, F64), "W_hh": np.asarray(W_hh, F64),
+        "x": x, "W_ih": np.asarray(W_ih, F64), "W_hh": np.asarray(W_hh, F64), "mm": mm, "mm_in": mm_in,
         "w_ci": w_ci, "w_cf": w_cf, "w_co": w_co,
         "hs": np.array(hs), "cs": np.array(cs), "tanh_cs": np.array(tanh_cs),
         "gates": np.array(gates), "h_prev": np.array(h_prevs), "c_prev": np.array(c_prevs),
@@ -210,6 +232,7 @@ def peephole_layer_backward(fwd, dhs, dhT=None, dcT=None):
     """Backward through ``peephole_layer_forward``; as ``lstm_layer_backward``, plus
     dw_ci, dw_cf, dw_co [H]."""
     x, W_ih, W_hh = fwd["x"], fwd["W_ih"], fwd["W_hh"]
+    mm, mm_in = fwd["mm"], fwd["mm_in"]
     w_ci, w_cf, w_co = fwd["w_ci"], fwd["w_cf"], fwd["w_co"]
     T, B, H = fwd["hs"].shape
     dh_next = np.zeros((B, H)) if dhT is None else np.asarray(dhT, F64).copy()
@@ -243,11 +266,11 @@ def peephole_layer_backward(fwd, dhs, dhT=None, dcT=None):
         dw_co += (dpre_o * c).sum(axis=0)
         dp = np.concatenate([dpre_i, dpre_f, dpre_g, dpre_o], axis=1)
         dpre[t] = dp
-        dW_ih += dp.T @ x[t]
-        dW_hh += dp.T @ h_prev
+        dW_ih += mm_in(dp.T, x[t])
+        dW_hh += mm(dp.T, h_prev)
         db += dp.sum(axis=0)
-        dx[t] = dp @ W_ih
-        dh_next = dp @ W_hh
+        dx[t] = mm_in(dp, W_ih)
+        dh_next = mm(dp, W_hh)
     return {"dpre": dpre, "dx": dx, "dW_ih": dW_ih, "dW_hh": dW_hh,
             "db_ih": db, "db_hh": db.copy(), "dw_ci": dw_ci, "dw_cf": dw_cf, "dw_co": dw_co,
             "dh0": dh_next, "dc0": dc_next}
@@ -256,7 +279,7 @@ def peephole_layer_backward(fwd, dhs, dhT=None, dcT=None):
 # --------------------------------------------------------------------------------------
 # CIFG layer (coupled input and forget gates)
 # --------------------------------------------------------------------------------------
-def cifg_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0, c0):
+def cifg_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0, c0, mm=matmul, mm_in=matmul):
     """x [T, B, D] -> dict with hs, cs, tanh_cs [T, B, H], gates [T, B, 3H] (activated,
     order i, g, o) and everything the backward pass needs."""
     x = np.asarray(x, F64)
@@ -266,7 +289,7 @@ def cifg_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0, c0):
     c = np.asarray(c0, F64).copy()
     hs, cs, tanh_cs, gates, h_prevs, c_prevs = [], [], [], [], [], []
     for t in range(T):
-        pre = x[t] @ W_ih.T + b_ih + h @ W_hh.T + b_hh
+        pre = mm_in(x[t], W_ih.T) + b_ih + mm(h, W_hh.T) + b_hh
         i = sigmoid(pre[:, 0 * H:1 * H])
         g = np.tanh(pre[:, 1 * H:2 * H])
         o = sigmoid(pre[:, 2 * H:3 * H])
@@ -281,7 +304,7 @@ def cifg_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0, c0):
         tanh_cs.append(tc)
         gates.append(np.concatenate([i, g, o], axis=1))
     return {
-        "x": x, "W_ih": np.asarray(W_ih, F64), "W_hh": np.asarray(W_hh, F64),
+        "x": x, "W_ih": np.asarray(W_ih, F64), "W_hh": np.asarray(W_hh, F64), "mm": mm, "mm_in": mm_in,
         "hs": np.array(hs), "cs": np.array(cs), "tanh_cs": np.array(tanh_cs),
         "gates": np.array(gates), "h_prev": np.array(h_prevs), "c_prev": np.array(c_prevs),
     }
@@ -291,6 +314,7 @@ def cifg_layer_backward(fwd, dhs, dhT=None, dcT=None):
     """Backward through ``cifg_layer_forward``; returns what ``lstm_layer_backward``
     does, with dpre [T, B, 3H]."""
     x, W_ih, W_hh = fwd["x"], fwd["W_ih"], fwd["W_hh"]
+    mm, mm_in = fwd["mm"], fwd["mm_in"]
     T, B, H = fwd["hs"].shape
     dh_next = np.zeros((B, H)) if dhT is None else np.asarray(dhT, F64).copy()
     dc_next = np.zeros((B, H)) if dcT is None else np.asarray(dcT, F64).copy()
@@ -316,11 +340,11 @@ def cifg_layer_backward(fwd, dhs, dhT=None, dcT=None):
         dp = np.concatenate([di * i * (1.0 - i), dg * (1.0 - g ** 2), do * o * (1.0 - o)],
                             axis=1)
         dpre[t] = dp
-        dW_ih += dp.T @ x[t]
-        dW_hh += dp.T @ h_prev
+        dW_ih += mm_in(dp.T, x[t])
+        dW_hh += mm(dp.T, h_prev)
         db += dp.sum(axis=0)
-        dx[t] = dp @ W_ih
-        dh_next = dp @ W_hh
+        dx[t] = mm_in(dp, W_ih)
+        dh_next = mm(dp, W_hh)
     return {"dpre": dpre, "dx": dx, "dW_ih": dW_ih, "dW_hh": dW_hh,
             "db_ih": db, "db_hh": db.copy(), "dh0": dh_next, "dc0": dc_next}
 
@@ -328,7 +352,7 @@ def cifg_layer_backward(fwd, dhs, dhT=None, dcT=None):
 # --------------------------------------------------------------------------------------
 # RNN (tanh) layer
 # --------------------------------------------------------------------------------------
-def rnn_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0):
+def rnn_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0, mm=matmul, mm_in=matmul):
     """x [T, B, D] -> dict with hs [T, B, H] and what the backward pass needs."""
     x = np.asarray(x, F64)
     T = x.shape[0]
@@ -336,9 +360,9 @@ def rnn_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0):
     hs, h_prevs = [], []
     for t in range(T):
         h_prevs.append(h)
-        h = np.tanh(x[t] @ W_ih.T + b_ih + h @ W_hh.T + b_hh)
+        h = np.tanh(mm_in(x[t], W_ih.T) + b_ih + mm(h, W_hh.T) + b_hh)
         hs.append(h)
-    return {"x": x, "W_ih": np.asarray(W_ih, F64), "W_hh": np.asarray(W_hh, F64),
+    return {"x": x, "W_ih": np.asarray(W_ih, F64), "W_hh": np.asarray(W_hh, F64), "mm": mm, "mm_in": mm_in, "mm": mm, "mm_in": mm_in,
             "hs": np.array(hs), "h_prev": np.array(h_prevs)}
 
 
@@ -346,6 +370,7 @@ def rnn_layer_backward(fwd, dhs, dhT=None):
     """Backward through ``rnn_layer_forward``; returns dpre [T, B, H], dx, dW_ih, dW_hh,
     db_ih, db_hh, dh0."""
     x, W_ih, W_hh = fwd["x"], fwd["W_ih"], fwd["W_hh"]
+    mm, mm_in = fwd["mm"], fwd["mm_in"]
     T, B, H = fwd["hs"].shape
     dh_next = np.zeros((B, H)) if dhT is None else np.asarray(dhT, F64).copy()
     dpre = np.zeros((T, B, H))
@@ -358,11 +383,11 @@ def rnn_layer_backward(fwd, dhs, dhT=None):
         dh = dhs[t] + dh_next
         dp = dh * (1.0 - h ** 2)                    # h = tanh(pre)
         dpre[t] = dp
-        dW_ih += dp.T @ x[t]
-        dW_hh += dp.T @ fwd["h_prev"][t]
+        dW_ih += mm_in(dp.T, x[t])
+        dW_hh += mm(dp.T, fwd["h_prev"][t])
         db += dp.sum(axis=0)
-        dx[t] = dp @ W_ih
-        dh_next = dp @ W_hh
+        dx[t] = mm_in(dp, W_ih)
+        dh_next = mm(dp, W_hh)
     return {"dpre": dpre, "dx": dx, "dW_ih": dW_ih, "dW_hh": dW_hh,
             "db_ih": db, "db_hh": db.copy(), "dh0": dh_next}
 
@@ -370,7 +395,7 @@ def rnn_layer_backward(fwd, dhs, dhT=None):
 # --------------------------------------------------------------------------------------
 # GRU layer
 # --------------------------------------------------------------------------------------
-def gru_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0):
+def gru_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0, mm=matmul, mm_in=matmul):
     """x [T, B, D] -> dict with hs [T, B, H], gates [T, B, 3H] (activated, order r, z, n),
     ghn [T, B, H] (h_{t-1} W_hn^T + b_hn) and what the backward pass needs."""
     x = np.asarray(x, F64)
@@ -381,8 +406,8 @@ def gru_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0):
     h = np.asarray(h0, F64).copy()
     hs, gates, ghns, h_prevs = [], [], [], []
     for t in range(T):
-        gi = x[t] @ W_ih.T + b_ih                   # input side, both biases kept apart
-        gh = h @ W_hh.T + b_hh                      # recurrent side
+        gi = mm_in(x[t], W_ih.T) + b_ih                # input side, both biases kept apart
+        gh = mm(h, W_hh.T) + b_hh                # recurrent side
         r = sigmoid(gi[:, 0 * H:1 * H] + gh[:, 0 * H:1 * H])
         z = sigmoid(gi[:, 1 * H:2 * H] + gh[:, 1 * H:2 * H])
         ghn = gh[:, 2 * H:3 * H]
@@ -392,7 +417,7 @@ def gru_layer_forward(x, W_ih, W_hh, b_ih, b_hh, h0):
         hs.append(h)
         gates.append(np.concatenate([r, z, n], axis=1))
         ghns.append(ghn)
-    return {"x": x, "W_ih": W_ih, "W_hh": W_hh, "hs": np.array(hs),
+    return {"x": x, "W_ih": W_ih, "W_hh": W_hh, "mm": mm, "mm_in": mm_in, "hs": np.array(hs),
             "gates": np.array(gates), "ghn": np.array(ghns), "h_prev": np.array(h_prevs)}
 
 
@@ -404,6 +429,7 @@ def gru_layer_backward(fwd, dhs, dhT=None):
     the r, z rows and r * dpre on the n rows), dx, dW_ih, dW_hh, db_ih, db_hh, dh0.
     """
     x, W_ih, W_hh = fwd["x"], fwd["W_ih"], fwd["W_hh"]
+    mm, mm_in = fwd["mm"], fwd["mm_in"]
     T, B, H = fwd["hs"].shape
     dh_next = np.zeros((B, H)) if dhT is None else np.asarray(dhT, F64).copy()
     dpre = np.zeros((T, B, 3 * H))
@@ -434,12 +460,12 @@ def gru_layer_backward(fwd, dhs, dhT=None):
         dgh = np.concatenate([da_r, da_z, dghn], axis=1)
         dpre[t] = dgi
         drec[t] = dgh
-        dW_ih += dgi.T @ x[t]
+        dW_ih += mm_in(dgi.T, x[t])
         db_ih += dgi.sum(axis=0)
-        dW_hh += dgh.T @ h_prev
+        dW_hh += mm(dgh.T, h_prev)
         db_hh += dgh.sum(axis=0)
-        dx[t] = dgi @ W_ih
-        dh_next = dgh @ W_hh + dh_prev_direct
+        dx[t] = mm_in(dgi, W_ih)
+        dh_next = mm(dgh, W_hh) + dh_prev_direct
     return {"dpre": dpre, "drec": drec, "dx": dx, "dW_ih": dW_ih, "dW_hh": dW_hh,
             "db_ih": db_ih, "db_hh": db_hh, "dh0": dh_next}
 
@@ -456,11 +482,13 @@ def _num_layers(params):
     return sum(1 for name in params if name.startswith("rnn.weight_ih_l"))
 
 
-def reference_forward(cell, params, inputs, h0, c0=None, masks=None):
+def reference_forward(cell, params, inputs, h0, c0=None, masks=None, mm=matmul):
     """Run the model; returns (layer forward dicts, logits [T, B, V], hT, cT).
 
     ``masks``: None, or per layer a [T, B, H] inverted-dropout mask (0 or 1/(1-p)) that
-    multiplies the layer's output where the next layer or the decoder reads it."""
+    multiplies the layer's output where the next layer or the decoder reads it.
+    ``mm``: the product of every matrix multiplication but layer 0's input projection,
+    which is a row lookup in charlstm (``bf16_matmul``: the twin of a bfloat16 run)."""
     assert cell in CELLS
     p = {k: np.asarray(v, F64) for k, v in params.items()}
     L = _num_layers(p)
@@ -471,28 +499,31 @@ def reference_forward(cell, params, inputs, h0, c0=None, masks=None):
     for k in range(L):
         args = (x, p[f"rnn.weight_ih_l{k}"], p[f"rnn.weight_hh_l{k}"],
                 p[f"rnn.bias_ih_l{k}"], p[f"rnn.bias_hh_l{k}"], h0[k])
+        products = dict(mm=mm, mm_in=matmul if k == 0 else mm)
         if cell == "lstm":
-            fwd = lstm_layer_forward(*args, c0[k])
+            fwd = lstm_layer_forward(*args, c0[k], **products)
         elif cell == "peephole":
             weights = [p[f"rnn.{name}_l{k}"] for name in PEEPHOLES]
-            fwd = peephole_layer_forward(*args[:5], *weights, h0[k], c0[k])
+            fwd = peephole_layer_forward(*args[:5], *weights, h0[k], c0[k], **products)
         elif cell == "cifg":
-            fwd = cifg_layer_forward(*args, c0[k])
+            fwd = cifg_layer_forward(*args, c0[k], **products)
         elif cell == "gru":
-            fwd = gru_layer_forward(*args)
+            fwd = gru_layer_forward(*args, **products)
         else:
-            fwd = rnn_layer_forward(*args)
+            fwd = rnn_layer_forward(*args, **products)
         layers.append(fwd)
         hT.append(fwd["hs"][-1])
         if cell in CELL_STATE_CELLS:
             cT.append(fwd["cs"][-1])
         x = fwd["hs"] if masks is None else fwd["hs"] * masks[k]
-    logits = x @ p["decoder.weight"].T + p["decoder.bias"]
+    logits = mm(x, p["decoder.weight"].T) + p["decoder.bias"]
     return layers, logits, np.array(hT), (np.array(cT) if cell in CELL_STATE_CELLS else None)
 
 
-def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None, masks=None):
-    """Mean cross-entropy over the B*T positions and its gradients.
+def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None, masks=None,
+                             mm=matmul):
+    """Mean cross-entropy over the B*T positions and its gradients (``mm`` as in
+    ``reference_forward``).
 
     Returns (loss, grads {name: array}, dh0 [L, B, H], dc0 [L, B, H] or None,
     final h [L, B, H], final c [L, B, H] or None).
@@ -500,7 +531,7 @@ def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None, masks=N
     p = {k: np.asarray(v, F64) for k, v in params.items()}
     L = _num_layers(p)
     V = p["decoder.weight"].shape[0]
-    layers, logits, hT, cT = reference_forward(cell, p, inputs, h0, c0, masks)
+    layers, logits, hT, cT = reference_forward(cell, p, inputs, h0, c0, masks, mm)
     T, B, _ = logits.shape
     N = T * B
     tgt = np.asarray(targets).T                     # [T, B]
@@ -510,10 +541,10 @@ def reference_loss_and_grads(cell, params, inputs, targets, h0, c0=None, masks=N
 
     grads = {}
     top = layers[-1]["hs"] if masks is None else layers[-1]["hs"] * masks[-1]
-    grads["decoder.weight"] = np.einsum("tbv,tbh->vh", dlogits, top)
-    grads["decoder.bias"] = dlogits.sum(axis=(0, 1))
-    dhs = dlogits @ p["decoder.weight"]             # [T, B, H]
     H = top.shape[2]
+    grads["decoder.weight"] = mm(dlogits.reshape(N, V).T, top.reshape(N, H))
+    grads["decoder.bias"] = dlogits.sum(axis=(0, 1))
+    dhs = mm(dlogits.reshape(N, V), p["decoder.weight"]).reshape(T, B, H)
     dh0 = np.zeros((L, B, H))
     dc0 = np.zeros((L, B, H)) if cell in CELL_STATE_CELLS else None
     for k in range(L - 1, -1, -1):

@@ -37,6 +37,7 @@ from .blas_libraries import NO_TRANS as _NO_TRANS, ROW_MAJOR as _ROW_MAJOR
 from .blas_libraries import PACKED as _PACKED_STORAGE, TRANS as _TRANS, LibraryUnavailable
 from .blas_libraries import format_blas, parse_blas  # noqa: F401 (charlstm.kernels.blas's API)
 from .jit import kernel
+from .bf16 import bf16_step_product, round_rows
 from .panels import panel_product
 
 ROLES = ("step", "chunk")
@@ -47,8 +48,8 @@ ROLES = ("step", "chunk")
 # Or, not through a BLAS at all, packed once per chunk into the column panels of charlstm's
 # own product (panels.py).
 STEP_LAYOUTS = {"stored": 0, "transposed": 1, "packed": 2, "panels": 3}
-_TRANSPOSED, _PACKED, _PANELS = (STEP_LAYOUTS["transposed"], STEP_LAYOUTS["packed"],
-                                 STEP_LAYOUTS["panels"])
+_STORED, _TRANSPOSED, _PACKED, _PANELS = (STEP_LAYOUTS["stored"], STEP_LAYOUTS["transposed"],
+                                          STEP_LAYOUTS["packed"], STEP_LAYOUTS["panels"])
 # Columns of padding after each row of a transposed weight_hh copy. Its rows are G*H
 # floats, a multiple of 4 KB at M and L, and rows a multiple of 4 KB apart fall into the
 # same cache sets, more or less depending on where the pages land. Whole training steps
@@ -115,6 +116,15 @@ class BlasBinding:
                 address = ctypes.cast(stub, ctypes.c_void_p).value
             llvm.add_symbol(f"charlstm_{kind}gemm_compute_step", address)
         self.spec, self.libraries = spec, libraries
+
+    def bind_bf16_compute(self) -> None:
+        """Point the bfloat16 step products' symbol at oneMKL's packed bfloat16 compute.
+        Raises LibraryUnavailable without oneMKL (or an oneMKL without it)."""
+        lib = blas_libraries.load("mkl")
+        if not lib.has_bf16:
+            raise LibraryUnavailable(f"{lib.describe()} has no bfloat16 GEMM; upgrade it "
+                                     f"(pip install -U 'charlstm[mkl]')")
+        llvm.add_symbol("charlstm_bf16_compute_step", lib.bf16["compute"])
 
     @property
     def step_packs(self) -> bool:
@@ -394,18 +404,7 @@ def step_nt(a, b, out, beta=0.0):
 
 
 @kernel(inline="always")
-def recurrent_forward(h, weight, out, layout):
-    """out = h @ W_hh.T, one time step's recurrent product.
-
-    ``weight`` is the copy of W_hh that ``layout`` (STEP_LAYOUTS) names: as stored ([n, k],
-    PyTorch's layout), a [k, n + TRANSPOSED_PAD] copy of its transpose, packed by the
-    step library, or W_hh.T packed into panels (panels.pack_panels) for charlstm's own
-    product.
-    Which one multiplies fastest depends on the library and the CPU (OpenBLAS's AVX-512
-    kernels took 14-19 us with the transposed copy against 31-35 us as stored for
-    [16, 128] rows at S, and 61-67 against 134-147 us at M, on an AMD EPYC Zen 5:
-    benchmarks/blas_choice.py), so it is measured, not assumed (charlstm/tune.py).
-    """
+def _float_step_forward(h, weight, out, layout):
     if layout == _PANELS:
         panel_product(h, weight, out)
     elif layout == _TRANSPOSED:
@@ -417,9 +416,7 @@ def recurrent_forward(h, weight, out, layout):
 
 
 @kernel(inline="always")
-def recurrent_backward(dpre, weight, out, layout):
-    """out = dpre @ W_hh, one time step's gradient through the recurrent product;
-    ``weight`` and ``layout`` as in ``recurrent_forward``, but panels pack W_hh itself."""
+def _float_step_backward(dpre, weight, out, layout):
     if layout == _PANELS:
         panel_product(dpre, weight, out)
     elif layout == _TRANSPOSED:
@@ -428,6 +425,71 @@ def recurrent_backward(dpre, weight, out, layout):
         _compute_step(dpre.shape[0], out.shape[1], dpre.shape[1], dpre, weight, out)
     else:
         step_nn(dpre, weight, out)
+
+
+def recurrent_forward(h, weight, out, layout):
+    """out = h @ W_hh.T, one time step's recurrent product; compiled only.
+
+    ``weight`` is the copy of W_hh that ``layout`` (STEP_LAYOUTS) names: as stored ([n, k],
+    PyTorch's layout), a [k, n + TRANSPOSED_PAD] copy of its transpose, packed by the
+    step library, or W_hh.T packed into panels (panels.pack_panels) for charlstm's own
+    product.
+    Which one multiplies fastest depends on the library and the CPU (OpenBLAS's AVX-512
+    kernels took 14-19 us with the transposed copy against 31-35 us as stored for
+    [16, 128] rows at S, and 61-67 against 134-147 us at M, on an AMD EPYC Zen 5:
+    benchmarks/blas_choice.py), so it is measured, not assumed (charlstm/tune.py).
+
+    With bfloat16 products (a run's precision), ``weight`` is the tuple
+    (panels, a_pairs, scratch) of bf16.bf16_step_product: W_hh.T rounded and packed once
+    per chunk, and the buffers h is rounded into; ``layout`` is then not read. The choice
+    is made by type when the calling kernel compiles, so a float32 run never compiles the
+    bfloat16 instructions, which a CPU without AVX512_BF16 cannot run.
+    """
+    raise NotImplementedError
+
+
+def recurrent_backward(dpre, weight, out, layout):
+    """out = dpre @ W_hh, one time step's gradient through the recurrent product; compiled
+    only. ``weight`` and ``layout`` as in ``recurrent_forward``, but panels pack W_hh
+    itself."""
+    raise NotImplementedError
+
+
+# oneMKL's cblas_gemm_bf16bf16f32_compute, for bfloat16 step products on a weight it
+# packed (BlasBinding.bind_bf16_compute points the symbol at it before such a product
+# compiles).
+_bf16_compute_step = types.ExternalFunction(
+    "charlstm_bf16_compute_step",
+    types.void(types.int32, types.int64, types.int64, types.int64, types.int64, types.int64,
+               types.float32, types.voidptr, types.int64, types.voidptr, types.int64,
+               types.float32, types.voidptr, types.int64))
+
+
+def _step_product_overload(float_version):
+    def typer(h, weight, out, layout):
+        if isinstance(weight, types.BaseTuple) and len(weight) == 4:
+            # (packed by oneMKL, a_pairs, scratch, 0): round h, then MKL's compute.
+            def mkl_low_precision(h, weight, out, layout):
+                round_rows(h, weight[1])
+                m, k = h.shape
+                n = out.shape[1]
+                _bf16_compute_step(_ROW_MAJOR, _NO_TRANS, _PACKED_STORAGE, m, n, k,
+                                   np.float32(1.0), weight[1].ctypes.data, 2 * weight[1].shape[1],
+                                   weight[0].ctypes.data, n, np.float32(0.0), out.ctypes.data, n)
+            return mkl_low_precision
+        if isinstance(weight, types.BaseTuple):
+            def low_precision(h, weight, out, layout):
+                bf16_step_product(h, weight[1], weight[0], out, weight[2])
+            return low_precision
+
+        def full_precision(h, weight, out, layout):
+            float_version(h, weight, out, layout)
+        return full_precision
+    return typer
+
+
+overload(recurrent_forward, inline="always")(_step_product_overload(_float_step_forward))
+overload(recurrent_backward, inline="always")(_step_product_overload(_float_step_backward))
 
 
 # Entry points for Python code (the orchestration in network.py): one compiled call each.
@@ -461,3 +523,4 @@ def transpose_into(src, dst):
                 row = dst[j]
                 for i in range(i0, i1):
                     row[i] = src[i, j]
+

@@ -84,10 +84,20 @@ class Library:
     # oneMKL's packed GEMM: "{s,d}gemm_pack", "{s,d}gemm_compute" addresses; empty elsewhere.
     packed: dict[str, int] = field(default_factory=dict)
     pack_size: Callable[[str, int, int, int], int] | None = None
+    # oneMKL's bfloat16 GEMM, bfloat16 operands into float32 (cblas_gemm_bf16bf16f32 and
+    # its pack/compute pair, which run on AMX tiles where the CPU has them): addresses of
+    # "gemm", "pack" and "compute"; empty elsewhere. ``bf16_pack_size(m, n, k)``: bytes of a
+    # packed B operand.
+    bf16: dict[str, int] = field(default_factory=dict)
+    bf16_pack_size: Callable[[int, int, int], int] | None = None
 
     @property
     def packs(self) -> bool:
         return bool(self.packed)
+
+    @property
+    def has_bf16(self) -> bool:
+        return bool(self.bf16)
 
     def describe(self) -> str:
         return f"{self.version} ({self.kernel})"
@@ -222,7 +232,19 @@ def _load_mkl() -> Library:
         """Bytes of the packed B operand (weight) of an m x n x k product."""
         return int(sizes[kind](PACK_B, m, n, k))
 
-    return Library("mkl", addresses, version, kernel, packed=packed, pack_size=pack_size)
+    bf16, bf16_pack_size = {}, None
+    if hasattr(lib, "cblas_gemm_bf16bf16f32_compute_64"):  # oneMKL 2020 and later
+        bf16 = {op: ctypes.cast(getattr(lib, f"cblas_gemm_bf16bf16f32{suffix}_64"), _PTR).value
+                for op, suffix in (("gemm", ""), ("pack", "_pack"), ("compute", "_compute"))}
+        bf16_size = lib.cblas_gemm_bf16bf16f32_pack_get_size_64
+        bf16_size.restype, bf16_size.argtypes = ctypes.c_size_t, [_INT, _I64, _I64, _I64]
+
+        def bf16_pack_size(m: int, n: int, k: int) -> int:
+            """Bytes of the packed bfloat16 B operand of an m x n x k product."""
+            return int(bf16_size(PACK_B, m, n, k))
+
+    return Library("mkl", addresses, version, kernel, packed=packed, pack_size=pack_size,
+                   bf16=bf16, bf16_pack_size=bf16_pack_size)
 
 
 # -- numpy.dot callbacks ---------------------------------------------------------------------
@@ -283,6 +305,14 @@ def cblas_pack_prototype(real):
     return ctypes.CFUNCTYPE(None, _INT, _INT, _INT, _I64, _I64, _I64, real, _PTR, _I64, _PTR)
 
 
+# cblas_gemm_bf16bf16f32: as sgemm, with uint16 bfloat16 operands and a float32 result.
+BF16_GEMM_PROTOTYPE = cblas_gemm_prototype(ctypes.c_float)
+# cblas_gemm_bf16bf16f32_pack: layout, identifier, trans, m, n, k, src, ld, dest (no alpha).
+BF16_PACK_PROTOTYPE = ctypes.CFUNCTYPE(None, _INT, _INT, _INT, _I64, _I64, _I64, _PTR, _I64, _PTR)
+# cblas_gemm_bf16bf16f32_compute: its transa and transb are MKL_INT, 64-bit here.
+BF16_COMPUTE_PROTOTYPE = ctypes.CFUNCTYPE(None, _INT, _I64, _I64, _I64, _I64, _I64,
+                                          ctypes.c_float, _PTR, _I64, _PTR, _I64,
+                                          ctypes.c_float, _PTR, _I64)
 COMPUTE_PROTOTYPES = {"s": cblas_compute_prototype(ctypes.c_float),
                       "d": cblas_compute_prototype(ctypes.c_double)}
 PACK_PROTOTYPES = {"s": cblas_pack_prototype(ctypes.c_float),
