@@ -19,6 +19,10 @@ bfloat16:
 - ``all``: products, cell and gates together, as autocast's oneDNN layer stores them;
 - ``float32``: nothing rounded.
 
+Three more runs use PyTorch's own modules, to say which of them autocast hurts:
+``autocast`` (nn.LSTM and the decoder under autocast, as bench_torch does),
+``autocast-lstm`` (nn.LSTM alone under it) and ``autocast-decoder`` (the decoder alone).
+
 Validation is float32 (the float32 master weights in nn.LSTM), as everywhere else.
 
     python benchmarks/autocast_study.py --corpus ../shared/data/tinyshakespeare.txt \
@@ -35,6 +39,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+MODULE_VARIANTS = {  # what runs under torch.autocast, with PyTorch's own modules
+    "autocast": {"lstm", "decoder"},
+    "autocast-lstm": {"lstm"},
+    "autocast-decoder": {"decoder"},
+}
 VARIANTS = {
     "float32": set(),
     "products": {"products"},
@@ -50,7 +59,7 @@ def run(corpus: str, seed: int, variant: str, steps: int, eval_every: int, threa
     from charlstm.bench import CONFIGS
     from charlstm.bench_torch import TorchTwin
 
-    rounded = VARIANTS[variant]
+    rounded = VARIANTS.get(variant, set())
     twin = TorchTwin(CONFIGS["M"], corpus, threads, seed)  # initial weights and data
     H, L, V, T = twin.H, twin.L, twin.V, twin.T
     bf16 = torch.bfloat16
@@ -61,8 +70,19 @@ def run(corpus: str, seed: int, variant: str, steps: int, eval_every: int, threa
     weights = {name: p for name, p in twin.module.named_parameters()}
     dec_w, dec_b = twin.decoder.weight, twin.decoder.bias
 
+    def modules_forward(x, state):
+        """PyTorch's own modules, each under autocast or not as the variant says."""
+        under = MODULE_VARIANTS[variant]
+        with torch.autocast("cpu", dtype=bf16, enabled="lstm" in under):
+            out, state = twin.module(x, state)
+        with torch.autocast("cpu", dtype=bf16, enabled="decoder" in under):
+            logits = twin.decoder(out if "decoder" in under else out.float())
+        return logits.float(), tuple(s.float() for s in state)
+
     def forward(x, state):
         """x [T, B, V] one-hot; state (h, c) [L, B, H] each; returns logits, new state."""
+        if variant in MODULE_VARIANTS:
+            return modules_forward(x, state)
         h_all, c_all = state
         inp = x
         new_h, new_c = [], []
@@ -113,7 +133,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=list(MODULE_VARIANTS) + list(VARIANTS),
+                    choices=list(MODULE_VARIANTS) + list(VARIANTS))
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--eval-steps", type=int, default=250)
     ap.add_argument("--threads", type=int, default=2)
