@@ -8,10 +8,26 @@ from __future__ import annotations
 import functools
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
 
+
+def _quiet_ctrl_c_while_loading():
+    """Ctrl-C while this module and its imports load (click, numpy: a few tenths of a
+    second) ends the process as the signal does by default, quietly, with status 130;
+    Python's KeyboardInterrupt would print a traceback from whatever was importing.
+    Returns the handler to put back once loading is done (None: nothing changed)."""
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            return signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except ValueError:  # imported outside the main thread: signals are not its to set
+        pass
+    return None
+
+
+_SIGINT_AFTER_LOADING = _quiet_ctrl_c_while_loading()
 
 
 def _process_age() -> float:
@@ -176,6 +192,16 @@ class _Group(click.Group):
     ranks agreed on (ranks.agree) and every rank exits with its status; an error one
     rank met alone ends the whole job (the others would wait for it for ever)."""
 
+    def main(self, *args, **kwargs):
+        # The standard streams are guarded before click parses the command line: --help
+        # and --version print while it does, and a full disk under them is one line too.
+        _guard_standard_streams()
+        try:
+            return super().main(*args, **kwargs)
+        except standard_output.StandardOutputFailed as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+
     def invoke(self, ctx):
         try:
             return self._convert(ctx)
@@ -233,6 +259,14 @@ def main(ctx, debug):
     """Train character-level LSTM (plain, peephole or CIFG), GRU and RNN language models,
     sample from them, resume them."""
     ctx.obj = {"debug": debug}
+    # Every command ends cleanly on SIGTERM and SIGHUP, as on Ctrl-C (console.py).
+    console.stop_on_signals()
+
+
+def _guard_standard_streams() -> None:
+    """Standard output and error as every command needs them: UTF-8, never failing a
+    command for a note it cannot print, and whole or one line of error under a full
+    disk or a file size limit."""
     # Text goes out as UTF-8 whatever the locale: a redirected stdout on a western Windows
     # machine (cp1252) or under LC_ALL=C (ASCII) cannot encode most generated text, and a
     # UnicodeEncodeError halfway through a sample left an empty or cut file.
@@ -242,12 +276,11 @@ def main(ctx, debug):
             # name in `info`) goes out as the bytes it was.
             stream.reconfigure(encoding="utf-8", errors="surrogateescape" if stream is sys.stdout
                                else "backslashreplace")
-    # No command fails because it cannot print its notes, and every one ends cleanly on
-    # SIGTERM and SIGHUP (console.py); a full disk or a file size limit under `> FILE`
-    # is one line, never a traceback or text silently cut (standard_output.py).
+    # No command fails because it cannot print its notes (console.py); a full disk or a
+    # file size limit under `> FILE` is one line, never a traceback or text silently cut
+    # (standard_output.py).
     console.guard_standard_streams()
     standard_output.guard()
-    console.stop_on_signals()
 
 
 def _read_run_file(ctx, param, value):
@@ -986,6 +1019,10 @@ def plot(run_dir, output):
     from charlstm.plot import plot_run
 
     click.echo(str(plot_run(run_dir, output)))
+
+
+if _SIGINT_AFTER_LOADING is not None:  # loaded: Ctrl-C is a KeyboardInterrupt again
+    signal.signal(signal.SIGINT, _SIGINT_AFTER_LOADING)
 
 
 if __name__ == "__main__":

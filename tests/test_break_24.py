@@ -1,0 +1,75 @@
+"""Just outside what issue 24's fixes cover, on the real command: a Ctrl-C while the
+command line loads, --help on a full disk, a full disk under the token cache and the run
+lock, outputs that are devices, pipes or symbolic links, a plot or gradient plot aimed
+at a run's files or at its own input, logs and sweep results damaged after a crash,
+configuration files cut inside a character, corpus names that are not UTF-8, and
+durations written in other ways."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CHARLSTM, make_text, run_cli
+from test_writers import assert_one_line_error, files_under, full_disk, sh  # noqa: F401 (a fixture)
+
+TINY = ["--hidden-size", "16", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
+        "--blas", "openblas", "--step-weights", "stored/stored", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained run with a metrics row a step, its corpus c.txt beside it."""
+    tmp = tmp_path_factory.mktemp("break")
+    (tmp / "c.txt").write_text(make_text(6000))
+    out = tmp / "run"
+    run_cli("train", tmp / "c.txt", *TINY, "--steps", "4", "--log-every", "1", "--out", out)
+    return out
+
+
+# A stand-in for a slow disk or a busy machine: the import of click, the command line's
+# first, waits until the test has sent its signal (a marker file says it is waiting).
+SLOW_IMPORT = '''
+import os, sys, time
+class _Slow:
+    def find_spec(self, name, path=None, target=None):
+        if name == "click":
+            sys.meta_path.remove(self)
+            open(os.environ["CHARLSTM_TEST_MARKER"], "w").close()
+            time.sleep(30)
+        return None
+sys.meta_path.insert(0, _Slow())
+'''
+
+
+def test_ctrl_c_while_the_command_line_loads_ends_quietly(run, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(SLOW_IMPORT)
+    marker = tmp_path / "loading"
+    env = {**os.environ, "CHARLSTM_TEST_MARKER": str(marker),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([*CHARLSTM, "info", str(run)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert proc.returncode in (-signal.SIGINT, 128 + signal.SIGINT), (proc.returncode, err)
+
+
+@pytest.mark.parametrize("line", ['exec "$@" > /dev/full', 'ulimit -f 0 && exec "$@" > "$OUT"'],
+                         ids=["/dev/full", "ulimit -f"])
+def test_help_and_version_on_a_full_disk_are_one_line(tmp_path, line):
+    for args in (["--help"], ["--version"], ["train", "--help"]):
+        proc = sh(line, *args, env={"OUT": str(tmp_path / "out.txt")})
+        assert_one_line_error(proc, "cannot write standard output")
