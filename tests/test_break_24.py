@@ -73,3 +73,36 @@ def test_help_and_version_on_a_full_disk_are_one_line(tmp_path, line):
     for args in (["--help"], ["--version"], ["train", "--help"]):
         proc = sh(line, *args, env={"OUT": str(tmp_path / "out.txt")})
         assert_one_line_error(proc, "cannot write standard output")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 64 KiB filesystem (tmpfs): ``fill(free)`` leaves ``free`` bytes of it."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here ({proc.stderr.strip()})")
+
+    def fill(free: int) -> Path:
+        with open(mount / "filler", "wb") as f:
+            f.write(b"\0" * (64 * 1024 - free))
+        return mount
+    try:
+        yield fill
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("free", [0, 16384], ids=["full", "room for a quarter of the ids"])
+def test_training_onto_a_full_disk_is_one_line_never_a_bus_error(small_disk, tmp_path, free):
+    # The token cache (40 KB of ids) was written through a memory map, and a full disk
+    # killed the process with SIGBUS ("Bus error", status 135) and no word; with no room
+    # at all, writing the lock's process id was a traceback.
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(make_text(40_000))
+    disk = small_disk(free)
+    proc = run_cli("train", corpus, *TINY, "--steps", "2", "--out", disk / "run", check=False)
+    assert_one_line_error(proc, "No space left on device")
+    assert [p.name for p in disk.rglob("*.tmp")] == []  # no temporary left behind
