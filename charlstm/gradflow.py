@@ -226,7 +226,8 @@ def gradflow_report(checkpoint, text: str, length: int = DEFAULT_LENGTH,
     directory, best.npz preferred) over chunks of ``text`` (a file or a built-in corpus),
     as a JSON-ready dict; with ``output``, the curves drawn to that PNG too.
 
-    Raises UserError for an unusable checkpoint or text, or a missing matplotlib."""
+    Raises UserError for an unusable checkpoint or text, a missing matplotlib, or an
+    ``output`` that would replace a checkpoint, a run's file or the text (export.check_output)."""
     import numpy as np
 
     from . import checkpoint as ckpt_io
@@ -234,6 +235,9 @@ def gradflow_report(checkpoint, text: str, length: int = DEFAULT_LENGTH,
     from .network import Network
 
     if output is not None:
+        from .export import check_output
+
+        check_output([checkpoint, text], output, writer="plot")
         try:
             import matplotlib  # noqa: F401
         except ImportError:

@@ -96,10 +96,14 @@ def draw(curves: Curves, title: str, output: Path) -> None:
 def plot_run(run_dir, output=None, warn=print_warning) -> Path:
     """Draw the learning curves of the run in ``run_dir`` to ``output`` (default
     RUN_DIR/curve.png) and return its path; ``warn`` is given one line about lines of
-    metrics.jsonl left out. Raises UserError as read_metrics and draw do."""
+    metrics.jsonl left out. Raises UserError as read_metrics and draw do, and for an
+    ``output`` that is a checkpoint or a run's file (export.check_output)."""
+    from .export import check_output
+
     run_dir = Path(run_dir)
     curves = read_metrics(run_dir, warn)
     output = Path(output) if output else run_dir / "curve.png"
+    check_output(run_dir, output, writer="plot")
     name = run_dir.resolve().name or str(run_dir)
     draw(curves, f"{name}: bits per character", output)
     return output

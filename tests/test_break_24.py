@@ -6,9 +6,12 @@ configuration files cut inside a character, corpus names that are not UTF-8, and
 durations written in other ways."""
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -106,3 +109,48 @@ def test_training_onto_a_full_disk_is_one_line_never_a_bus_error(small_disk, tmp
     proc = run_cli("train", corpus, *TINY, "--steps", "2", "--out", disk / "run", check=False)
     assert_one_line_error(proc, "No space left on device")
     assert [p.name for p in disk.rglob("*.tmp")] == []  # no temporary left behind
+
+
+def test_a_plot_never_replaces_a_checkpoint_a_runs_files_or_what_it_reads(run, tmp_path):
+    # `plot RUN -o RUN/last.npz` wrote a PNG over the run's checkpoint, and `gradflow
+    # CKPT TEXT -o TEXT` over the text it had just read.
+    shutil.copytree(run, tmp_path / "run")
+    own, corpus = tmp_path / "run", tmp_path / "c.txt"
+    shutil.copy(run.parent / "c.txt", corpus)
+    flow = ["--length", "8", "--chunks", "2"]
+    refused = [["plot", own, "-o", own / "last.npz"],
+               ["plot", own, "-o", own / "metrics.jsonl"],
+               ["gradflow", own, corpus, *flow, "-o", corpus],
+               ["gradflow", own / "last.npz", corpus, *flow, "-o", own / "best.npz"]]
+    before = files_under(tmp_path)
+    for args in refused:
+        proc = run_cli(*args, check=False)
+        assert_one_line_error(proc, f"-o {args[-1]}", "choose another -o")
+        assert files_under(tmp_path) == before, args
+    run_cli("plot", own)  # RUN/curve.png, beside the run's files, is welcome
+
+
+def test_an_output_that_is_a_pipe_a_device_or_a_link_stays_one(run, tmp_path):
+    # Every file was written to a temporary and renamed over its path: -o /dev/null
+    # (as root) put a plain file in the place of the device, a FIFO's reader waited for
+    # ever, and a symbolic link was replaced by the file instead of leading to it.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    run_cli("export", run, "--format", "safetensors", "-o", fifo)
+    reader.join(timeout=60)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and received and len(received[0]) > 1000
+    link = tmp_path / "curve.png"
+    link.symlink_to(tmp_path / "plots" / "made.png")
+    (tmp_path / "plots").mkdir()
+    run_cli("plot", run, "-o", link)
+    assert link.is_symlink() and (tmp_path / "plots" / "made.png").read_bytes()[:4] == b"\x89PNG"
+    null = tmp_path / "null"
+    try:
+        os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # /dev/null's numbers
+    except PermissionError:
+        return  # only root makes devices; the pipe stands for them
+    run_cli("export", run, "--format", "onnx", "-o", null)
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
