@@ -321,7 +321,9 @@ def model_card(ckpt: Checkpoint, sample: str) -> str:
     cfg = ckpt.config
     best = ckpt.best_val_bpc
     scored = "not validated" if math.isnan(best) else f"{best:.4f} bits per character"
-    corpora = ", ".join(f"`{f.path}`" for f in ckpt.corpus_files) or "unknown"
+    # A file name that is not UTF-8 (bytes a walk kept as surrogate escapes) is shown
+    # with its undecodable bytes replaced: the card is UTF-8.
+    corpora = ", ".join(f"`{_as_utf8(f.path)}`" for f in ckpt.corpus_files) or "unknown"
     fence = "```"
     return (f"---\nlibrary_name: charlstm\npipeline_tag: text-generation\ntags:\n- character-level\n"
             f"- {cfg.cell}\n---\n\n# charlstm {cfg.cell} {cfg.num_layers}x{cfg.hidden_size}\n\n"
@@ -334,6 +336,12 @@ def model_card(ckpt: Checkpoint, sample: str) -> str:
             f"`{HF_CONFIG}` (the training configuration), `{HF_VOCAB}` (the vocabulary as "
             f"Unicode code points; a character's id is its index).\n\n"
             f"## A sample (temperature 0.8, seed 0)\n\n{fence}text\n{sample}\n{fence}\n")
+
+
+def _as_utf8(text: str) -> str:
+    """``text`` with the bytes a surrogate escape stands for read as UTF-8, and those
+    that are not UTF-8 replaced by U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def export_hf(ckpt: Checkpoint, folder: Path) -> None:
@@ -395,7 +403,14 @@ def export_tensorboard(run_dir: Path, out: Path, warn=print_warning) -> int:
 
 
 def is_metrics_row(record) -> bool:
-    """Whether ``record`` is a metrics.jsonl row: an object with a whole, finite step."""
+    """Whether ``record`` is a metrics.jsonl row: an object with a whole, finite step,
+    whose values drawn as scalars are numbers where they are there."""
+    from .tensorboard import SCALARS
+
     step = record.get("step") if isinstance(record, dict) else None
-    return isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step) \
-        and step == int(step)
+    return _is_number(step) and math.isfinite(step) and step == int(step) \
+        and all(record.get(key) is None or _is_number(record[key]) for key in SCALARS)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

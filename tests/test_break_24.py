@@ -154,3 +154,54 @@ def test_an_output_that_is_a_pipe_a_device_or_a_link_stays_one(run, tmp_path):
         return  # only root makes devices; the pipe stands for them
     run_cli("export", run, "--format", "onnx", "-o", null)
     assert stat.S_ISCHR(os.lstat(null).st_mode)
+
+
+def test_logs_read_back_leave_out_lines_with_values_of_the_wrong_kind(run, tmp_path):
+    # Valid JSON whose values are not what charlstm writes (a hand edit, a merge, a
+    # damaged line that still parses) was a traceback in the exporter and the report.
+    shutil.copytree(run, tmp_path / "run")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    rows = metrics.read_text().splitlines()
+    rows[1] = json.dumps({**json.loads(rows[1]), "train_bpc": "n/a"})
+    metrics.write_text("\n".join(rows) + "\n")
+    proc = run_cli("export", tmp_path / "run", "--format", "tensorboard", "-o", tmp_path / "tb")
+    assert "Traceback" not in proc.stderr and "skipped line 2 of" in proc.stderr, proc.stderr
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    good = {"trial": "trial-1", "status": "finished", "metric": 3.5, "steps": 4,
+            "options": {"lr": 0.01}}
+    (sweep / "sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        good, {**good, "trial": "trial-2", "metric": "3.4"}, {**good, "trial": "trial-3", "options": [1]}]))
+    proc = run_cli("sweep", "--report", sweep)
+    assert "Traceback" not in proc.stderr and "skipped 2 lines (2-3)" in proc.stderr, proc.stderr
+    assert "trial-1" in proc.stdout
+
+
+def test_a_sweep_takes_up_a_trial_whose_result_a_crash_damaged(run, tmp_path):
+    # trial.json zero-filled (a crash on a filesystem that does not order its writes)
+    # was read as the trial's result: the trial failed with "Expecting value: line 1
+    # column 1 (char 0)" on every try and every run of the sweep.
+    pytest.importorskip("distributed", reason="sweeps need pip install 'charlstm[sweep]'")
+    spec = tmp_path / "s.toml"
+    spec.write_text(
+        f"[sweep]\nout = '{tmp_path / 'out'}'\n[train]\ncorpus = ['{run.parent / 'c.txt'}']\n"
+        "hidden_size = 16\nnum_layers = 1\nseq_len = 8\nbatch_size = 4\nblas = 'openblas'\n"
+        "step_weights = 'stored/stored'\nsteps = 3\n[grid]\nlr = [0.01]\n")
+    run_cli("sweep", spec, "--workers", "1", "--quiet")
+    (result,) = (tmp_path / "out").glob("trial-*/trial.json")
+    for damaged in (result, tmp_path / "out" / "sweep.jsonl"):
+        damaged.write_bytes(b"\0" * damaged.stat().st_size)
+    proc = run_cli("sweep", spec, "--workers", "1", "--quiet")
+    assert "failed" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert json.loads(result.read_text())["status"] == "finished"
+
+
+def test_an_hf_export_of_a_corpus_whose_file_name_is_not_utf8(tmp_path):
+    # A directory walk keeps a cp1252 name (b"caf\xe9.txt") as surrogate escapes; the
+    # model card, written as UTF-8, was a UnicodeEncodeError traceback.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / os.fsdecode(b"caf\xe9.txt")).write_text(make_text(6000))
+    run_cli("train", data, *TINY, "--steps", "2", "--out", tmp_path / "run")
+    run_cli("export", tmp_path / "run", "--format", "hf", "-o", tmp_path / "hf")
+    assert "caf\ufffd.txt" in (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
