@@ -6,6 +6,7 @@ configuration files cut inside a character, corpus names that are not UTF-8, and
 durations written in other ways."""
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -205,3 +206,25 @@ def test_an_hf_export_of_a_corpus_whose_file_name_is_not_utf8(tmp_path):
     run_cli("train", data, *TINY, "--steps", "2", "--out", tmp_path / "run")
     run_cli("export", tmp_path / "run", "--format", "hf", "-o", tmp_path / "hf")
     assert "caf\ufffd.txt" in (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+
+
+def test_a_toml_file_cut_inside_a_character_or_mixing_encodings_is_never_told_iconv(run, tmp_path):
+    # Both were told "it reads as cp1252 (or euc-jp): iconv -f cp1252 ...", which turns
+    # the file's UTF-8 "données" into "donnÃ©es".
+    head = "# données de café\n[train]\nhidden_size = 16\n".encode()
+    cut, mixed = tmp_path / "cut.toml", tmp_path / "mixed.toml"
+    cut.write_bytes(head + "# résumé".encode()[:-1])
+    mixed.write_bytes(head + "# résumé\n".encode("cp1252"))
+    for args, words in ((["train", "--config", cut, "--steps", "1"], ["cut off inside its last character"]),
+                        (["sweep", cut, "--dry-run"], ["cut off inside its last character"]),
+                        (["train", "--config", mixed, "--steps", "1"], ["mixes UTF-8 with text in cp1252"])):
+        proc = run_cli(*args, check=False)
+        assert_one_line_error(proc, *words)
+        assert "iconv" not in proc.stderr, proc.stderr
+    # A text cut inside its last character was told "--encoding euc-jp", which leaves
+    # the cut byte waiting for a character that never comes, and fails the same way.
+    text = tmp_path / "t.txt"
+    text.write_bytes(b"the cat sat on the mat caf\xc3")
+    proc = run_cli("eval", run, text, check=False)
+    suggested = re.search(r"--encoding (\S+?)\)", proc.stderr).group(1)
+    text.read_bytes().decode(suggested)
