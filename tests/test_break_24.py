@@ -228,3 +228,17 @@ def test_a_toml_file_cut_inside_a_character_or_mixing_encodings_is_never_told_ic
     proc = run_cli("eval", run, text, check=False)
     suggested = re.search(r"--encoding (\S+?)\)", proc.stderr).group(1)
     text.read_bytes().decode(suggested)
+
+
+@pytest.mark.parametrize("given, told", [
+    ("00:10:00", "give the duration with units: 10m"),  # as Slurm writes a time limit
+    ("1h30", "its last number, 30, has no unit: give 1h30m"),
+    ("1d", "a duration's units are h, m and s: give 24h"),
+    ("10min", "a duration's units are h, m and s: give 10m"),
+], ids=["clock", "last number", "days", "min"])
+def test_a_duration_written_another_way_is_told_what_to_write(given, told):
+    # "'00:10:00' has no unit: give 00s, 00m or 00h", "'1h30' has no unit: give 30s, 30m
+    # or 30h" and "'1d' has no unit" said what was not so.
+    proc = run_cli("train", "--time", given, "--steps", "1", check=False)
+    assert proc.returncode == 2 and told in proc.stderr, proc.stderr
+
