@@ -242,3 +242,13 @@ def test_a_duration_written_another_way_is_told_what_to_write(given, told):
     proc = run_cli("train", "--time", given, "--steps", "1", check=False)
     assert proc.returncode == 2 and told in proc.stderr, proc.stderr
 
+
+
+def test_plotting_with_a_home_that_cannot_be_written_says_so_in_one_line(run, tmp_path):
+    # matplotlib's own words were two warnings, one of them 300 characters long.
+    pytest.importorskip("matplotlib", reason="the plot tests need pip install 'charlstm[plot]'")
+    env = {"HOME": "/dev/null", "MPLCONFIGDIR": "", "XDG_CONFIG_HOME": "", "XDG_CACHE_HOME": ""}
+    proc = run_cli("plot", run, "-o", tmp_path / "curve.png", env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Note: matplotlib cannot write /dev/null/"), lines
+    assert "MPLCONFIGDIR" in lines[0]
