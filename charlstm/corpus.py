@@ -126,6 +126,14 @@ def is_run_directory(path: Path) -> bool:
     return (path / ".lock").is_file() or (path / "last.npz").is_file()
 
 
+def is_export_folder(path: Path) -> bool:
+    """An `export --format hf` folder: its model card and JSON files are text that a walk
+    would add to the corpus, changing a run's text under it."""
+    from .export import is_hf_folder
+
+    return is_hf_folder(path)
+
+
 def _walk_text_files(root: Path, skipped: list):
     def unreadable(error: OSError):
         skipped.append(f"{error.filename}: cannot read it ({error.strerror})")
@@ -141,6 +149,8 @@ def _walk_text_files(root: Path, skipped: list):
                                f"name it to read it)")
             elif is_run_directory(sub):
                 skipped.append(f"{sub}{os.sep}: a charlstm run directory")
+            elif is_export_folder(sub):
+                skipped.append(f"{sub}{os.sep}: a charlstm export (name it to read it)")
             else:
                 kept.append(d)
         dirnames[:] = kept

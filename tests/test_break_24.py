@@ -252,3 +252,16 @@ def test_plotting_with_a_home_that_cannot_be_written_says_so_in_one_line(run, tm
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Note: matplotlib cannot write /dev/null/"), lines
     assert "MPLCONFIGDIR" in lines[0]
+
+
+def test_an_export_into_the_corpus_folder_does_not_change_the_runs_text(run, tmp_path):
+    # The hf folder's model card and JSON files were read as corpus files: the run's
+    # resume said "the corpus changed since the checkpoint was written".
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(run.parent / "c.txt", data / "c.txt")
+    run_cli("train", data, *TINY, "--steps", "2", "--out", tmp_path / "run")
+    run_cli("export", tmp_path / "run", "--format", "hf", "-o", data / "model")
+    proc = run_cli("resume", tmp_path / "run", "--steps", "3", check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert f"model{os.sep}: a charlstm export" in proc.stderr, proc.stderr
