@@ -555,9 +555,7 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num
                             f"prime as UTF-8") from None
         if prime.startswith("\ufeff"):
             prime = prime[1:]  # a byte-order mark is not part of the text
-    if sys.stdout is None:  # started with its standard output closed (>&-)
-        raise UserError("standard output is closed: the sample has nowhere to go; "
-                        "redirect it to a file (> FILE) or a pipe")
+    _require_standard_output("the sample")
     _, ckpt, say_which = _read_checkpoint(checkpoint)
     sampler = Sampler(ckpt)
     if stop is not None:
@@ -593,6 +591,15 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num
         except OSError:
             sys.stdout = None  # nothing left to flush at exit, which would fail again
         sys.exit(console.exit_status(e))
+
+
+def _require_standard_output(what: str) -> None:
+    """Refuse, before any work, a command whose product is what it prints (``what``)
+    when it was started with standard output closed (``>&-``, a daemon): it would end
+    with status 0 having shown nothing. Raises UserError."""
+    if sys.stdout is None:
+        raise UserError(f"standard output is closed, so {what} would go nowhere; redirect "
+                        f"it to a file (> FILE) or a pipe")
 
 
 def _read_bytes(path: str, option: str) -> bytes:
@@ -674,6 +681,7 @@ def eval_(checkpoint, file, encoding, skip_unknown, as_json):
     """Bits per character of FILE under CHECKPOINT, read as one stream from zero state.
 
     FILE may also name a built-in corpus: builtin:pydoc or builtin:recall:N."""
+    _require_standard_output("the score")
     from charlstm.corpus import describe_chars, read_text_file
     from charlstm.evaluate import stream_bits_per_char
     from charlstm.network import Network
@@ -707,6 +715,7 @@ def eval_(checkpoint, file, encoding, skip_unknown, as_json):
               help="Print the run's configuration as a file for `charlstm train --config`.")
 def info(checkpoint, as_json, as_toml):
     """Configuration, size and progress of CHECKPOINT (a .npz file or a run directory)."""
+    _require_standard_output("the information")
     from charlstm import checkpoint as ckpt_io
     from charlstm.parameters import count_params
 
@@ -825,6 +834,8 @@ def sweep(sweep_file, workers, scheduler, cores_per_trial, retries, dry_run, rep
                                "is yours: drop one")
     if as_json and report_dir is None and not dry_run:
         raise click.UsageError("--json goes with --report or --dry-run")
+    if report_dir is not None or dry_run:
+        _require_standard_output("the report" if report_dir is not None else "the trials' list")
     if report_dir is not None:
         results = sweeps.report(Path(report_dir))
         click.echo(json.dumps(results, indent=2) if as_json else "\n".join(sweeps.report_lines(results)))
@@ -873,6 +884,7 @@ def baseline(paths, orders, encoding, val_frac, val_chars, discount, as_json):
     scored on the same validation text as `charlstm train PATHS` with the same
     --val-frac and --val-chars: a network that does not beat it has learned no more than
     counting."""
+    _require_standard_output("the scores")
     from charlstm.baseline import baseline_report
 
     report = baseline_report(paths, orders or (3, 5, 7), encoding, val_frac, val_chars, discount)
@@ -917,6 +929,7 @@ def baseline(paths, orders, encoding, val_frac, val_chars, discount, as_json):
 def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads, blas, repeat,
           quality, seed, same_init, recipe, as_json):
     """Measure training and sampling speed for S, M, L and R (see docs/BENCHMARKS.md)."""
+    _require_standard_output("the measurements")
     import os
 
     from charlstm.bench import run_bench, run_quality
@@ -963,6 +976,7 @@ def gradcheck(cell, seed, dropout, as_json):
     each must be below 1e-6. Exits with status 1 if any is not. With --dropout, the check
     is of the network under one fixed random mask.
     """
+    _require_standard_output("the check")
     from charlstm import gradcheck as gc
 
     cells = CELLS if cell == "all" else (cell,)
@@ -995,6 +1009,7 @@ def gradflow(checkpoint, text, length, chunks, encoding, output, as_json):
     T - t, averaged over the chunks; computed in float64 with charlstm's own kernels.
     TEXT is a file, or a built-in corpus such as builtin:recall:48.
     """
+    _require_standard_output("the table")
     from charlstm.gradflow import gradflow_report, report_lines
 
     result = gradflow_report(checkpoint, text, length, chunks, encoding, output)

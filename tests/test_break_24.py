@@ -265,3 +265,12 @@ def test_an_export_into_the_corpus_folder_does_not_change_the_runs_text(run, tmp
     proc = run_cli("resume", tmp_path / "run", "--steps", "3", check=False)
     assert proc.returncode == 0, proc.stderr
     assert f"model{os.sep}: a charlstm export" in proc.stderr, proc.stderr
+
+
+def test_a_command_whose_product_is_printed_refuses_a_closed_output(run, tmp_path):
+    # `sample >&-` said so, while info, eval and the others exited 0 having shown nothing.
+    corpus = run.parent / "c.txt"
+    for args in (["info", run], ["eval", run, corpus], ["baseline", corpus],
+                 ["gradflow", run, corpus, "--length", "8", "--chunks", "2"]):
+        proc = sh('exec "$@" >&-', *args)
+        assert_one_line_error(proc, "standard output is closed", "redirect it")
