@@ -6,6 +6,7 @@ configuration files cut inside a character, corpus names that are not UTF-8, and
 durations written in other ways."""
 import json
 import os
+import pty
 import re
 import shutil
 import signal
@@ -274,3 +275,23 @@ def test_a_command_whose_product_is_printed_refuses_a_closed_output(run, tmp_pat
                  ["gradflow", run, corpus, "--length", "8", "--chunks", "2"]):
         proc = sh('exec "$@" >&-', *args)
         assert_one_line_error(proc, "standard output is closed", "redirect it")
+
+
+def test_a_sample_to_a_terminal_that_closed_is_one_line(run, tmp_path):
+    # An SSH session drops: writes to its terminal fail (EIO) before the SIGHUP
+    # arrives, if one does at all, and sample ended in a traceback.
+    master, slave = pty.openpty()
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen([*CHARLSTM, "sample", str(run), "--length", "100000000"],
+                                stdin=slave, stdout=slave, stderr=err, start_new_session=True)
+    os.close(slave)
+    try:
+        assert os.read(master, 1024)  # sampling has begun
+        os.close(master)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, "",
+                                                      (tmp_path / "err.txt").read_text()),
+                          "cannot write standard output (Input/output error)")
