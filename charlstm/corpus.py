@@ -620,14 +620,17 @@ def corpus_blocks(paths, encoding: str):
 
 
 def read_text_file(file, encoding: str = "utf-8") -> str:
-    """One text file, decoded by ``decoded_blocks`` (so with its errors), and an error for
-    a missing file; a ``builtin:...`` spec (see ``builtin_corpus``) gives that corpus's
-    text."""
+    """One text file (or a pipe), decoded by ``decoded_blocks`` (so with its errors), and
+    an error for a missing file or a directory; a ``builtin:...`` spec (see
+    ``builtin_corpus``) gives that corpus's text."""
     if str(file).startswith(BUILTIN_PREFIX):
         return builtin_corpus([file])[1]
     path = Path(file)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"{file} is a directory; give one text file")
+    if not path.exists():
         raise UserError(f"{file}: no such file")
+    # Not only a regular file: a pipe (`<(zcat text.gz)`, /dev/stdin) is read once, whole.
     return "".join(decoded_blocks(path, encoding))
 
 

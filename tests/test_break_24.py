@@ -295,3 +295,13 @@ def test_a_sample_to_a_terminal_that_closed_is_one_line(run, tmp_path):
     assert_one_line_error(subprocess.CompletedProcess(proc.args, proc.returncode, "",
                                                       (tmp_path / "err.txt").read_text()),
                           "cannot write standard output (Input/output error)")
+
+
+def test_eval_reads_a_pipe_and_names_a_directory(run, tmp_path):
+    # Both were "no such file": a directory that is there, and `<(zcat text.gz)`.
+    proc = run_cli("eval", run, tmp_path, check=False)
+    assert_one_line_error(proc, f"{tmp_path} is a directory")
+    proc = subprocess.run(["bash", "-c", 'exec "$@" <(cat "$TEXT")', "bash", *CHARLSTM, "eval", str(run)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TEXT": str(run.parent / "c.txt")})
+    assert proc.returncode == 0 and float(proc.stdout) > 0, proc.stderr
