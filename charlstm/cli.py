@@ -853,6 +853,9 @@ def sweep(sweep_file, workers, scheduler, cores_per_trial, retries, dry_run, rep
                 combo = ", ".join(f"{k}={t.options[k]!r}" for k in spec.grid)
                 click.echo(f"{t.run_dir}  {combo}")
         return
+    from charlstm.ranks import refuse_launched_copies
+
+    refuse_launched_copies("run the whole sweep (its trials run on Dask)")
     results = sweeps.run_sweep(spec, workers, scheduler, cores_per_trial, retries, quiet,
                                echo=lambda line: click.echo(line, err=True))
     ranked = sorted(results, key=lambda r: (r.get("metric") is None, r.get("metric") or 0.0))

@@ -41,6 +41,11 @@ LAUNCHER_VARIABLES = (
 )
 
 
+# The variables above, which a process started by one of its ranks (a sweep's trial, in a
+# Dask worker that a launcher started) must not inherit: it is no rank of that job.
+LAUNCHER_NAMES = frozenset(name for size, rank, _ in LAUNCHER_VARIABLES for name in (size, rank))
+
+
 class Launch(NamedTuple):
     size: int  # processes the launcher started
     rank: int  # this one's place among them
@@ -58,6 +63,19 @@ def launched_by(environ=None) -> Launch | None:
             continue
         return Launch(size, rank, command)
     return None
+
+
+def refuse_launched_copies(what: str, environ=None) -> None:
+    """For a command that must run once (a sweep): refuse a process that a launcher
+    started among several, each of which would do ``what`` alone. Raises UserError on
+    the first of them and AnotherRankFailed (exit without a word) on the others."""
+    launch = launched_by(environ)
+    if launch is None or launch.size <= 1:
+        return
+    if launch.rank != 0:
+        raise AnotherRankFailed(1)
+    raise UserError(f"this is one of {launch.size} processes that {launch.command} started, "
+                    f"and each would {what}: start it once, without {launch.command}")
 
 
 def ranks_for(distributed: str, environ=None):

@@ -44,6 +44,7 @@ from pathlib import Path
 from .console import STOP_SIGNALS
 from .errors import UserError
 from .files import JsonLines, atomic_write, cannot_write, print_warning, read_json_lines
+from .ranks import LAUNCHER_NAMES
 
 SWEEP_HINT = "sweeps need Dask distributed: pip install 'charlstm[sweep]'"
 METRICS = ("best_val_bpc", "final_val_bpc")
@@ -52,6 +53,8 @@ RESULTS_NAME = "sweep.jsonl"
 SWEEP_KEYS = ("out", "metric")  # what the [sweep] table holds
 # Dask's workers set these to 1 so that libraries do not oversubscribe the cores; a trial
 # decides its own threads (--threads, --cores-per-trial), so its process gets them unset.
+# It gets no MPI launcher's variables either (ranks.LAUNCHER_NAMES): a worker that mpiexec
+# or srun started passed them on, and every trial took itself for one of the job's ranks.
 THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 LOCK_RETRY_SECONDS = 30  # how long a retried trial waits for its dying predecessor's lock
 # The exit statuses of a trial that a stop signal ended after saving (console.STOP_SIGNALS).
@@ -197,7 +200,7 @@ def run_trial(options: dict, run_dir: str, metric: str) -> dict:
     config_path = run_dir / "trial.toml"
     with atomic_write(config_path, "w", encoding="utf-8") as f:
         f.write(write_options(options, "One trial of a charlstm sweep."))
-    env = {k: v for k, v in os.environ.items() if k not in THREAD_LIMITS}
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_LIMITS and k not in LAUNCHER_NAMES}
     waited = 0.0
     while True:
         if (run_dir / "last.npz").is_file():

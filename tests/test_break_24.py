@@ -179,16 +179,22 @@ def test_logs_read_back_leave_out_lines_with_values_of_the_wrong_kind(run, tmp_p
     assert "trial-1" in proc.stdout
 
 
-def test_a_sweep_takes_up_a_trial_whose_result_a_crash_damaged(run, tmp_path):
-    # trial.json zero-filled (a crash on a filesystem that does not order its writes)
-    # was read as the trial's result: the trial failed with "Expecting value: line 1
-    # column 1 (char 0)" on every try and every run of the sweep.
-    pytest.importorskip("distributed", reason="sweeps need pip install 'charlstm[sweep]'")
+def _sweep_file(run, tmp_path) -> Path:
+    """A sweep of one tiny trial on ``run``'s corpus, out in tmp_path/out."""
     spec = tmp_path / "s.toml"
     spec.write_text(
         f"[sweep]\nout = '{tmp_path / 'out'}'\n[train]\ncorpus = ['{run.parent / 'c.txt'}']\n"
         "hidden_size = 16\nnum_layers = 1\nseq_len = 8\nbatch_size = 4\nblas = 'openblas'\n"
         "step_weights = 'stored/stored'\nsteps = 3\n[grid]\nlr = [0.01]\n")
+    return spec
+
+
+def test_a_sweep_takes_up_a_trial_whose_result_a_crash_damaged(run, tmp_path):
+    # trial.json zero-filled (a crash on a filesystem that does not order its writes)
+    # was read as the trial's result: the trial failed with "Expecting value: line 1
+    # column 1 (char 0)" on every try and every run of the sweep.
+    pytest.importorskip("distributed", reason="sweeps need pip install 'charlstm[sweep]'")
+    spec = _sweep_file(run, tmp_path)
     run_cli("sweep", spec, "--workers", "1", "--quiet")
     (result,) = (tmp_path / "out").glob("trial-*/trial.json")
     for damaged in (result, tmp_path / "out" / "sweep.jsonl"):
@@ -305,3 +311,38 @@ def test_eval_reads_a_pipe_and_names_a_directory(run, tmp_path):
                           capture_output=True, text=True, timeout=120,
                           env={**os.environ, "TEXT": str(run.parent / "c.txt")})
     assert proc.returncode == 0 and float(proc.stdout) > 0, proc.stderr
+
+
+def test_a_sweep_under_mpiexec_is_refused_and_its_trials_are_no_ranks(run, tmp_path):
+    # `mpiexec -n 2 charlstm sweep` ran two sweeps, and every trial failed with "exit
+    # status 1": each inherited mpiexec's variables and took itself for a rank of the
+    # job. Dask workers that a launcher started (dask-mpi, srun) passed them on too.
+    pytest.importorskip("distributed", reason="sweeps need pip install 'charlstm[sweep]'")
+    if shutil.which("mpiexec") is None:
+        pytest.skip("no mpiexec here")
+    spec = _sweep_file(run, tmp_path)
+    proc = subprocess.run(["mpiexec", "-n", "2", *CHARLSTM, "sweep", str(spec), "--workers", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "one of 2 processes that mpiexec started", "without mpiexec")
+    assert not (tmp_path / "out").exists()
+    # A worker with a launcher's variables, on a scheduler of its own.
+    address = tmp_path / "scheduler.json"
+    started = [subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port",
+         "0", "--dashboard-address", ":0", "--scheduler-file", str(address)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        started.append(subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file", str(address),
+             "--nthreads", "1", "--no-dashboard"], stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, env={**os.environ, "PMI_SIZE": "2", "PMI_RANK": "1"}))
+        deadline = time.monotonic() + 60
+        while not address.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        scheduler = json.loads(address.read_text())["address"]
+        proc = run_cli("sweep", spec, "--scheduler", scheduler, "--quiet", check=False)
+    finally:
+        for started_process in started:
+            started_process.terminate()
+            started_process.wait(timeout=60)
+    assert proc.returncode == 0 and "failed" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
