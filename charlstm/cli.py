@@ -933,6 +933,9 @@ def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads,
           quality, seed, same_init, recipe, as_json):
     """Measure training and sampling speed for S, M, L and R (see docs/BENCHMARKS.md)."""
     _require_standard_output("the measurements")
+    from charlstm.ranks import refuse_launched_copies
+
+    refuse_launched_copies("measure while the others take the same cores")
     import os
 
     from charlstm.bench import run_bench, run_quality

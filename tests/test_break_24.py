@@ -314,9 +314,10 @@ def test_eval_reads_a_pipe_and_names_a_directory(run, tmp_path):
 
 
 def test_a_sweep_under_mpiexec_is_refused_and_its_trials_are_no_ranks(run, tmp_path):
-    # `mpiexec -n 2 charlstm sweep` ran two sweeps, and every trial failed with "exit
-    # status 1": each inherited mpiexec's variables and took itself for a rank of the
-    # job. Dask workers that a launcher started (dask-mpi, srun) passed them on too.
+    # `mpiexec -n 2 charlstm sweep` ran two sweeps (bench: two benchmarks fighting over
+    # the cores), and every trial failed with "exit status 1": each inherited mpiexec's
+    # variables and took itself for a rank of the job. Dask workers that a launcher
+    # started (dask-mpi, srun) passed them on too.
     pytest.importorskip("distributed", reason="sweeps need pip install 'charlstm[sweep]'")
     if shutil.which("mpiexec") is None:
         pytest.skip("no mpiexec here")
@@ -325,6 +326,9 @@ def test_a_sweep_under_mpiexec_is_refused_and_its_trials_are_no_ranks(run, tmp_p
                           capture_output=True, text=True, timeout=300)
     assert_one_line_error(proc, "one of 2 processes that mpiexec started", "without mpiexec")
     assert not (tmp_path / "out").exists()
+    proc = subprocess.run(["mpiexec", "-n", "2", *CHARLSTM, "bench", "--config", "S"],
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "one of 2 processes that mpiexec started", "take the same cores")
     # A worker with a launcher's variables, on a scheduler of its own.
     address = tmp_path / "scheduler.json"
     started = [subprocess.Popen(
