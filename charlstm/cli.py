@@ -853,7 +853,7 @@ def sweep(sweep_file, workers, scheduler, cores_per_trial, retries, dry_run, rep
                 combo = ", ".join(f"{k}={t.options[k]!r}" for k in spec.grid)
                 click.echo(f"{t.run_dir}  {combo}")
         return
-    from charlstm.ranks import refuse_launched_copies
+    from charlstm.launchers import refuse_launched_copies
 
     refuse_launched_copies("run the whole sweep (its trials run on Dask)")
     results = sweeps.run_sweep(spec, workers, scheduler, cores_per_trial, retries, quiet,
@@ -933,7 +933,7 @@ def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads,
           quality, seed, same_init, recipe, as_json):
     """Measure training and sampling speed for S, M, L and R (see docs/BENCHMARKS.md)."""
     _require_standard_output("the measurements")
-    from charlstm.ranks import refuse_launched_copies
+    from charlstm.launchers import refuse_launched_copies
 
     refuse_launched_copies("measure while the others take the same cores")
     import os

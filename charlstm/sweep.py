@@ -44,7 +44,7 @@ from pathlib import Path
 from .console import STOP_SIGNALS
 from .errors import UserError
 from .files import JsonLines, atomic_write, cannot_write, print_warning, read_json_lines
-from .ranks import LAUNCHER_NAMES
+from .launchers import LAUNCHER_NAMES
 
 SWEEP_HINT = "sweeps need Dask distributed: pip install 'charlstm[sweep]'"
 METRICS = ("best_val_bpc", "final_val_bpc")
@@ -53,7 +53,7 @@ RESULTS_NAME = "sweep.jsonl"
 SWEEP_KEYS = ("out", "metric")  # what the [sweep] table holds
 # Dask's workers set these to 1 so that libraries do not oversubscribe the cores; a trial
 # decides its own threads (--threads, --cores-per-trial), so its process gets them unset.
-# It gets no MPI launcher's variables either (ranks.LAUNCHER_NAMES): a worker that mpiexec
+# It gets no MPI launcher's variables either (launchers.py): a worker that mpiexec
 # or srun started passed them on, and every trial took itself for one of the job's ranks.
 THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 LOCK_RETRY_SECONDS = 30  # how long a retried trial waits for its dying predecessor's lock

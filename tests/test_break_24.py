@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import CHARLSTM, make_text, run_cli
-from test_writers import assert_one_line_error, files_under, full_disk, sh  # noqa: F401 (a fixture)
+from test_writers import assert_one_line_error, files_under, sh
 
 TINY = ["--hidden-size", "16", "--num-layers", "1", "--seq-len", "8", "--batch-size", "4",
         "--blas", "openblas", "--step-weights", "stored/stored", "--quiet"]
