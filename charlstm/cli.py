@@ -8,10 +8,26 @@ from __future__ import annotations
 import functools
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
 
+
+def _quiet_ctrl_c_while_loading():
+    """Ctrl-C while this module and its imports load (click, numpy: a few tenths of a
+    second) ends the process as the signal does by default, quietly, with status 130;
+    Python's KeyboardInterrupt would print a traceback from whatever was importing.
+    Returns the handler to put back once loading is done (None: nothing changed)."""
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            return signal.signal(signal.SIGINT, signal.SIG_DFL)
+    except ValueError:  # imported outside the main thread: signals are not its to set
+        pass
+    return None
+
+
+_SIGINT_AFTER_LOADING = _quiet_ctrl_c_while_loading()
 
 
 def _process_age() -> float:
@@ -177,6 +193,16 @@ class _Group(click.Group):
     ranks agreed on (ranks.agree) and every rank exits with its status; an error one
     rank met alone ends the whole job (the others would wait for it for ever)."""
 
+    def main(self, *args, **kwargs):
+        # The standard streams are guarded before click parses the command line: --help
+        # and --version print while it does, and a full disk under them is one line too.
+        _guard_standard_streams()
+        try:
+            return super().main(*args, **kwargs)
+        except standard_output.StandardOutputFailed as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+
     def invoke(self, ctx):
         try:
             return self._convert(ctx)
@@ -234,6 +260,14 @@ def main(ctx, debug):
     """Train character-level LSTM (plain, peephole or CIFG), GRU and RNN language models,
     sample from them, resume them."""
     ctx.obj = {"debug": debug}
+    # Every command ends cleanly on SIGTERM and SIGHUP, as on Ctrl-C (console.py).
+    console.stop_on_signals()
+
+
+def _guard_standard_streams() -> None:
+    """Standard output and error as every command needs them: UTF-8, never failing a
+    command for a note it cannot print, and whole or one line of error under a full
+    disk or a file size limit."""
     # Text goes out as UTF-8 whatever the locale: a redirected stdout on a western Windows
     # machine (cp1252) or under LC_ALL=C (ASCII) cannot encode most generated text, and a
     # UnicodeEncodeError halfway through a sample left an empty or cut file.
@@ -243,12 +277,11 @@ def main(ctx, debug):
             # name in `info`) goes out as the bytes it was.
             stream.reconfigure(encoding="utf-8", errors="surrogateescape" if stream is sys.stdout
                                else "backslashreplace")
-    # No command fails because it cannot print its notes, and every one ends cleanly on
-    # SIGTERM and SIGHUP (console.py); a full disk or a file size limit under `> FILE`
-    # is one line, never a traceback or text silently cut (standard_output.py).
+    # No command fails because it cannot print its notes (console.py); a full disk or a
+    # file size limit under `> FILE` is one line, never a traceback or text silently cut
+    # (standard_output.py).
     console.guard_standard_streams()
     standard_output.guard()
-    console.stop_on_signals()
 
 
 def _read_run_file(ctx, param, value):
@@ -565,9 +598,7 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num
                             f"prime as UTF-8") from None
         if prime.startswith("\ufeff"):
             prime = prime[1:]  # a byte-order mark is not part of the text
-    if sys.stdout is None:  # started with its standard output closed (>&-)
-        raise UserError("standard output is closed: the sample has nowhere to go; "
-                        "redirect it to a file (> FILE) or a pipe")
+    _require_standard_output("the sample")
     _, ckpt, say_which = _read_checkpoint(checkpoint)
     sampler = Sampler(ckpt)
     if stop is not None:
@@ -603,6 +634,15 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num
         except OSError:
             sys.stdout = None  # nothing left to flush at exit, which would fail again
         sys.exit(console.exit_status(e))
+
+
+def _require_standard_output(what: str) -> None:
+    """Refuse, before any work, a command whose product is what it prints (``what``)
+    when it was started with standard output closed (``>&-``, a daemon): it would end
+    with status 0 having shown nothing. Raises UserError."""
+    if sys.stdout is None:
+        raise UserError(f"standard output is closed, so {what} would go nowhere; redirect "
+                        f"it to a file (> FILE) or a pipe")
 
 
 def _read_bytes(path: str, option: str) -> bytes:
@@ -684,6 +724,7 @@ def eval_(checkpoint, file, encoding, skip_unknown, as_json):
     """Bits per character of FILE under CHECKPOINT, read as one stream from zero state.
 
     FILE may also name a built-in corpus: builtin:pydoc or builtin:recall:N."""
+    _require_standard_output("the score")
     from charlstm.corpus import describe_chars, read_text_file
     from charlstm.evaluate import stream_bits_per_char
     from charlstm.network import Network
@@ -717,6 +758,7 @@ def eval_(checkpoint, file, encoding, skip_unknown, as_json):
               help="Print the run's configuration as a file for `charlstm train --config`.")
 def info(checkpoint, as_json, as_toml):
     """Configuration, size and progress of CHECKPOINT (a .npz file or a run directory)."""
+    _require_standard_output("the information")
     from charlstm import checkpoint as ckpt_io
     from charlstm.parameters import count_params
 
@@ -835,6 +877,8 @@ def sweep(sweep_file, workers, scheduler, cores_per_trial, retries, dry_run, rep
                                "is yours: drop one")
     if as_json and report_dir is None and not dry_run:
         raise click.UsageError("--json goes with --report or --dry-run")
+    if report_dir is not None or dry_run:
+        _require_standard_output("the report" if report_dir is not None else "the trials' list")
     if report_dir is not None:
         results = sweeps.report(Path(report_dir))
         click.echo(json.dumps(results, indent=2) if as_json else "\n".join(sweeps.report_lines(results)))
@@ -852,6 +896,9 @@ def sweep(sweep_file, workers, scheduler, cores_per_trial, retries, dry_run, rep
                 combo = ", ".join(f"{k}={t.options[k]!r}" for k in spec.grid)
                 click.echo(f"{t.run_dir}  {combo}")
         return
+    from charlstm.launchers import refuse_launched_copies
+
+    refuse_launched_copies("run the whole sweep (its trials run on Dask)")
     results = sweeps.run_sweep(spec, workers, scheduler, cores_per_trial, retries, quiet,
                                echo=lambda line: click.echo(line, err=True))
     ranked = sorted(results, key=lambda r: (r.get("metric") is None, r.get("metric") or 0.0))
@@ -883,6 +930,7 @@ def baseline(paths, orders, encoding, val_frac, val_chars, discount, as_json):
     scored on the same validation text as `charlstm train PATHS` with the same
     --val-frac and --val-chars: a network that does not beat it has learned no more than
     counting."""
+    _require_standard_output("the scores")
     from charlstm.baseline import baseline_report
 
     report = baseline_report(paths, orders or (3, 5, 7), encoding, val_frac, val_chars, discount)
@@ -931,6 +979,10 @@ def baseline(paths, orders, encoding, val_frac, val_chars, discount, as_json):
 def bench(configs, corpus, steps, warmup, compare_torch, threads, torch_threads, blas, repeat,
           precisions, quality, seed, same_init, recipe, as_json):
     """Measure training and sampling speed for S, M, L and R (see docs/BENCHMARKS.md)."""
+    _require_standard_output("the measurements")
+    from charlstm.launchers import refuse_launched_copies
+
+    refuse_launched_copies("measure while the others take the same cores")
     import os
 
     from charlstm.bench import run_bench, run_quality
@@ -981,6 +1033,7 @@ def gradcheck(cell, seed, dropout, as_json):
     each must be below 1e-6. Exits with status 1 if any is not. With --dropout, the check
     is of the network under one fixed random mask.
     """
+    _require_standard_output("the check")
     from charlstm import gradcheck as gc
 
     cells = CELLS if cell == "all" else (cell,)
@@ -1013,6 +1066,7 @@ def gradflow(checkpoint, text, length, chunks, encoding, output, as_json):
     T - t, averaged over the chunks; computed in float64 with charlstm's own kernels.
     TEXT is a file, or a built-in corpus such as builtin:recall:48.
     """
+    _require_standard_output("the table")
     from charlstm.gradflow import gradflow_report, report_lines
 
     result = gradflow_report(checkpoint, text, length, chunks, encoding, output)
@@ -1037,6 +1091,10 @@ def plot(run_dir, output):
     from charlstm.plot import plot_run
 
     click.echo(str(plot_run(run_dir, output)))
+
+
+if _SIGINT_AFTER_LOADING is not None:  # loaded: Ctrl-C is a KeyboardInterrupt again
+    signal.signal(signal.SIGINT, _SIGINT_AFTER_LOADING)
 
 
 if __name__ == "__main__":

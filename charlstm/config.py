@@ -316,25 +316,55 @@ def parse_bf16_products(text: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([hms]?)")
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)")
+_UNIT_SECONDS = {"h": 3600, "m": 60, "s": 1}
+# Other spellings of a time unit, and how --time writes the same length.
+_OTHER_UNITS = {**dict.fromkeys(("hr", "hrs", "hour", "hours"), ("h", 1)),
+                **dict.fromkeys(("min", "mins", "minute", "minutes"), ("m", 1)),
+                **dict.fromkeys(("sec", "secs", "second", "seconds"), ("s", 1)),
+                **dict.fromkeys(("d", "day", "days"), ("h", 24)),
+                **dict.fromkeys(("w", "week", "weeks"), ("h", 168))}
+_NEXT_UNIT = {"h": "m", "m": "s"}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in '90s', '10m', '1.5h' or '1h30m'. Raises ValueError for anything else,
-    a number without a unit included: '2' could mean seconds, minutes or hours."""
+    """Seconds in '90s', '10m', '1.5h' or '1h30m' (spaces between the parts allowed).
+    Raises ValueError for anything else, saying what to write: a number without a unit
+    ('2' could mean seconds, minutes or hours), a last number without one ('1h30'), a
+    unit spelled otherwise ('10min', '1d') and a clock time ('00:10:00')."""
     s = text.strip().lower()
-    pos, total, matched = 0, 0.0, False
+    unreadable = f"cannot read {text!r} as a duration; use e.g. 90s, 10m or 1h30m"
+    if re.fullmatch(r"\d+(:\d+){1,2}", s):
+        fields = [int(f) for f in s.split(":")]
+        if len(fields) == 3:
+            meant = format_duration(fields[0] * 3600 + fields[1] * 60 + fields[2])
+            raise ValueError(f"{text!r} is a clock time; give the duration with units: {meant}")
+        as_minutes = format_duration(fields[0] * 60 + fields[1])
+        as_hours = format_duration(fields[0] * 3600 + fields[1] * 60)
+        raise ValueError(f"{text!r} could be minutes:seconds or hours:minutes; give the "
+                         f"duration with units: {as_minutes} or {as_hours}")
+    pos, total, unit = 0, 0.0, None
     while pos < len(s):
-        m = _DURATION.match(s, pos)
-        if not m or m.end() == pos:
-            raise ValueError(f"cannot read {text!r} as a duration; use e.g. 90s, 10m or 1h30m")
-        if not m.group(2):
-            number = m.group(1)
-            raise ValueError(f"{text!r} has no unit: give {number}s, {number}m or {number}h")
-        total += float(m.group(1)) * {"h": 3600, "m": 60, "s": 1}[m.group(2)]
-        pos, matched = m.end(), True
-    if not matched:
-        raise ValueError(f"cannot read {text!r} as a duration; use e.g. 90s, 10m or 1h30m")
+        m = _DURATION_PART.match(s, pos)
+        if not m:
+            raise ValueError(unreadable)
+        number, word = m.group(1), m.group(2)
+        if not word and m.end() == len(s):
+            if unit is None:
+                raise ValueError(f"{text!r} has no unit: give {number}s, {number}m or {number}h")
+            raise ValueError(f"{text!r}: its last number, {number}, has no unit: give "
+                             f"{s}{_NEXT_UNIT.get(unit, 's')}, or another unit")
+        if word in _OTHER_UNITS:
+            short, factor = _OTHER_UNITS[word]
+            raise ValueError(f"{text!r}: a duration's units are h, m and s: give "
+                             f"{format_duration(float(number) * factor * _UNIT_SECONDS[short])}")
+        if word not in _UNIT_SECONDS:
+            raise ValueError(unreadable)
+        unit = word
+        total += float(number) * _UNIT_SECONDS[unit]
+        pos = m.end()
+    if unit is None:
+        raise ValueError(unreadable)
     return total
 
 

@@ -114,7 +114,7 @@ def _syntax_hint(text: str, error: str) -> str:
 
 def _decode(path: Path, data: bytes) -> str:
     """The text of a TOML file's bytes (see ``load_document``)."""
-    from .corpus import _utf16_hint, bom_encoding, suggest_encoding
+    from .corpus import _utf16_hint, bom_encoding
 
     encoding = bom_encoding(data[:4]) or "utf-8-sig"
     try:
@@ -123,11 +123,7 @@ def _decode(path: Path, data: bytes) -> str:
         if encoding != "utf-8-sig":
             raise UserError(f"{path}: not valid {encoding} at byte {e.start}, though it starts "
                             f"with a {encoding.upper()} byte-order mark; save it again, as UTF-8") from None
-        guess = suggest_encoding(data, "utf-8")
-        raise UserError(
-            f"{path}: not UTF-8 at byte {e.start} (it reads as {guess}); TOML files are UTF-8: "
-            f"save it as UTF-8, e.g. iconv -f {guess} -t utf-8 {path} > {path}.new && "
-            f"mv {path}.new {path}") from None
+        raise UserError(_not_utf8(path, data, e.start)) from None
     if "\x00" in text:
         stripped = text.rstrip("\x00")
         if "\x00" not in stripped:
@@ -140,6 +136,32 @@ def _decode(path: Path, data: bytes) -> str:
         raise UserError(f"{path} holds zero bytes (at character {text.index(chr(0)):,}); it is not "
                         f"a text file: give the TOML file") from None
     return text
+
+
+def _not_utf8(path: Path, data: bytes, offset: int) -> str:
+    """The one-line error for a TOML file (``data``, read from ``path``) that is not UTF-8
+    at byte ``offset``. iconv is proposed only for a file wholly in another encoding: a
+    UTF-8 file cut inside its last character (a crash while an editor saved it), with
+    damaged bytes, or with lines in another encoding would come out of iconv garbled."""
+    from .corpus import _survey, suggest_encoding
+
+    where = f"{path}: not UTF-8 at byte {offset}"
+    try:
+        survey = _survey(path, "utf-8")
+    except OSError:  # gone meanwhile: judge by the bytes read
+        survey = None
+    if survey is not None and survey.kind == "damaged":
+        if "cut off" in survey.damage:
+            return (f"{where}: {survey.damage}, as a crash while it was saved or a copy cut "
+                    f"short leaves a file; check the end of the file and save it again")
+        return f"{where}: {survey.damage}; correct the bytes there and save it again"
+    if survey is not None and survey.kind == "mixed":
+        return (f"{where}: the file mixes UTF-8 with text in {survey.codec}, so converting it "
+                f"whole would garble the UTF-8 part; type the lines that are not UTF-8 again "
+                f"and save it as UTF-8")
+    guess = survey.codec if survey is not None and survey.codec else suggest_encoding(data, "utf-8", whole=True)
+    return (f"{where} (it reads as {guess}); TOML files are UTF-8: save it as UTF-8, e.g. "
+            f"iconv -f {guess} -t utf-8 {path} > {path}.new && mv {path}.new {path}")
 
 
 def option(key: str, value, where: str) -> tuple[str, object]:

@@ -126,6 +126,14 @@ def is_run_directory(path: Path) -> bool:
     return (path / ".lock").is_file() or (path / "last.npz").is_file()
 
 
+def is_export_folder(path: Path) -> bool:
+    """An `export --format hf` folder: its model card and JSON files are text that a walk
+    would add to the corpus, changing a run's text under it."""
+    from .export import is_hf_folder
+
+    return is_hf_folder(path)
+
+
 def _walk_text_files(root: Path, skipped: list):
     def unreadable(error: OSError):
         skipped.append(f"{error.filename}: cannot read it ({error.strerror})")
@@ -141,6 +149,8 @@ def _walk_text_files(root: Path, skipped: list):
                                f"name it to read it)")
             elif is_run_directory(sub):
                 skipped.append(f"{sub}{os.sep}: a charlstm run directory")
+            elif is_export_folder(sub):
+                skipped.append(f"{sub}{os.sep}: a charlstm export (name it to read it)")
             else:
                 kept.append(d)
         dirnames[:] = kept
@@ -296,17 +306,20 @@ def _plausibility(text: str) -> float:
     return score / total if total else 1.0
 
 
-def suggest_encoding(data: bytes, asked: str) -> str:
+def suggest_encoding(data: bytes, asked: str, whole: bool = False) -> str:
     """An encoding that decodes ``data`` (a file's bytes, perhaps cut mid-character at
-    the end) to what its writer most likely meant, for an error message: of the codecs in
-    _HINT_CODECS other than ``asked`` that decode it, the one whose text scores best by
-    ``_plausibility`` (the first on a tie); latin-1, which decodes any bytes, last."""
+    the end; ``whole``: up to the file's end, so every byte must decode) to what its
+    writer most likely meant, for an error message: of the codecs in _HINT_CODECS other
+    than ``asked`` that decode it, the one whose text scores best by ``_plausibility``
+    (the first on a tie); latin-1, which decodes any bytes, last."""
     best, best_score = "latin-1", -2.0
     for codec in _HINT_CODECS:
         if codecs.lookup(codec).name == codecs.lookup(asked).name:
             continue
         try:
-            text = codecs.getincrementaldecoder(codec)().decode(data, final=False)
+            # A multi-byte codec takes a lone lead byte at the end as the start of a
+            # character to come: it decodes a file cut there only if more is to come.
+            text = codecs.getincrementaldecoder(codec)().decode(data, final=whole)
         except UnicodeDecodeError:
             continue
         score = _plausibility(text[:200_000])
@@ -360,7 +373,7 @@ def _survey(path: Path, asked: str) -> _Survey:
     """Read ``path`` through and say how it reads (``_Survey``); ``asked``: the encoding
     the user gave, which a file that is not UTF-8 is taken to be in when it decodes it."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    example, block = None, b""
+    example, block, at_end = None, b"", True
     with open(path, "rb") as f:
         for k, block in enumerate(iter(lambda: f.read(BLOCK_BYTES), b"")):
             if k == 0 and bom_encoding(block[:4]) is not None:
@@ -368,6 +381,7 @@ def _survey(path: Path, asked: str) -> _Survey:
             try:
                 text = decoder.decode(block)
             except UnicodeDecodeError:
+                at_end = not f.read(1)
                 break
             if example is None and not text.isascii():
                 example = next(c for c in text if c > "\x7f")
@@ -384,7 +398,8 @@ def _survey(path: Path, asked: str) -> _Survey:
         return _Survey(path, "damaged", damage=damage)
     if example is not None or _genuine_utf8(block):
         return _Survey(path, "mixed", suggest_encoding(_not_utf8_bytes(block), "utf-8"))
-    codec = asked if not _is_utf8(asked) and _decodes(path, asked) else suggest_encoding(block, "utf-8")
+    codec = (asked if not _is_utf8(asked) and _decodes(path, asked)
+             else suggest_encoding(block, "utf-8", whole=at_end))
     return _Survey(path, "other", codec)
 
 
@@ -605,14 +620,17 @@ def corpus_blocks(paths, encoding: str):
 
 
 def read_text_file(file, encoding: str = "utf-8") -> str:
-    """One text file, decoded by ``decoded_blocks`` (so with its errors), and an error for
-    a missing file; a ``builtin:...`` spec (see ``builtin_corpus``) gives that corpus's
-    text."""
+    """One text file (or a pipe), decoded by ``decoded_blocks`` (so with its errors), and
+    an error for a missing file or a directory; a ``builtin:...`` spec (see
+    ``builtin_corpus``) gives that corpus's text."""
     if str(file).startswith(BUILTIN_PREFIX):
         return builtin_corpus([file])[1]
     path = Path(file)
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"{file} is a directory; give one text file")
+    if not path.exists():
         raise UserError(f"{file}: no such file")
+    # Not only a regular file: a pipe (`<(zcat text.gz)`, /dev/stdin) is read once, whole.
     return "".join(decoded_blocks(path, encoding))
 
 

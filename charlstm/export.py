@@ -64,21 +64,26 @@ def _metadata(ckpt: Checkpoint) -> dict:
             "step": str(ckpt.step), "best_val_bpc": repr(float(ckpt.best_val_bpc))}
 
 
-def check_output(source, output, fmt: str) -> None:
-    """Refuse an export to ``output`` that would replace what it reads (``source``, a
-    checkpoint, run directory or hf folder, under any spelling or symlink), an existing
-    charlstm checkpoint, a file of a run directory (RUN_FILES, kept checkpoints, their
-    temporaries), or, for a folder format, a directory that is or is inside a run
-    directory. Raises UserError naming the fix."""
+def check_output(sources, output, fmt: str | None = None, writer: str = "export") -> None:
+    """Refuse to write ``output`` where it would replace what the command reads
+    (``sources``: one path or several, each a file, run directory or hf folder, under any
+    spelling or symlink; built-in corpus names are passed over), an existing charlstm
+    checkpoint, a file of a run directory (RUN_FILES, kept checkpoints, their
+    temporaries), or, for a folder format ``fmt``, a directory that is or is inside a run
+    directory. ``writer`` names what writes (export, plot) in the message. Raises
+    UserError naming the fix."""
+    sources = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     output, folder = Path(output), fmt in FOLDER_FORMATS
     target = output.resolve()
-    _check_outside_runs(output, target, fmt)
-    if any(target == path or _same_file(target, path) for path in _inputs(Path(source))):
-        raise UserError(f"-o {output} is what this export reads; write the export to a new "
-                        f"path: {ANOTHER}")
+    _check_outside_runs(output, target, fmt, writer)
+    reads = [path for source in sources if not str(source).startswith("builtin:")
+             for path in _inputs(Path(source))]
+    if any(target == path or _same_file(target, path) for path in reads):
+        raise UserError(f"-o {output} is what this {writer} reads; write it to a "
+                        f"new path: {ANOTHER}")
     if target.is_file() and _is_checkpoint(target):
-        raise UserError(f"-o {output} is a charlstm checkpoint, which an export never "
-                        f"replaces: {ANOTHER}")
+        raise UserError(f"-o {output} is a charlstm checkpoint, which {writer}s never "
+                        f"replace: {ANOTHER}")
     if folder and output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise UserError(f"{output} already exists and is not an empty directory; remove it or "
                         f"{ANOTHER}")
@@ -86,7 +91,7 @@ def check_output(source, output, fmt: str) -> None:
         raise UserError(f"{output} is a directory; give -o the file to write")
 
 
-def _check_outside_runs(output: Path, target: Path, fmt: str) -> None:
+def _check_outside_runs(output: Path, target: Path, fmt: str | None, writer: str) -> None:
     """Refuse ``target`` (``output`` resolved) when it is a run's file or inside a
     folder of a run, or, for a folder format, a run directory or inside one."""
     for run_dir in (target, *target.parents):
@@ -101,8 +106,8 @@ def _check_outside_runs(output: Path, target: Path, fmt: str) -> None:
             if _belongs_to_run(name):
                 what = (f"is {name}, a file" if target.parent == run_dir
                         else f"is inside {name}, a folder")
-                raise UserError(f"-o {output} {what} of the run in {run_dir}, which an export "
-                                f"never replaces: {ANOTHER}")
+                raise UserError(f"-o {output} {what} of the run in {run_dir}, which {writer}s "
+                                f"never replace: {ANOTHER}")
 
 
 def _inputs(source: Path) -> list[Path]:
@@ -316,7 +321,9 @@ def model_card(ckpt: Checkpoint, sample: str) -> str:
     cfg = ckpt.config
     best = ckpt.best_val_bpc
     scored = "not validated" if math.isnan(best) else f"{best:.4f} bits per character"
-    corpora = ", ".join(f"`{f.path}`" for f in ckpt.corpus_files) or "unknown"
+    # A file name that is not UTF-8 (bytes a walk kept as surrogate escapes) is shown
+    # with its undecodable bytes replaced: the card is UTF-8.
+    corpora = ", ".join(f"`{_as_utf8(f.path)}`" for f in ckpt.corpus_files) or "unknown"
     fence = "```"
     return (f"---\nlibrary_name: charlstm\npipeline_tag: text-generation\ntags:\n- character-level\n"
             f"- {cfg.cell}\n---\n\n# charlstm {cfg.cell} {cfg.num_layers}x{cfg.hidden_size}\n\n"
@@ -329,6 +336,12 @@ def model_card(ckpt: Checkpoint, sample: str) -> str:
             f"`{HF_CONFIG}` (the training configuration), `{HF_VOCAB}` (the vocabulary as "
             f"Unicode code points; a character's id is its index).\n\n"
             f"## A sample (temperature 0.8, seed 0)\n\n{fence}text\n{sample}\n{fence}\n")
+
+
+def _as_utf8(text: str) -> str:
+    """``text`` with the bytes a surrogate escape stands for read as UTF-8, and those
+    that are not UTF-8 replaced by U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def export_hf(ckpt: Checkpoint, folder: Path) -> None:
@@ -390,7 +403,14 @@ def export_tensorboard(run_dir: Path, out: Path, warn=print_warning) -> int:
 
 
 def is_metrics_row(record) -> bool:
-    """Whether ``record`` is a metrics.jsonl row: an object with a whole, finite step."""
+    """Whether ``record`` is a metrics.jsonl row: an object with a whole, finite step,
+    whose values drawn as scalars are numbers where they are there."""
+    from .tensorboard import SCALARS
+
     step = record.get("step") if isinstance(record, dict) else None
-    return isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step) \
-        and step == int(step)
+    return _is_number(step) and math.isfinite(step) and step == int(step) \
+        and all(record.get(key) is None or _is_number(record[key]) for key in SCALARS)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

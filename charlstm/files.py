@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,9 +68,18 @@ def atomic_write(path, mode: str = "wb", encoding: str | None = None, parents: b
     and renamed over ``path``; when it raises, the temporary is deleted and the
     exception goes on, ``path`` untouched. With ``parents``, missing directories above
     ``path`` are made first, and removed again on failure. The file object's ``name``
-    is the temporary's path, for checks that read it back before the rename. Raises
-    OSError when the directory cannot be written or the data does not fit."""
+    is the temporary's path, for checks that read it back before the rename. A path
+    that is a symbolic link has its target replaced; one that is a device or a pipe
+    (/dev/stdout, a FIFO) is written in place, as nothing can be renamed over it.
+    Raises OSError when the directory cannot be written or the data does not fit."""
     path = Path(path)
+    if is_special_file(path):
+        # A device or a pipe (-o /dev/stdout, a FIFO): renaming over it would put a
+        # plain file in its place (as root, even over /dev/null); it is written as it is.
+        with open(path, mode, encoding=encoding) as f:
+            yield f
+        return
+    path = through_links(path)
     made = make_parents(path.parent) if parents else []
     tmp = None
     try:
@@ -92,9 +102,10 @@ def atomic_directory(path):
     """Yield a new temporary directory beside ``path`` to fill; when the block ends
     normally its files are flushed to disk and it is renamed to ``path``, which must
     not exist or be an empty directory. When the block raises, the temporary directory
-    goes with all it holds, and so do the parents of ``path`` this call created. Raises
-    OSError when a directory cannot be written."""
-    path = Path(path)
+    goes with all it holds, and so do the parents of ``path`` this call created. A
+    symbolic link ``path`` has its target made. Raises OSError when a directory cannot
+    be written."""
+    path = through_links(Path(path))
     made = make_parents(path.parent)
     tmp = None
     try:
@@ -111,6 +122,22 @@ def atomic_directory(path):
         _remove_directories(made)
         raise
     fsync_directory(path.parent)
+
+
+def is_special_file(path: Path) -> bool:
+    """Whether ``path`` (followed through symbolic links) is there and is neither a
+    regular file nor a directory: a device such as /dev/null, a pipe, a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def through_links(path: Path) -> Path:
+    """The path a symbolic link ``path`` leads to (which need not exist yet), else
+    ``path``: a file written whole replaces the link's target, and the link stays."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
 
 
 def make_parents(directory: Path) -> list[Path]:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from .cells import CELL_TABLE
 from .errors import UserError
 from .files import atomic_write
+from .plot import agg_figure
 
 # NumPy, the network and its kernels (Numba) are imported when the command runs, not when
 # the CLI starts.
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
 DEFAULT_LENGTH = 64
 DEFAULT_CHUNKS = 16
-PLOT_HINT = "plotting needs matplotlib: pip install 'charlstm[plot]'"
 
 
 def quantity_names(cell: str, num_layers: int) -> list[str]:
@@ -188,11 +188,7 @@ def gradient_flow(net: Network, ids: np.ndarray, length: int = DEFAULT_LENGTH,
 def _plot(result: dict, path: str) -> None:
     import numpy as np
 
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise UserError(PLOT_HINT) from None
+    FigureCanvasAgg, Figure = agg_figure()
     fig = Figure(figsize=(7.5, 4.5))
     FigureCanvasAgg(fig)  # Agg, without pyplot's global state or a window
     ax = fig.subplots()
@@ -226,7 +222,8 @@ def gradflow_report(checkpoint, text: str, length: int = DEFAULT_LENGTH,
     directory, best.npz preferred) over chunks of ``text`` (a file or a built-in corpus),
     as a JSON-ready dict; with ``output``, the curves drawn to that PNG too.
 
-    Raises UserError for an unusable checkpoint or text, or a missing matplotlib."""
+    Raises UserError for an unusable checkpoint or text, a missing matplotlib, or an
+    ``output`` that would replace a checkpoint, a run's file or the text (export.check_output)."""
     import numpy as np
 
     from . import checkpoint as ckpt_io
@@ -234,10 +231,10 @@ def gradflow_report(checkpoint, text: str, length: int = DEFAULT_LENGTH,
     from .network import Network
 
     if output is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise UserError(PLOT_HINT) from None
+        from .export import check_output
+
+        check_output([checkpoint, text], output, writer="plot")
+        agg_figure()  # a missing matplotlib is said before any work
     path = ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True)
     ckpt = ckpt_io.load(path)
     content = read_text_file(text, encoding)

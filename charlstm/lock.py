@@ -47,10 +47,18 @@ class RunLock:
             raise UserError(
                 f"{self.path.parent} is in use by {holder}; wait for it to finish, or stop "
                 f"it, before starting another process on this run") from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+        except OSError as e:  # a full disk: no block for the process id
+            try:
+                f.close()  # drops the lock
+            except OSError:
+                pass  # the same failed write again; the descriptor is closed regardless
+            raise UserError(f"cannot write {self.path} ({e.strerror or e}); free space on its "
+                            f"disk, then run the command again") from None
         self.file = f
         return self
 

@@ -6,7 +6,10 @@ API, so no window opens and pyplot's global state is left alone.
 """
 from __future__ import annotations
 
+import logging
 import math
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,15 +56,53 @@ def read_metrics(run_dir: Path, warn=print_warning) -> Curves:
     return curves
 
 
-def draw(curves: Curves, title: str, output: Path) -> None:
-    """Two panels, bpc against steps and against elapsed seconds, written as a PNG."""
+class _Kept(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def agg_figure():
+    """matplotlib's (FigureCanvasAgg, Figure), imported so that what it says of its
+    settings directory is one note: where that directory (MPLCONFIGDIR, else
+    ~/.config/matplotlib) cannot be written (a read-only home, a service account),
+    matplotlib logs two long warnings and works from a temporary directory. Its other
+    warnings are printed as they are. Raises UserError when matplotlib is missing."""
+    logger = logging.getLogger("matplotlib")
+    kept, propagate = _Kept(), logger.propagate
+    logger.addHandler(kept)
+    logger.propagate = False
     try:
         import matplotlib  # noqa: F401  (first: a cached submodule must not hide its absence)
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise UserError(MISSING_MATPLOTLIB) from None
+    finally:
+        logger.removeHandler(kept)
+        logger.propagate = propagate
+    noted = False
+    for record in kept.records:
+        if str(record.msg).startswith("mkdir -p failed"):
+            continue  # the note below says it
+        if not str(record.msg).startswith("Matplotlib created a temporary"):
+            print_warning(record.getMessage())
+        elif not noted:  # the settings and the font cache: one note for both
+            noted = True
+            named = re.search(r"path \((.+?)\)", record.getMessage())
+            directory = named.group(1) if named else "its settings directory"
+            print(f"Note: matplotlib cannot write {directory}, so it works from a temporary "
+                  f"directory and builds its font cache again each time: set MPLCONFIGDIR to a "
+                  f"directory you can write to keep it", file=sys.stderr)
+    return FigureCanvasAgg, Figure
 
+
+def draw(curves: Curves, title: str, output: Path) -> None:
+    """Two panels, bpc against steps and against elapsed seconds, written as a PNG."""
+    FigureCanvasAgg, Figure = agg_figure()
     fig = Figure(figsize=(11, 4.5), dpi=100, constrained_layout=True)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharey=True)
@@ -96,10 +137,14 @@ def draw(curves: Curves, title: str, output: Path) -> None:
 def plot_run(run_dir, output=None, warn=print_warning) -> Path:
     """Draw the learning curves of the run in ``run_dir`` to ``output`` (default
     RUN_DIR/curve.png) and return its path; ``warn`` is given one line about lines of
-    metrics.jsonl left out. Raises UserError as read_metrics and draw do."""
+    metrics.jsonl left out. Raises UserError as read_metrics and draw do, and for an
+    ``output`` that is a checkpoint or a run's file (export.check_output)."""
+    from .export import check_output
+
     run_dir = Path(run_dir)
     curves = read_metrics(run_dir, warn)
     output = Path(output) if output else run_dir / "curve.png"
+    check_output(run_dir, output, writer="plot")
     name = run_dir.resolve().name or str(run_dir)
     draw(curves, f"{name}: bits per character", output)
     return output

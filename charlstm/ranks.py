@@ -20,45 +20,13 @@ one code path.
 """
 from __future__ import annotations
 
-import os
-from typing import NamedTuple
-
 import numpy as np
 
 from .errors import AnotherRankFailed, UsageProblem, UserError
+from .launchers import launched_by
 from .shards import shard_bounds
 
 MPI_HINT = "--distributed mpi needs mpi4py and an MPI: pip install 'charlstm[mpi]'"
-
-# What launchers set in every process they start: (job size, this process's rank, the
-# command). Slurm's SLURM_NTASKS is set in a batch script too, which runs once: only
-# srun's job steps set SLURM_STEP_NUM_TASKS.
-LAUNCHER_VARIABLES = (
-    ("PMI_SIZE", "PMI_RANK", "mpiexec"),  # MPICH's Hydra, Intel MPI, MVAPICH
-    ("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "mpiexec"),  # Open MPI
-    ("MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK", "mpirun_rsh"),  # MVAPICH's own launcher
-    ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID", "srun"),  # a Slurm job step
-)
-
-
-class Launch(NamedTuple):
-    size: int  # processes the launcher started
-    rank: int  # this one's place among them
-    command: str  # the launcher, as the user typed it
-
-
-def launched_by(environ=None) -> Launch | None:
-    """The launcher (mpiexec, srun, ...) that started this process, from the variables it
-    set (LAUNCHER_VARIABLES), or None for a process started on its own."""
-    environ = os.environ if environ is None else environ
-    for size_name, rank_name, command in LAUNCHER_VARIABLES:
-        try:
-            size, rank = int(environ[size_name]), int(environ.get(rank_name, "0"))
-        except (KeyError, ValueError):
-            continue
-        return Launch(size, rank, command)
-    return None
-
 
 def ranks_for(distributed: str, environ=None):
     """The ranks of this run for ``--distributed`` (none or mpi), checked against how the

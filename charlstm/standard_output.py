@@ -9,11 +9,13 @@ ignored in ... <stdout>") for what was still buffered.
 ``guard()`` puts in its place a stream over the same file descriptor whose writes loop
 until every byte is out, and raise StandardOutputFailed (a UserError: the CLI's one
 line) at the first that fails; everything after that is discarded, exit included. A
-reader that went away (EPIPE, e.g. ``| head``) raises BrokenPipeError as before, which
-click and ``sample`` end quietly.
+terminal that closed (an SSH session that dropped: EIO, before its SIGHUP arrives) is
+such a failure too, not a traceback. A reader that went away (EPIPE, e.g. ``| head``)
+raises BrokenPipeError as before, which click and ``sample`` end quietly.
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import sys
@@ -52,9 +54,11 @@ class _WholeWrites(io.RawIOBase):
                 raise
             except OSError as e:
                 self.failed = True
+                fix = ("the terminal it went to has closed" if e.errno == errno.EIO
+                       else "send it where there is room")
                 raise StandardOutputFailed(
                     f"cannot write standard output ({e.strerror or e}); what was printed is "
-                    f"cut short: send it where there is room") from None
+                    f"cut short: {fix}") from None
         return done
 
 
@@ -67,8 +71,8 @@ def guard() -> None:
         return
     try:
         fd = stream.fileno()
-        if stream.isatty():
-            return  # a terminal is never full, and Windows writes its console its own way
+        if stream.isatty() and os.name == "nt":
+            return  # Windows writes its console its own way
     except (OSError, ValueError, io.UnsupportedOperation):
         return  # not a file (a test's capture): nothing to guard
     stream.flush()

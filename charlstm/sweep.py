@@ -44,6 +44,7 @@ from pathlib import Path
 from .console import STOP_SIGNALS
 from .errors import UserError
 from .files import JsonLines, atomic_write, cannot_write, print_warning, read_json_lines
+from .launchers import LAUNCHER_NAMES
 
 SWEEP_HINT = "sweeps need Dask distributed: pip install 'charlstm[sweep]'"
 METRICS = ("best_val_bpc", "final_val_bpc")
@@ -52,6 +53,8 @@ RESULTS_NAME = "sweep.jsonl"
 SWEEP_KEYS = ("out", "metric")  # what the [sweep] table holds
 # Dask's workers set these to 1 so that libraries do not oversubscribe the cores; a trial
 # decides its own threads (--threads, --cores-per-trial), so its process gets them unset.
+# It gets no MPI launcher's variables either (launchers.py): a worker that mpiexec
+# or srun started passed them on, and every trial took itself for one of the job's ranks.
 THREAD_LIMITS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 LOCK_RETRY_SECONDS = 30  # how long a retried trial waits for its dying predecessor's lock
 # The exit statuses of a trial that a stop signal ended after saving (console.STOP_SIGNALS).
@@ -190,13 +193,14 @@ def run_trial(options: dict, run_dir: str, metric: str) -> dict:
 
     run_dir = Path(run_dir)
     done = run_dir / RESULT_NAME
-    if done.is_file():
-        return json.loads(done.read_text(encoding="utf-8"))
+    kept = _kept_result(done)
+    if kept is not None:
+        return kept
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "trial.toml"
     with atomic_write(config_path, "w", encoding="utf-8") as f:
         f.write(write_options(options, "One trial of a charlstm sweep."))
-    env = {k: v for k, v in os.environ.items() if k not in THREAD_LIMITS}
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_LIMITS and k not in LAUNCHER_NAMES}
     waited = 0.0
     while True:
         if (run_dir / "last.npz").is_file():
@@ -241,7 +245,25 @@ def _trial_result(options: dict, run_dir: Path, metric: str) -> dict:
 
 
 def _is_result(record) -> bool:
-    return isinstance(record, dict) and isinstance(record.get("trial"), str)
+    """Whether ``record`` is a trial's result as run_trial writes it: a name, a metric
+    that is a number or null, options that are a table; what a report reads of it."""
+    if not isinstance(record, dict) or not isinstance(record.get("trial"), str):
+        return False
+    metric, options = record.get("metric"), record.get("options", {})
+    return (metric is None or isinstance(metric, (int, float)) and not isinstance(metric, bool)) \
+        and isinstance(options, dict) and isinstance(record.get("status", ""), str) \
+        and isinstance(record.get("reason", ""), str)
+
+
+def _kept_result(path: Path) -> dict | None:
+    """The result in a trial's trial.json, or None when there is none or it is damaged
+    (cut off or zero-filled by a crash): the trial is then taken up again, and its run,
+    finished, gives the result anew."""
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return record if _is_result(record) else None
 
 
 def _latest(records: list) -> dict:
@@ -444,6 +466,6 @@ def report_lines(results: list[dict], grid_keys=None) -> list[str]:
         metric = "failed" if r.get("status") == "failed" else (
             "-" if r.get("metric") is None else f"{r['metric']:.4f}")
         values = "  ".join(str(r.get("options", {}).get(k)) for k in varying)
-        tail = f"  ({r['reason']})" if r.get("status") == "failed" else ""
+        tail = f"  ({r.get('reason', 'no reason recorded')})" if r.get("status") == "failed" else ""
         lines.append(f"{metric:<9} {r.get('steps', '-')!s:>6}  {values}  {r['trial']}{tail}")
     return lines

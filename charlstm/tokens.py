@@ -208,6 +208,17 @@ def write_cache(cache_dir: Path, corpus: EncodedCorpus) -> None:
     _write_cache(cache_dir, corpus.key, corpus.vocab, corpus.char_counts, len(corpus.ids), fill)
 
 
+def _allocate(path: Path) -> None:
+    """Give the file ``path`` its disk blocks, over its whole length, before anything is
+    written through a memory map of it. The system makes a mapped file's blocks when a
+    page is first written, and on a full disk it then kills the process (SIGBUS, "Bus
+    error"); allocated first, a full disk is an OSError here. Raises OSError."""
+    if not hasattr(os, "posix_fallocate"):  # not Linux: the map is written as it is
+        return
+    with open(path, "r+b") as f:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+
+
 def _lookup_table(vocab: Vocab) -> np.ndarray:
     lut = np.zeros(MAX_CODE_POINT + 1, vocab.dtype)
     for i, c in enumerate(vocab.chars):
@@ -240,6 +251,7 @@ def _write_cache(cache_dir: Path, key: str, vocab: Vocab, char_counts: list, tot
     meta_tmp = None
     try:
         ids = np.lib.format.open_memmap(tmp, mode="w+", dtype=vocab.dtype, shape=(total,))
+        _allocate(tmp)
         fill(ids)
         ids.flush()
         checksum = ids_checksum(ids)
