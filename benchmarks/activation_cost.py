@@ -14,7 +14,7 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.bench import median_time  # noqa: E402
+from charlstm.tools.bench import median_time  # noqa: E402
 from charlstm.kernels.activations import exp_f32, sigmoid, tanh  # noqa: E402
 from charlstm.kernels.lstm import lstm_step  # noqa: E402
 

@@ -56,8 +56,8 @@ VARIANTS = {
 def run(corpus: str, seed: int, variant: str, steps: int, eval_every: int, threads: int) -> list:
     import torch
 
-    from charlstm.bench import CONFIGS
-    from charlstm.bench_torch import TorchTwin
+    from charlstm.tools.bench import CONFIGS
+    from charlstm.tools.bench_torch import TorchTwin
 
     rounded = VARIANTS.get(variant, set())
     twin = TorchTwin(CONFIGS["M"], corpus, threads, seed)  # initial weights and data

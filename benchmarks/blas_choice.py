@@ -21,10 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.bench import CONFIGS, blas_library_summary, machine_summary  # noqa: E402
-from charlstm.config import TrainConfig  # noqa: E402
+from charlstm.tools.bench import CONFIGS, blas_library_summary, machine_summary  # noqa: E402
+from charlstm.training.config import TrainConfig  # noqa: E402
 from charlstm.kernels.blas_libraries import available, load  # noqa: E402
-from charlstm.tune import _Product, tune  # noqa: E402
+from charlstm.machine.tune import _Product, tune  # noqa: E402
 
 
 def blis_step_seconds(rows, H, GH, reps=200, rounds=5):

@@ -19,7 +19,7 @@ ends; a run whose result.json has the same options is not trained again. Every r
 run so far, of any corpus or budget, is gathered into OUT/results.json: per run the
 recipe, its options, charlstm's commit, the corpus, the budget, the seed, the steps and epochs taken, the
 best and the final validation bpc, the validation curve [step, elapsed seconds, val bpc]
-from the run's metrics.jsonl, and the machine (charlstm.bench.machine_summary).
+from the run's metrics.jsonl, and the machine (charlstm.tools.bench.machine_summary).
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from charlstm.bench import format_machine, machine_summary  # noqa: E402
-from charlstm.config import parse_duration  # noqa: E402
+from charlstm.tools.bench import format_machine, machine_summary  # noqa: E402
+from charlstm.training.config import parse_duration  # noqa: E402
 
 def recipe(hidden_size: int, lr: str, dropout: str, schedule: str = "cosine",
            lr_min: str | None = "1e-4", cell: str = "lstm") -> list[str]:

@@ -13,10 +13,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.bench import CONFIGS, median_time  # noqa: E402
-from charlstm.config import TrainConfig  # noqa: E402
-from charlstm.dropout import DropoutMasks  # noqa: E402
-from charlstm.train import Trainer, prepare_data  # noqa: E402
+from charlstm.tools.bench import CONFIGS, median_time  # noqa: E402
+from charlstm.training.config import TrainConfig  # noqa: E402
+from charlstm.model.dropout import DropoutMasks  # noqa: E402
+from charlstm.training.loop import Trainer, prepare_data  # noqa: E402
 
 WARMUP, STEPS = 3, 12
 

@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from charlstm.bench import CONFIGS, format_machine, machine_summary  # noqa: E402
-from charlstm.config import TrainConfig  # noqa: E402
-from charlstm.ranks import MpiRanks  # noqa: E402
-from charlstm.train import Trainer, prepare_data  # noqa: E402
+from charlstm.tools.bench import CONFIGS, format_machine, machine_summary  # noqa: E402
+from charlstm.training.config import TrainConfig  # noqa: E402
+from charlstm.parallel.ranks import MpiRanks  # noqa: E402
+from charlstm.training.loop import Trainer, prepare_data  # noqa: E402
 
 
 def main() -> None:

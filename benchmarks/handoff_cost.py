@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.handoff import SpinningWorker  # noqa: E402
+from charlstm.parallel.handoff import SpinningWorker  # noqa: E402
 
 
 def busy(seconds: float) -> None:

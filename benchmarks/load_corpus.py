@@ -19,7 +19,7 @@ WORKER = """
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from charlstm.tokens import load_corpus
+from charlstm.data.tokens import load_corpus
 cache = Path(sys.argv[2]) if sys.argv[2] != "-" else None
 t0 = time.perf_counter()
 c = load_corpus([sys.argv[1]], cache_dir=cache)

@@ -18,7 +18,7 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.bench import median_time  # noqa: E402
+from charlstm.tools.bench import median_time  # noqa: E402
 from charlstm.kernels.blas import matmul_tn  # noqa: E402
 from charlstm.kernels.lstm import lstm_backward, lstm_forward  # noqa: E402
 

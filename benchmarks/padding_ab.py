@@ -3,7 +3,7 @@ and unpadded, in fresh processes, interleaved.
 
     python benchmarks/padding_ab.py [--config M --config L] [--rounds 3]
 
-Each measurement is the bench's own worker (charlstm.bench.worker_charlstm) in a process
+Each measurement is the bench's own worker (charlstm.tools.bench.worker_charlstm) in a process
 of its own with --blas openblas --step-weights transposed/stored, after setting the pad.
 Where a transposed copy's rows lie in memory decides how much they collide in the
 caches, so single products timed alone vary from process to process; whole steps are
@@ -21,7 +21,7 @@ import json, sys
 sys.path.insert(0, {root!r})
 from charlstm.kernels import blas
 blas.TRANSPOSED_PAD = {pad}
-from charlstm.bench import worker_charlstm
+from charlstm.tools.bench import worker_charlstm
 row = worker_charlstm({config!r}, {corpus!r}, 12, 3, 2, "openblas", "transposed/stored")
 print(json.dumps(row["step_ms"]))
 """

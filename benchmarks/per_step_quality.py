@@ -17,12 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.bench import CONFIGS  # noqa: E402
-from charlstm.bench_torch import TorchTwin  # noqa: E402
-from charlstm.config import TrainConfig  # noqa: E402
-from charlstm.shards import default_threads  # noqa: E402
-from charlstm.train import Trainer, prepare_data  # noqa: E402
-from charlstm.tune import resolve  # noqa: E402
+from charlstm.tools.bench import CONFIGS  # noqa: E402
+from charlstm.tools.bench_torch import TorchTwin  # noqa: E402
+from charlstm.training.config import TrainConfig  # noqa: E402
+from charlstm.model.shards import default_threads  # noqa: E402
+from charlstm.training.loop import Trainer, prepare_data  # noqa: E402
+from charlstm.machine.tune import resolve  # noqa: E402
 
 
 def train_charlstm(config, data, steps, init=None):

@@ -9,7 +9,7 @@ validation text, float32, as `charlstm train` validates):
   dtype=torch.bfloat16), the same loop (bench_torch.TorchTwin).
 
 Equal steps make the comparison independent of the machine's speed and load. Each run is
-a `python -m charlstm.bench` worker process of its own. Results are appended to a JSON
+a `python -m charlstm.tools.bench` worker process of its own. Results are appended to a JSON
 file (one object per run) so an interrupted study resumes where it stopped:
 
     python benchmarks/precision_quality.py --corpus ../shared/data/tinyshakespeare.txt \
@@ -35,7 +35,7 @@ TORCH_RUNS = (("torch", "float32"), ("torch", "bfloat16"))
 
 def run_one(tool, precision, seed, corpus, steps, eval_steps, threads) -> dict:
     worker = "steps-charlstm" if tool == "charlstm" else "steps-torch"
-    args = [sys.executable, "-m", "charlstm.bench", "--worker", worker, "--config", "M",
+    args = [sys.executable, "-m", "charlstm.tools.bench", "--worker", worker, "--config", "M",
             "--corpus", corpus, "--seed", str(seed), "--precision", precision,
             "--train-steps", str(steps), "--eval-steps", str(eval_steps),
             "--threads", str(threads)]

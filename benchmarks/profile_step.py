@@ -21,14 +21,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm import network  # noqa: E402
-from charlstm.bench import CONFIGS, GATES  # noqa: E402
-from charlstm.config import TrainConfig  # noqa: E402
+from charlstm.model import network  # noqa: E402
+from charlstm.tools.bench import CONFIGS, GATES  # noqa: E402
+from charlstm.training.config import TrainConfig  # noqa: E402
 from charlstm.kernels import blas  # noqa: E402
 from charlstm.kernels.jit import kernel  # noqa: E402
 from charlstm.kernels.panels import pack_panels, panel_buffer  # noqa: E402
-from charlstm.train import Trainer, prepare_data  # noqa: E402
-from charlstm.tune import resolve  # noqa: E402
+from charlstm.training.loop import Trainer, prepare_data  # noqa: E402
+from charlstm.machine.tune import resolve  # noqa: E402
 
 CALLS = {
     "recurrence forward": ("lstm_forward", "rnn_forward", "gru_forward"),

@@ -23,13 +23,13 @@ from numba import config as numba_config, njit, prange
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.bench import CONFIGS  # noqa: E402
+from charlstm.tools.bench import CONFIGS  # noqa: E402
 from charlstm.kernels.lstm import lstm_step  # noqa: E402
 from charlstm.kernels.panels import pack_panels, panel_buffer, panel_product  # noqa: E402
-from charlstm.config import TrainConfig  # noqa: E402
-from charlstm.corpus import Vocab  # noqa: E402
-from charlstm.parameters import init_params  # noqa: E402
-from charlstm.sample import Sampler  # noqa: E402
+from charlstm.training.config import TrainConfig  # noqa: E402
+from charlstm.data.corpus import Vocab  # noqa: E402
+from charlstm.model.parameters import init_params  # noqa: E402
+from charlstm.model.sample import Sampler  # noqa: E402
 
 
 @njit(error_model="numpy")

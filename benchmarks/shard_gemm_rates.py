@@ -17,7 +17,7 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.bench import median_time  # noqa: E402
+from charlstm.tools.bench import median_time  # noqa: E402
 from charlstm.kernels.blas import BLAS_THREADS, gemm_nn, gemm_nt, gemm_tn  # noqa: E402
 
 F32 = np.float32

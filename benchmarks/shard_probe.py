@@ -17,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.bench import median_time  # noqa: E402
+from charlstm.tools.bench import median_time  # noqa: E402
 from overlap_probe import recurrence, recurrence_arguments  # noqa: E402
 
 T = 64

@@ -15,11 +15,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.bench import CONFIGS, median_time  # noqa: E402
-from charlstm.config import TrainConfig  # noqa: E402
-from charlstm.parameters import init_params  # noqa: E402
-from charlstm.network import Network  # noqa: E402
-from charlstm.shards import ShardedNetwork, default_threads  # noqa: E402
+from charlstm.tools.bench import CONFIGS, median_time  # noqa: E402
+from charlstm.training.config import TrainConfig  # noqa: E402
+from charlstm.model.parameters import init_params  # noqa: E402
+from charlstm.model.network import Network  # noqa: E402
+from charlstm.model.shards import ShardedNetwork, default_threads  # noqa: E402
 
 V = 65
 

@@ -26,12 +26,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from charlstm.bench import CONFIGS  # noqa: E402
-from charlstm.config import TrainConfig  # noqa: E402
+from charlstm.tools.bench import CONFIGS  # noqa: E402
+from charlstm.training.config import TrainConfig  # noqa: E402
 from charlstm.kernels.blas import BLAS_THREADS  # noqa: E402
-from charlstm.shards import shard_bounds  # noqa: E402
-from charlstm.train import Trainer, prepare_data  # noqa: E402
-from charlstm.tune import resolve  # noqa: E402
+from charlstm.model.shards import shard_bounds  # noqa: E402
+from charlstm.training.loop import Trainer, prepare_data  # noqa: E402
+from charlstm.machine.tune import resolve  # noqa: E402
 
 
 def trainer_for(name: str, corpus: str | None) -> Trainer:

@@ -84,7 +84,7 @@ def train_split_and_whole(tmp_path, corpus, args, n):
 
 def tiny_config(corpus, **kw):
     """A tiny training configuration over ``corpus`` (lstm unless ``cell`` is given)."""
-    from charlstm.config import TrainConfig
+    from charlstm.training.config import TrainConfig
 
     base = dict(corpus=(str(corpus),), hidden_size=16, num_layers=2, seq_len=8, batch_size=4,
                 save_every=1000, log_every=3, eval_every=0, val_frac=0.1)
@@ -94,7 +94,7 @@ def tiny_config(corpus, **kw):
 
 def train(config, out_dir):
     """Train in-process to the end of ``config``'s budget, writing ``out_dir``."""
-    from charlstm.train import Trainer, prepare_data, run_training
+    from charlstm.training.loop import Trainer, prepare_data, run_training
 
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(config, prepare_data(config))
@@ -104,9 +104,9 @@ def train(config, out_dir):
 
 def resume(run_dir, **changes):
     """Resume ``run_dir``'s last.npz in-process with the configuration ``changes``, the
-    way `charlstm resume` does (charlstm.run.resume_run: corpus check included)."""
-    from charlstm.run import resume_run
-    from charlstm.train import run_training
+    way `charlstm resume` does (charlstm.training.run.resume_run: corpus check included)."""
+    from charlstm.training.run import resume_run
+    from charlstm.training.loop import run_training
 
     trainer = resume_run(run_dir, changes)
     assert run_training(trainer, run_dir, quiet=True) == 0

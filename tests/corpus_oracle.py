@@ -4,7 +4,7 @@ one call, no blocks, no cache. Same resolution of paths and built-in corpora."""
 import hashlib
 from dataclasses import dataclass
 
-from charlstm.corpus import CorpusFile, builtin_corpus, resolve_paths
+from charlstm.data.corpus import CorpusFile, builtin_corpus, resolve_paths
 
 
 @dataclass

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from charlstm.ranks import MpiRanks
+from charlstm.parallel.ranks import MpiRanks
 
 ranks = MpiRanks()
 for dtype in (np.float32, np.float64):

@@ -6,7 +6,7 @@ LSTM of Gers, Schraudolph & Schmidhuber 2002 and the CIFG of Greff et al. 2017, 
 ``nn.Linear`` decoder), with no tricks: layer 0's input is an explicit one-hot matrix multiplied by
 ``weight_ih`` (no row gather), biases are added separately, the softmax is an explicit
 log-sum-exp. The backward passes are derived by hand from the chain rule, one step at a
-time. Nothing is imported from ``charlstm.kernels`` or ``charlstm.network``.
+time. Nothing is imported from ``charlstm.kernels`` or ``charlstm.model.network``.
 
 Shapes: time-major inside a layer (``x`` is [T, B, D], ``hs`` is [T, B, H]); the model
 level takes ``inputs``/``targets`` as [B, T] integer arrays like ``Network`` does.

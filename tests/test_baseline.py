@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 import numpy as np
 import pytest
 
-from charlstm.baseline import kneser_ney_bits, max_exact_order
+from charlstm.tools.baseline import kneser_ney_bits, max_exact_order
 from conftest import make_text, run_cli
 
 

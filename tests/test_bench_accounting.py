@@ -2,10 +2,10 @@
 quality comparison trains by the recipe it names."""
 import pytest
 
-from charlstm.bench import CONFIGS, flops_per_char, quality_spec, step_gemm_shapes
-from charlstm.budget import recipe_for
-from charlstm.config import TrainConfig
-from charlstm.train import prepare_data
+from charlstm.tools.bench import CONFIGS, flops_per_char, quality_spec, step_gemm_shapes
+from charlstm.training.budget import recipe_for
+from charlstm.training.config import TrainConfig
+from charlstm.training.loop import prepare_data
 
 from conftest import make_text
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from charlstm.cpu import bf16_missing
+from charlstm.machine.cpu import bf16_missing
 
 pytestmark = pytest.mark.skipif(bf16_missing() is not None,
                                 reason=f"bfloat16 products need AVX512_BF16: {bf16_missing()}")
@@ -200,7 +200,7 @@ def _step_weights(w_hh, B, forward, kind="panels"):
     GH, H = w_hh.shape
     k, n = (H, GH) if forward else (GH, H)
     if kind == "mkl":
-        from charlstm.mixed import LowPrecisionWeights
+        from charlstm.model.mixed import LowPrecisionWeights
 
         params = {"rnn.weight_hh_l0": w_hh, "decoder.weight": np.zeros((3, H), np.float32)}
         weights = LowPrecisionWeights(params, 1, "mkl/panels")
@@ -379,9 +379,9 @@ PRODUCTS = ["panels/panels"] + [
 
 
 def _bf16_network(cell, num_layers, seed=0, V=13, H=40, products="panels/panels"):
-    from charlstm.config import TrainConfig
-    from charlstm.network import Network
-    from charlstm.parameters import init_params
+    from charlstm.training.config import TrainConfig
+    from charlstm.model.network import Network
+    from charlstm.model.parameters import init_params
 
     config = TrainConfig(cell=cell, hidden_size=H, num_layers=num_layers, precision="bfloat16",
                          bf16_products=products)
@@ -489,8 +489,8 @@ def test_network_drifts_from_its_twin_no_more_than_rounding_flips_allow(cell, pr
 
 def test_low_precision_is_only_for_training_passes():
     """Evaluation (loss_sum) of a bfloat16 network is the float32 network's, bit for bit."""
-    from charlstm.config import TrainConfig
-    from charlstm.network import Network
+    from charlstm.training.config import TrainConfig
+    from charlstm.model.network import Network
 
     net, V = _bf16_network("lstm", 2)
     inputs, targets, state = _chunk(net, V, 1, 9, 4)

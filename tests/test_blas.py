@@ -44,9 +44,9 @@ import json, sys
 import numpy as np
 sys.path.insert(0, {root!r})
 from charlstm.kernels.blas import BACKEND
-from charlstm.config import TrainConfig
-from charlstm.parameters import init_params
-from charlstm.network import Network
+from charlstm.training.config import TrainConfig
+from charlstm.model.parameters import init_params
+from charlstm.model.network import Network
 out = {{"backend": BACKEND}}
 for cell in ("lstm", "rnn", "gru"):
     config = TrainConfig(cell=cell, hidden_size=6, num_layers=2)

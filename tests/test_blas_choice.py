@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 import reference as ref
-from charlstm.config import TrainConfig, parse_step_weights
+from charlstm.training.config import TrainConfig, parse_step_weights
 from charlstm.errors import UserError
 from charlstm.kernels import blas_libraries
 from charlstm.kernels.blas import BLAS, format_blas, matmul_nn, parse_blas
-from charlstm.tune import resolve, tune
+from charlstm.machine.tune import resolve, tune
 from conftest import ROOT, make_text, run_cli, train_split_and_whole
 
 LAYOUTS = ["stored/stored", "transposed/stored", "stored/transposed", "transposed/transposed",
@@ -72,9 +72,9 @@ def test_the_tuner_leaves_the_library_open(tmp_path):
     With an empty kernel cache, so the kernels compile as on a fresh machine (loaded from
     the cache, a kernel's callees are not compiled, and a fault hid)."""
     script = ("import sys; sys.path.insert(0, %r)\n"
-              "from charlstm.config import TrainConfig\n"
+              "from charlstm.training.config import TrainConfig\n"
               "from charlstm.kernels.blas import BLAS\n"
-              "from charlstm.tune import tune\n"
+              "from charlstm.machine.tune import tune\n"
               "choice = tune(TrainConfig(hidden_size=32, seq_len=8, batch_size=4), 20, rounds=1)\n"
               "assert 'panels/forward' in choice.timings['step_product_s']\n"
               "BLAS.bind('numpy')\n"
@@ -104,10 +104,10 @@ _NETWORK_SCRIPT = """
 import json, sys
 import numpy as np
 sys.path.insert(0, {root!r})
-from charlstm.config import TrainConfig
+from charlstm.training.config import TrainConfig
 from charlstm.kernels.blas import BLAS
-from charlstm.parameters import init_params
-from charlstm.network import Network
+from charlstm.model.parameters import init_params
+from charlstm.model.network import Network
 out = {{"bound": BLAS.spec, "runs": []}}
 V, B, T, L = 7, 3, 5, 2
 for cell in ("lstm", "rnn", "gru"):

@@ -4,11 +4,9 @@ import json
 
 import pytest
 
-from charlstm.budget import (BUDGET_TABLE, RECIPE_SETTINGS, apply_recipe, describe,
-                             recipe_for, wants_recipe)
-from charlstm.config import (InvalidSetting, TrainConfig, format_duration, parse_duration,
-                             validate)
-from charlstm.run import start_run
+from charlstm.training.budget import (BUDGET_TABLE, RECIPE_SETTINGS, apply_recipe, describe, recipe_for, wants_recipe)
+from charlstm.training.config import (InvalidSetting, TrainConfig, format_duration, parse_duration, validate)
+from charlstm.training.run import start_run
 from conftest import make_text, run_cli
 
 FIXED_BLAS = ["--blas", "openblas", "--step-weights", "stored/stored"]

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from charlstm.cells import CELL_TABLE
-from charlstm.config import CELLS, TrainConfig
-from charlstm.parameters import init_params, param_shapes
-from charlstm.network import Network
+from charlstm.model.cells import CELL_TABLE
+from charlstm.training.config import CELLS, TrainConfig
+from charlstm.model.parameters import init_params, param_shapes
+from charlstm.model.network import Network
 
 
 @pytest.mark.parametrize("name", CELLS)
@@ -35,7 +35,7 @@ def test_sampling_codes_are_distinct():
 
 
 def test_only_the_cells_with_a_forget_gate_take_a_forget_bias():
-    from charlstm.cells import FORGET_GATE_CELLS
+    from charlstm.model.cells import FORGET_GATE_CELLS
 
     assert FORGET_GATE_CELLS == ("lstm", "peephole", "cifg")
 

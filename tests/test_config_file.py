@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from charlstm.config import TrainConfig
-from charlstm.config_file import read, write
+from charlstm.training.config import TrainConfig
+from charlstm.training.config_file import read, write
 from charlstm.errors import UserError
 from conftest import assert_same_future, make_text, run_cli
 

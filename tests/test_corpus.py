@@ -4,9 +4,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from charlstm.corpus import BUILTIN, Batches, Vocab, builtin_text, id_dtype, resolve_paths, split
+from charlstm.data.corpus import (BUILTIN, Batches, Vocab, builtin_text, id_dtype, resolve_paths, split)
 from charlstm.errors import UserError
-from charlstm.tokens import load_corpus
+from charlstm.data.tokens import load_corpus
 
 
 def read_corpus(specs, encoding="utf-8"):

@@ -182,7 +182,7 @@ def test_a_checkpoint_damaged_by_a_crash_names_the_intact_one(finished, tmp_path
 
 
 def test_a_checkpoint_cut_or_zeroed_at_any_byte_is_one_named_error(finished, tmp_path):
-    from charlstm import checkpoint as ckpt_io
+    from charlstm.model import checkpoint as ckpt_io
 
     data = (finished / "last.npz").read_bytes()
     path = tmp_path / "last.npz"

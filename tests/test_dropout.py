@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from charlstm.config import TrainConfig
-from charlstm.dropout import DropoutMasks
-from charlstm.parameters import init_params
-from charlstm.network import Network
-from charlstm.train import Trainer, prepare_data
+from charlstm.training.config import TrainConfig
+from charlstm.model.dropout import DropoutMasks
+from charlstm.model.parameters import init_params
+from charlstm.model.network import Network
+from charlstm.training.loop import Trainer, prepare_data
 
 import reference as ref
 from conftest import make_text, tiny_config, train

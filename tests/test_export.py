@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from charlstm import checkpoint as ckpt_io
-from charlstm.network import Network
+from charlstm.model import checkpoint as ckpt_io
+from charlstm.model.network import Network
 from conftest import make_text, run_cli
 
 pytest.importorskip("safetensors", reason="the export tests need pip install 'charlstm[safetensors]'")

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from charlstm import checkpoint as ckpt_io
+from charlstm.model import checkpoint as ckpt_io
 from conftest import CHARLSTM, make_text, run_cli
 
 TINY = ["--hidden-size", "8", "--num-layers", "1", "--seq-len", "8", "--batch-size", "2", "--quiet",

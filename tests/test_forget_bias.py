@@ -9,10 +9,10 @@ import re
 import numpy as np
 import pytest
 
-from charlstm.cells import CELL_TABLE
-from charlstm.config import CELLS, InvalidSetting, TrainConfig, validate
-from charlstm.network import Network
-from charlstm.parameters import init_params
+from charlstm.model.cells import CELL_TABLE
+from charlstm.training.config import CELLS, InvalidSetting, TrainConfig, validate
+from charlstm.model.network import Network
+from charlstm.model.parameters import init_params
 
 from conftest import make_text, run_cli
 

@@ -8,14 +8,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from charlstm import checkpoint as ckpt_io
-from charlstm.config import TrainConfig
-from charlstm import corpus as corpus_module
+from charlstm.model import checkpoint as ckpt_io
+from charlstm.training.config import TrainConfig
+from charlstm.data import corpus as corpus_module
 from charlstm.errors import CheckpointError, UserError
-from charlstm.parameters import init_params
-from charlstm.optim import Optimizer
-from charlstm.corpus import Vocab, CorpusFile
-from charlstm.tokens import load_corpus
+from charlstm.model.parameters import init_params
+from charlstm.training.optim import Optimizer
+from charlstm.data.corpus import Vocab, CorpusFile
+from charlstm.data.tokens import load_corpus
 from corpus_oracle import read_whole
 
 FUZZ = settings(max_examples=60, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -29,9 +29,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from charlstm.config import TrainConfig
-from charlstm.parameters import init_params, param_shapes
-from charlstm.network import Network
+from charlstm.training.config import TrainConfig
+from charlstm.model.parameters import init_params, param_shapes
+from charlstm.model.network import Network
 
 import reference as ref
 from finite_differences import EPS, REL_TOL, central_differences, rel_error

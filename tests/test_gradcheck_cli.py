@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charlstm import gradcheck as gc
-from charlstm.cells import CELL_TABLE
+from charlstm.tools import gradcheck as gc
+from charlstm.model.cells import CELL_TABLE
 from charlstm.cli import gradcheck as gradcheck_command
-from charlstm.config import CELLS, TrainConfig
-from charlstm.parameters import param_shapes
-from charlstm.network import Network
+from charlstm.training.config import CELLS, TrainConfig
+from charlstm.model.parameters import param_shapes
+from charlstm.model.network import Network
 
 
 def expected_names(cell):

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from charlstm import checkpoint as ckpt_io
-from charlstm import gradflow as gf
+from charlstm.model import checkpoint as ckpt_io
+from charlstm.tools import gradflow as gf
 from charlstm.cli import gradflow as gradflow_command
-from charlstm.config import TrainConfig
+from charlstm.training.config import TrainConfig
 from charlstm.errors import UserError
-from charlstm.parameters import init_params
-from charlstm.network import Network
-from charlstm.train import Trainer, prepare_data
+from charlstm.model.parameters import init_params
+from charlstm.model.network import Network
+from charlstm.training.loop import Trainer, prepare_data
 from conftest import make_text
 
 import reference as ref
@@ -234,7 +234,7 @@ def test_plot(run, tmp_path):
 
 def test_text_may_name_a_built_in_corpus(tmp_path):
     """TEXT = builtin:recall:N reads the same text as a file holding recall_text(N)."""
-    from charlstm.recall import recall_text
+    from charlstm.data.recall import recall_text
 
     config = TrainConfig(corpus=("builtin:recall:8",), hidden_size=5, num_layers=1,
                          seq_len=8, batch_size=2, steps=0)

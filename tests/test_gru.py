@@ -13,14 +13,14 @@ import types
 import numpy as np
 import pytest
 
-from charlstm import checkpoint as ckpt_io
-from charlstm.config import CELLS, GATES, TrainConfig
-from charlstm.corpus import Vocab
+from charlstm.model import checkpoint as ckpt_io
+from charlstm.training.config import CELLS, GATES, TrainConfig
+from charlstm.data.corpus import Vocab
 from charlstm.kernels.blas import matmul_nt
 from charlstm.kernels.gru import gru_backward, gru_forward, gru_step
-from charlstm.parameters import init_params, param_shapes
-from charlstm.network import Network
-from charlstm.sample import Sampler
+from charlstm.model.parameters import init_params, param_shapes
+from charlstm.model.network import Network
+from charlstm.model.sample import Sampler
 
 from conftest import assert_resume_is_bit_identical, make_text, tiny_config
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from charlstm.handoff import SpinningWorker
+from charlstm.parallel.handoff import SpinningWorker
 
 
 def test_jobs_run_in_order_on_another_thread_and_return_their_values():
@@ -174,7 +174,7 @@ def test_an_interrupt_while_waiting_for_a_result_comes_out_after_the_job_ends():
 
 _AT_SHUTDOWN = """
 import sys
-from charlstm.handoff import SpinningWorker
+from charlstm.parallel.handoff import SpinningWorker
 
 worker = SpinningWorker("late")
 worker.submit(int, 1)

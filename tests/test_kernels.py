@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from charlstm.config import TrainConfig
+from charlstm.training.config import TrainConfig
 from charlstm.kernels.lstm import lstm_backward, lstm_forward
 from charlstm.kernels.onehot import onehot_backward, onehot_forward
 from charlstm.kernels.rnn import rnn_backward, rnn_forward
 from charlstm.kernels.softmax import softmax_xent_grad, softmax_xent_loss
-from charlstm.parameters import init_params, param_shapes
-from charlstm.network import Network
+from charlstm.model.parameters import init_params, param_shapes
+from charlstm.model.network import Network
 
 import reference as ref
 

@@ -17,18 +17,18 @@ import zipfile
 import numpy as np
 import pytest
 
-from charlstm import checkpoint as ckpt_io
-from charlstm.cells import CELL_TABLE
-from charlstm.config import CELLS, GATES, TrainConfig
-from charlstm.corpus import Vocab
+from charlstm.model import checkpoint as ckpt_io
+from charlstm.model.cells import CELL_TABLE
+from charlstm.training.config import CELLS, GATES, TrainConfig
+from charlstm.data.corpus import Vocab
 from charlstm.errors import CheckpointError
 from charlstm.kernels.blas import matmul_nt
 from charlstm.kernels.cifg import cifg_backward, cifg_forward, cifg_step
 from charlstm.kernels.peephole import (peephole_backward, peephole_forward, peephole_step,
                                        peephole_weight_grads)
-from charlstm.network import Network
-from charlstm.parameters import init_params, param_shapes
-from charlstm.sample import Sampler
+from charlstm.model.network import Network
+from charlstm.model.parameters import init_params, param_shapes
+from charlstm.model.sample import Sampler
 
 from conftest import assert_resume_is_bit_identical, make_text, run_cli, tiny_config, \
     train_split_and_whole

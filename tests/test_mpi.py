@@ -159,6 +159,6 @@ def test_the_flag_without_a_launcher_is_refused_saying_how_to_start_it(tmp_path,
     ({}, None),
 ])
 def test_launchers_are_told_by_the_variables_they_set(environ, seen):
-    from charlstm.ranks import launched_by
+    from charlstm.parallel.ranks import launched_by
 
     assert launched_by(environ) == (None if seen is None else seen)

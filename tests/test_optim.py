@@ -4,10 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from charlstm.config import TrainConfig
-from charlstm.parameters import FlatParams
-from charlstm.optim import (ADAGRAD_EPS, ADAM_BETAS, ADAM_EPS, RMSPROP_ALPHA, RMSPROP_EPS,
-                            Optimizer, clip_grad_norm, learning_rate)
+from charlstm.training.config import TrainConfig
+from charlstm.model.parameters import FlatParams
+from charlstm.training.optim import (ADAGRAD_EPS, ADAM_BETAS, ADAM_EPS, RMSPROP_ALPHA, RMSPROP_EPS, Optimizer, clip_grad_norm, learning_rate)
 
 SHAPES = {"a": (3, 4), "b": (5,)}
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from charlstm.errors import UserError
 from charlstm.cli import plot
-from charlstm.plot import MISSING_MATPLOTLIB, read_metrics
+from charlstm.tools.plot import MISSING_MATPLOTLIB, read_metrics
 from conftest import ROOT, make_text, run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

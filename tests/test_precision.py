@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
 import pytest
 
-from charlstm.cpu import bf16_missing
+from charlstm.machine.cpu import bf16_missing
 from conftest import make_text, run_cli, train_split_and_whole
 
 TINY = ["--hidden-size", "32", "--num-layers", "2", "--seq-len", "16", "--batch-size", "8",
@@ -49,7 +48,7 @@ def test_auto_is_float32_without_bf16_products_and_bfloat16_with_them():
     import subprocess
     import sys
 
-    code = "from charlstm.cpu import resolve_precision; print(resolve_precision('auto'))"
+    code = "from charlstm.machine.cpu import resolve_precision; print(resolve_precision('auto'))"
     without = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              env={**os.environ, "NUMBA_CPU_FEATURES": _features_without_bf16()})
     assert without.stdout.strip() == "float32", without.stderr

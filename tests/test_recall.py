@@ -4,11 +4,11 @@ import hashlib
 import numpy as np
 import pytest
 
-from charlstm import recall, tokens
-from charlstm.config import TrainConfig
-from charlstm.corpus import BUILTIN, CorpusFile, builtin_text
+from charlstm.data import recall, tokens
+from charlstm.training.config import TrainConfig
+from charlstm.data.corpus import BUILTIN, CorpusFile, builtin_text
 from charlstm.errors import UserError
-from charlstm.train import prepare_data
+from charlstm.training.loop import prepare_data
 from conftest import run_cli
 from corpus_oracle import read_whole
 

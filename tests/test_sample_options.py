@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import reference as ref
-from charlstm.config import TrainConfig
-from charlstm.corpus import Vocab
+from charlstm.training.config import TrainConfig
+from charlstm.data.corpus import Vocab
 from charlstm.kernels.sampling import _draw
-from charlstm.parameters import init_params
-from charlstm.sample import STREAM_CHUNK, Sampler, stop_at
+from charlstm.model.parameters import init_params
+from charlstm.model.sample import STREAM_CHUNK, Sampler, stop_at
 from conftest import make_text, run_cli
 
 CHARS = "abcdefghij\n"

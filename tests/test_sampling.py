@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import reference as ref
-from charlstm.config import TrainConfig
-from charlstm.corpus import Vocab
-from charlstm.parameters import init_params
-from charlstm.sample import Sampler
+from charlstm.training.config import TrainConfig
+from charlstm.data.corpus import Vocab
+from charlstm.model.parameters import init_params
+from charlstm.model.sample import Sampler
 from conftest import ROOT
 
 CHARS = "abcdefghij\n"
@@ -100,7 +100,7 @@ def test_a_sample_that_fell_back_to_one_core_tries_two_again_and_keeps_its_text(
     """After a fall-back to one core (two slow two-core calls of three), every
     REPROBE_FIRST-th call tries two cores: back to two when the try is fast, and half
     as often after each try that is not. The text is the one-core text throughout."""
-    from charlstm.sample import REPROBE_FIRST, REPROBE_MAX
+    from charlstm.model.sample import REPROBE_FIRST, REPROBE_MAX
 
     m = model("lstm", 2, seed=14, hidden_size=64)
     length = 32 * (REPROBE_FIRST + 5)  # stream chunks of 32: calls past the first try
@@ -136,7 +136,7 @@ import numpy as np
 sys.path.insert(0, {root!r})
 sys.path.insert(0, {tests!r})
 from test_sampling import model
-from charlstm.sample import Sampler
+from charlstm.model.sample import Sampler
 
 m = model("lstm", 2, seed=14, hidden_size=64)
 

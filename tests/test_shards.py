@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from charlstm.config import TrainConfig
+from charlstm.training.config import TrainConfig
 from charlstm.kernels.blas import BLAS_THREADS
-from charlstm.parameters import init_params
-from charlstm.network import Network
-from charlstm.shards import ShardedNetwork, default_threads, shard_bounds
-from charlstm.train import Trainer, prepare_data
+from charlstm.model.parameters import init_params
+from charlstm.model.network import Network
+from charlstm.model.shards import ShardedNetwork, default_threads, shard_bounds
+from charlstm.training.loop import Trainer, prepare_data
 
 from conftest import assert_resume_is_bit_identical, make_text, run_cli, tiny_config
 

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from charlstm.config import TrainConfig
-from charlstm.optim import learning_rate
+from charlstm.training.config import TrainConfig
+from charlstm.training.optim import learning_rate
 from conftest import CHARLSTM, make_text, run_cli
 
 TINY = ["--hidden-size", "16", "--num-layers", "1", "--seq-len", "16", "--batch-size", "4",
@@ -75,7 +75,7 @@ def test_the_time_horizon_stays_out_of_run_files(tmp_path):
 
 
 def test_patience_stops_the_run_and_resume_respects_and_changes_it(tmp_path):
-    from charlstm.train import validations_without_improvement
+    from charlstm.training.loop import validations_without_improvement
 
     nan = float("nan")
     rows = [[s, 0, 0, v, 0, 0, 0, 0] for s, v in enumerate([3.0, nan, 2.5, 2.45, 2.6, nan, 2.44])]
@@ -96,7 +96,7 @@ def test_patience_stops_the_run_and_resume_respects_and_changes_it(tmp_path):
 
 
 def test_step_pace_scales_the_validation_estimate_by_sustained_slowdown_only():
-    from charlstm.train import _StepPace
+    from charlstm.training.loop import _StepPace
 
     pace = _StepPace(window=5, bucket_seconds=0)  # every step a bucket of its own
     pace.validation_timed()  # before a full window: the reference is the first full one
@@ -121,7 +121,7 @@ def test_step_pace_scales_the_validation_estimate_by_sustained_slowdown_only():
 def test_step_pace_of_a_tiny_model_reads_a_burst_of_load_as_a_burst():
     """1 ms steps: a burst of 30 slow steps (0.15 s) is a few buckets of a window that
     spans half a second, and changes nothing; the same load sustained does."""
-    from charlstm.train import _StepPace
+    from charlstm.training.loop import _StepPace
 
     pace = _StepPace()
     for _ in range(1000):

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from charlstm import tokens
-from charlstm import corpus
-from charlstm.corpus import Vocab
+from charlstm.data import tokens
+from charlstm.data import corpus
+from charlstm.data.corpus import Vocab
 from charlstm.errors import UserError
 from conftest import make_text
 from corpus_oracle import read_whole

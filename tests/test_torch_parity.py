@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from charlstm.config import TrainConfig
-from charlstm.parameters import init_params
-from charlstm.network import Network
+from charlstm.training.config import TrainConfig
+from charlstm.model.parameters import init_params
+from charlstm.model.network import Network
 
 torch = pytest.importorskip("torch")
 
@@ -69,8 +69,8 @@ def test_readme_snippet_loads_a_checkpoint_into_torch(tmp_path, small_corpus):
 def test_benchmark_twin_weights_load_into_charlstm(tmp_path, cell):
     """`bench --quality --same-init` copies the PyTorch twin's initial weights into
     charlstm by name: every charlstm parameter gets one of the right shape."""
-    from charlstm.bench_torch import TorchTwin
-    from charlstm.parameters import param_shapes
+    from charlstm.tools.bench_torch import TorchTwin
+    from charlstm.model.parameters import param_shapes
 
     from conftest import make_text
 
@@ -89,8 +89,8 @@ def test_benchmark_twin_trains_by_charlstm_schedule_and_dropout(tmp_path):
     """The PyTorch twin of `bench --quality` follows charlstm's learning-rate schedule
     (the rate of each step is optim.learning_rate's), drops out where charlstm does
     (training outputs vary with the draw) and validates without dropout (twice the same)."""
-    from charlstm.bench_torch import TorchTwin
-    from charlstm.optim import learning_rate
+    from charlstm.tools.bench_torch import TorchTwin
+    from charlstm.training.optim import learning_rate
 
     from conftest import make_text
 
@@ -149,7 +149,7 @@ def torch_variant_layer(cell, x, p, k, h, c):
 def test_variant_cells_match_pytorch_autograd(cell):
     """Loss, every gradient (h0 and c0 included) and the carried state over a chunk, then
     one clipped Adam step: charlstm's against torch.optim.Adam on the autograd twin."""
-    from charlstm.optim import Optimizer, clip_grad_norm
+    from charlstm.training.optim import Optimizer, clip_grad_norm
 
     V, H, L, B, T = 11, 8, 2, 3, 7
     config = TrainConfig(cell=cell, hidden_size=H, num_layers=L, clip=0.1)
@@ -202,7 +202,7 @@ def test_variant_cells_match_pytorch_autograd(cell):
 
 @pytest.mark.parametrize("cell", ["peephole", "cifg"])
 def test_benchmark_twin_refuses_the_cells_pytorch_lacks(tmp_path, cell):
-    from charlstm.bench_torch import TorchTwin
+    from charlstm.tools.bench_torch import TorchTwin
 
     from conftest import make_text
 

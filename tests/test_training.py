@@ -6,9 +6,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from charlstm import checkpoint as ckpt_io
-from charlstm.parameters import param_shapes
-from charlstm.train import Trainer, prepare_data
+from charlstm.model import checkpoint as ckpt_io
+from charlstm.model.parameters import param_shapes
+from charlstm.training.loop import Trainer, prepare_data
 
 from conftest import assert_resume_is_bit_identical, make_text, tiny_config, train
 

@@ -123,7 +123,7 @@ def test_nul_bytes_anywhere_survive_every_checkpoint_round_trip(tmp_path, offset
 
 
 def test_a_save_refuses_a_file_that_does_not_read_back(tmp_path):
-    from charlstm.checkpoint import _check_reads_back
+    from charlstm.model.checkpoint import _check_reads_back
     from charlstm.errors import CheckpointError
 
     path = tmp_path / "x.npz"
@@ -134,7 +134,7 @@ def test_a_save_refuses_a_file_that_does_not_read_back(tmp_path):
 
 
 def test_format_1_checkpoints_with_a_string_vocabulary_still_load(run, tmp_path):
-    from charlstm import checkpoint as ckpt_io
+    from charlstm.model import checkpoint as ckpt_io
 
     with np.load(run / "last.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
@@ -171,7 +171,7 @@ def test_a_directory_reads_utf16_files_and_names_every_file_it_skips(tmp_path):
 
 
 def test_files_joined_from_a_directory_never_run_into_each_other(tmp_path):
-    from charlstm.tokens import load_corpus
+    from charlstm.data.tokens import load_corpus
 
     d = tmp_path / "d"
     d.mkdir()
@@ -426,8 +426,8 @@ def test_a_duration_without_a_unit_is_refused_asking_for_one(tmp_path, where):
 
 
 def test_a_bare_number_in_a_config_file_is_refused_and_the_documented_forms_read():
-    from charlstm.config import parse_duration
-    from charlstm.config_file import option
+    from charlstm.training.config import parse_duration
+    from charlstm.training.config_file import option
     from charlstm.errors import UserError
 
     with pytest.raises(UserError, match="with its unit in quotes"):
@@ -463,7 +463,7 @@ def test_quiet_hides_the_progress_bar_only(tmp_path):
 
 
 def test_validation_reads_at_most_val_chars_characters(tmp_path):
-    from charlstm.train import Trainer, prepare_data
+    from charlstm.training.loop import Trainer, prepare_data
     from conftest import tiny_config
 
     corpus = tmp_path / "c.txt"
@@ -714,7 +714,7 @@ def test_what_a_walk_or_a_command_line_cannot_read_is_named(tmp_path):
     ("shift_jis", "\u3053\u308c\u306f\u65e5\u672c\u8a9e\u306e\u6587\u7ae0\u3067\u3059\u3002\u30c6\u30ad\u30b9\u30c8\u3002\n"),
 ])
 def test_the_encoding_hint_reads_the_text_as_written(codec, text):
-    from charlstm.corpus import suggest_encoding
+    from charlstm.data.corpus import suggest_encoding
 
     data = (text * 30).encode(codec)
     assert data.decode(suggest_encoding(data, "utf-8")) == text * 30
@@ -737,7 +737,7 @@ def test_utf8_with_a_damaged_byte_is_called_that(tmp_path):
 
 
 def test_format_1_checkpoints_of_runs_with_nul_load(run, tmp_path):
-    from charlstm import checkpoint as ckpt_io
+    from charlstm.model import checkpoint as ckpt_io
 
     with np.load(run / "last.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}

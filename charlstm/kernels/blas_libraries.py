@@ -232,7 +232,7 @@ def _load_mkl() -> Library:
         """Bytes of the packed B operand (weight) of an m x n x k product."""
         return int(sizes[kind](PACK_B, m, n, k))
 
-    bf16, bf16_pack_size = {}, None
+    bf16, bf16_sizer = {}, None
     if hasattr(lib, "cblas_gemm_bf16bf16f32_compute_64"):  # oneMKL 2020 and later
         bf16 = {op: ctypes.cast(getattr(lib, f"cblas_gemm_bf16bf16f32{suffix}_64"), _PTR).value
                 for op, suffix in (("gemm", ""), ("pack", "_pack"), ("compute", "_compute"))}
@@ -243,8 +243,9 @@ def _load_mkl() -> Library:
             """Bytes of the packed bfloat16 B operand of an m x n x k product."""
             return int(bf16_size(PACK_B, m, n, k))
 
+        bf16_sizer = bf16_pack_size
     return Library("mkl", addresses, version, kernel, packed=packed, pack_size=pack_size,
-                   bf16=bf16, bf16_pack_size=bf16_pack_size)
+                   bf16=bf16, bf16_pack_size=bf16_sizer)
 
 
 # -- numpy.dot callbacks ---------------------------------------------------------------------

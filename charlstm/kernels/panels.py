@@ -181,7 +181,7 @@ def panel_product(a, panels, out):
     C-contiguous, overwritten. Raises nothing; the caller keeps the shapes consistent.
 
     Called, not inlined: inlined into every cell kernel that can use it, it made a cold
-    start (`python -m charlstm.bench --worker jit`) take 25 s instead of 16.5 s, and
+    start (`python -m charlstm.tools.bench --worker jit`) take 25 s instead of 16.5 s, and
     whole training steps ran no faster (AMD EPYC Zen 5).
     """
     m, k = a.shape

@@ -2,7 +2,7 @@
 
 The cell step functions are the same ones the training kernels use, so sampling cannot
 drift from training. The weights arrive stacked per layer, packed in panels for
-charlstm's own product (kernels/panels.py; see ``charlstm.sample``). The cell is chosen
+charlstm's own product (kernels/panels.py; see ``charlstm.model.sample``). The cell is chosen
 by an integer code (kernels/codes.py; charlstm/cells.py gives each cell its own) so one
 compiled ``generate`` serves every cell.
 
@@ -41,7 +41,7 @@ def _advance(rank, ranks, blocks, counts, reached, cell, table0, w_ih_p, bias, w
     for k in range(L):
         for b in range(rank * blocks // ranks, (rank + 1) * blocks // ranks):
             # Block b's columns of every product, and their panels' rows (the columns were
-            # ordered block by block when the panels were packed; see charlstm.sample).
+            # ordered block by block when the panels were packed; see charlstm.model.sample).
             lo, hi = b * GHb, (b + 1) * GHb
             first, last = lo // PANEL_WIDTH, -(-hi // PANEL_WIDTH)
             if k == 0:
