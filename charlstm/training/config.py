@@ -78,7 +78,7 @@ class TrainConfig:
     lr_min: float = 0.0  # the floor of the 'cosine' schedule
     lr_horizon: int = 0  # steps over which 'cosine' decays; 0 means the run's step budget
     # Seconds of training over which 'cosine' decays when --time is the only budget: set
-    # when such a run starts (train.run_training), from the time its budget leaves for
+    # when such a run starts (loop.run_training), from the time its budget leaves for
     # the training loop; the checkpoint's `elapsed` says how far along it is. 0: none.
     lr_horizon_time: float = 0.0
     seed: int = 0

@@ -102,7 +102,7 @@ def fix_schedule_horizon(config: TrainConfig, steps_per_epoch: int) -> TrainConf
         limits.append(math.ceil(config.epochs * steps_per_epoch))
     if not limits:
         if config.time_limit is not None:
-            return config  # anneals over the time budget (train.run_training sets it)
+            return config  # anneals over the time budget (loop.run_training sets it)
         raise UsageProblem("--lr-schedule cosine needs --steps, --epochs, --time or --lr-horizon")
     return config.replace(lr_horizon=min(limits))
 
