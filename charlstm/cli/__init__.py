@@ -442,7 +442,7 @@ def _take_architecture_from(ctx, init_from, options: dict) -> None:
     from click.core import ParameterSource
 
     from charlstm.model import checkpoint as ckpt_io
-    from charlstm.training.run import ARCHITECTURE
+    from charlstm.training.config import ARCHITECTURE
 
     source = ckpt_io.load(ckpt_io.resolve_checkpoint(init_from, prefer_best=True))
     for name in ARCHITECTURE:

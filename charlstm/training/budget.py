@@ -14,14 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from charlstm.training.config import TrainConfig, format_duration
+from charlstm.training.config import ARCHITECTURE, BUDGET_FILLED, TrainConfig, format_duration
 
 # The settings a recipe may choose: the model's size and how it is trained. Anything
 # else (the cell, the corpus, the cadence, the BLAS) stays the user's or the default.
-RECIPE_SETTINGS = ("hidden_size", "num_layers", "batch_size", "seq_len", "lr",
-                   "lr_schedule", "lr_min", "dropout")
+RECIPE_SETTINGS = BUDGET_FILLED
 # The settings whose presence means the user chose the model: then no recipe applies.
-MODEL_SIZE = ("hidden_size", "num_layers")
+MODEL_SIZE = tuple(name for name in ARCHITECTURE if name in BUDGET_FILLED)
 
 
 @dataclass(frozen=True)

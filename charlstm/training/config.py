@@ -5,7 +5,7 @@ import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from charlstm.model.cells import CELL_TABLE, FORGET_GATE_CELLS
 
@@ -29,121 +29,8 @@ PRECISIONS = ("float32", "bfloat16")
 # tiles where the CPU has them). `train --blas auto` measures them (tune.py).
 BF16_PRODUCT_KINDS = ("panels", "mkl")
 
-# Settings `resume` may change: they steer how training goes on without changing what
-# the checkpoint holds (the model's shape, the optimizer's statistics, the data layout).
-# Here, not in run.py, so `info` reads a run's history without importing the trainer.
-RESUMABLE = ("lr", "lr_schedule", "warmup", "lr_decay", "lr_decay_every", "lr_min",
-             "lr_horizon", "clip", "dropout", "weight_decay", "steps", "epochs",
-             "time_limit", "save_every", "eval_every", "log_every", "val_chars", "threads", "ranks",
-             "patience", "min_delta",
-             "corpus", "encoding", "blas", "step_weights", "precision", "bf16_products")
-
 # Gates per cell: the G in PyTorch's [G*H, in] weight layout.
 GATES = {name: cell.gates for name, cell in CELL_TABLE.items()}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every hyperparameter of a run. Defaults are the CLI's defaults."""
-
-    # corpus
-    corpus: tuple = ()  # paths as given on the command line; () means the built-in corpus
-    encoding: str = "utf-8"
-    val_frac: float = 0.1
-    # Validation reads the first val_chars characters of the validation split (0: all of
-    # it), the same ones every time, so a large corpus does not spend minutes per check.
-    val_chars: int = 200_000
-    # model
-    cell: str = "lstm"
-    hidden_size: int = 256
-    num_layers: int = 2
-    # The forget gate's bias at initialisation (parameters.init_params); None: PyTorch's
-    # initialisation, like every other bias. Only for cells with a forget gate.
-    forget_bias: float | None = None
-    # regularisation
-    dropout: float = 0.0  # probability of zeroing each layer's output (inverted dropout)
-    weight_decay: float = 0.0  # decoupled (AdamW-style) shrink per step: p -= lr * wd * p
-    # batching
-    seq_len: int = 64
-    batch_size: int = 32
-    # optimisation
-    optimizer: str = "adam"
-    lr: float = 2e-3
-    momentum: float = 0.0
-    clip: float = 5.0
-    lr_schedule: str = "constant"
-    warmup: int = 0
-    lr_decay: float = 0.5  # the factor of the 'step' schedule
-    lr_decay_every: int = 0  # steps between 'step' decays; 0 means one epoch
-    lr_min: float = 0.0  # the floor of the 'cosine' schedule
-    lr_horizon: int = 0  # steps over which 'cosine' decays; 0 means the run's step budget
-    # Seconds of training over which 'cosine' decays when --time is the only budget: set
-    # when such a run starts (loop.run_training), from the time its budget leaves for
-    # the training loop; the checkpoint's `elapsed` says how far along it is. 0: none.
-    lr_horizon_time: float = 0.0
-    seed: int = 0
-    # compute: the cores a training step uses, one row shard of the batch each (at most
-    # B shards; shards.py). Saved with the run because it fixes the order in which the
-    # shards' gradients are summed, so a resume continues with the same rounding.
-    threads: int = 1
-    # The processes of the run (MPI ranks, ranks.py), each training its rows of the batch
-    # on `threads` cores. Saved because it fixes the gradients' summation order too.
-    ranks: int = 1
-    # compute: the BLAS behind the matrix products, as LIBRARY or STEP/CHUNK (the per-time-
-    # step products of the recurrences, and all the others; kernels/blas.py), and which copy
-    # of weight_hh the forward/backward step products read: "stored" (PyTorch's [G*H, H]),
-    # "transposed" (a [H, G*H] copy), "packed" (packed by the step library once per chunk;
-    # oneMKL only) or "panels" (packed once per chunk into column panels for charlstm's own
-    # register-blocked product, kernels/panels.py, no BLAS). `train --blas auto` measures
-    # these choices on the machine (tune.py).
-    # Saved with the run because each choice rounds float32 its own way.
-    blas: str = "openblas"
-    step_weights: str = "stored/stored"
-    # The operands of a training step's matrix products (PRECISIONS): bfloat16 needs a CPU
-    # with AVX512_BF16 (cpu.py); validation, evaluation and sampling run in float32 either
-    # way, from the float32 master weights. Saved because it decides the rounding.
-    precision: str = "float32"
-    # With bfloat16: STEP/CHUNK, each of BF16_PRODUCT_KINDS. Saved: each rounds its way.
-    bf16_products: str = "panels/panels"
-    # budget: the run stops at whichever is reached first; None means no limit of that kind
-    steps: int | None = None
-    epochs: float | None = None
-    time_limit: float | None = None  # seconds, per invocation
-    # early stopping: end the run after `patience` validations in a row that do not beat
-    # the best so far by at least `min_delta` bpc (0: never)
-    patience: int = 0
-    min_delta: float = 0.0
-    # cadence
-    save_every: int = 200
-    eval_every: int = 0  # 0 means at the end of every epoch and of the run
-    log_every: int = 10
-
-    def to_json_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["corpus"] = list(self.corpus)
-        return d
-
-    @classmethod
-    def from_json_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
-        d = dict(d)
-        d["corpus"] = tuple(d.get("corpus", ()))
-        return cls(**d)
-
-    def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
-
-    @property
-    def gates(self) -> int:
-        return GATES[self.cell]
-
-    @property
-    def step_layouts(self) -> tuple[str, str]:
-        """The copies of weight_hh the forward and the backward step products read."""
-        return parse_step_weights(self.step_weights)
 
 
 def _is_int(value) -> bool:
@@ -203,97 +90,6 @@ def _encoding(v):
     return None
 
 
-# What every setting may be: one rule each, used by the command line (after its option
-# types) and by the checkpoint loader alike. A rule returns None, or what the value
-# should have been.
-RULES = {
-    "corpus": _corpus,
-    "encoding": _encoding,
-    "val_frac": _real_in(0, 1),
-    "val_chars": _int_at_least(0),
-    "patience": _int_at_least(0),
-    "min_delta": _real_in(0),
-    "ranks": _int_at_least(1),
-    "cell": _one_of(CELLS),
-    "hidden_size": _int_at_least(1),
-    "num_layers": _int_at_least(1),
-    "forget_bias": _optional(_real_in(-math.inf)),
-    "dropout": _real_in(0, 1),
-    "weight_decay": _real_in(0),
-    "seq_len": _int_at_least(1),
-    "batch_size": _int_at_least(1),
-    "optimizer": _one_of(OPTIMIZERS),
-    "lr": _real_in(0, low_open=True),
-    "momentum": _real_in(0, 1),
-    "clip": _real_in(0),
-    "lr_schedule": _one_of(LR_SCHEDULES),
-    "warmup": _int_at_least(0),
-    "lr_decay": _real_in(0, 1, low_open=True, high_open=False),
-    "lr_decay_every": _int_at_least(0),
-    "lr_min": _real_in(0),
-    "lr_horizon": _int_at_least(0),
-    "lr_horizon_time": _real_in(0),
-    "seed": _int_at_least(0),
-    "threads": _int_at_least(1),
-    "blas": None,  # filled in below: its parser lives with the BLAS libraries
-    "step_weights": None,
-    "precision": _one_of(PRECISIONS),
-    "bf16_products": None,
-    "steps": _optional(_int_at_least(0)),
-    "epochs": _optional(_real_in(0, low_open=True)),
-    "time_limit": _optional(_real_in(0, low_open=True)),
-    "save_every": _int_at_least(1),
-    "eval_every": _int_at_least(0),
-    "log_every": _int_at_least(1),
-}
-
-
-class InvalidSetting(ValueError):
-    """A setting outside what charlstm can run; ``name`` is the TrainConfig field."""
-
-    def __init__(self, name: str, value, expected: str):
-        super().__init__(f"invalid {name}: {value!r} (expected {expected})")
-        self.name, self.value, self.expected = name, value, expected
-
-
-def validate(config: TrainConfig) -> TrainConfig:
-    """Return ``config`` if every setting is one charlstm can run; raise InvalidSetting
-    for the first that is not (its message names the setting, the value and what it
-    should be)."""
-    rules = dict(RULES, step_weights=_parses(parse_step_weights, "FORWARD/BACKWARD, each "
-                                             + " or ".join(STEP_WEIGHT_COPIES)),
-                 blas=_parses(_parse_blas, "LIBRARY or STEP/CHUNK, e.g. openblas or mkl/openblas"),
-                 bf16_products=_parses(parse_bf16_products, "STEP/CHUNK, each "
-                                       + " or ".join(BF16_PRODUCT_KINDS)))
-    for f in dataclasses.fields(config):
-        problem = rules[f.name](getattr(config, f.name))
-        if problem is not None:
-            raise InvalidSetting(f.name, getattr(config, f.name), problem)
-    if config.forget_bias is not None and config.cell not in FORGET_GATE_CELLS:
-        raise InvalidSetting("forget_bias", config.forget_bias,
-                             f"no value with cell {config.cell}, which has no forget gate; "
-                             f"{', '.join(FORGET_GATE_CELLS[:-1])} and {FORGET_GATE_CELLS[-1]} "
-                             f"have one")
-    if config.lr_schedule == "cosine" and config.lr_min > config.lr:
-        raise InvalidSetting("lr_min", config.lr_min,
-                             f"at most --lr ({config.lr:g}): the cosine schedule falls from "
-                             f"--lr to --lr-min")
-    if config.patience > 0 and config.val_frac == 0:
-        raise InvalidSetting("patience", config.patience,
-                             "0 without a validation split (--val-frac 0): early stopping "
-                             "counts validations")
-    return config
-
-
-def _parse_blas(text):
-    from charlstm.kernels.blas_libraries import parse_blas
-
-    return parse_blas(text)
-
-
-DEFAULTS = TrainConfig()  # the one place each default is written
-
-
 def parse_step_weights(text: str) -> tuple[str, str]:
     """(forward, backward) of 'FORWARD/BACKWARD', each one of STEP_WEIGHT_COPIES.
     Raises ValueError otherwise."""
@@ -314,6 +110,197 @@ def parse_bf16_products(text: str) -> tuple[str, str]:
         raise ValueError(f"bfloat16 products {text!r} are not STEP/CHUNK, each one of "
                          f"{', '.join(BF16_PRODUCT_KINDS)}")
     return parts[0], parts[1]
+
+
+def _parse_blas(text):
+    from charlstm.kernels.blas_libraries import parse_blas
+
+    return parse_blas(text)
+
+
+# What each setting is, for the code that must treat settings alike (one list each,
+# derived below, never written out elsewhere):
+ARCHITECTURE_KIND = "architecture"  # the model's shape: --init-from takes it from its checkpoint
+RESUMABLE_KIND = "resumable"  # steers how training goes on: `resume` may change it
+MACHINE_KIND = "machine"  # how this machine computes: `resume` may change it (it rounds otherwise)
+DERIVED_KIND = "derived"  # set by charlstm when a run starts, never by the user
+FIXED_KIND = "fixed"  # chosen when a run starts, kept for its life
+DEFAULT_EPOCHS = 10  # the budget of a run that names none
+
+
+def setting(default, kind: str, rule, budget: bool = False, option: str | None = None):
+    """A TrainConfig field: its default, its kind (above), its validation rule (a
+    function of the value returning None, or what the value should have been), whether
+    the budget table may fill it (budget.py), and its command-line option when that is
+    not named after it."""
+    return field(default=default, metadata={"kind": kind, "rule": rule, "budget": budget,
+                                            "option": option})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run, saved in its checkpoint. Defaults are the command line's."""
+
+    # corpus
+    corpus: tuple = setting((), RESUMABLE_KIND, _corpus)  # as given; (): the built-in corpus
+    encoding: str = setting("utf-8", RESUMABLE_KIND, _encoding)
+    val_frac: float = setting(0.1, FIXED_KIND, _real_in(0, 1))
+    # Validation reads the first val_chars characters of the validation split (0: all of
+    # it), the same ones every time, so a large corpus does not spend minutes per check.
+    val_chars: int = setting(200_000, RESUMABLE_KIND, _int_at_least(0))
+    # model
+    cell: str = setting("lstm", ARCHITECTURE_KIND, _one_of(CELLS))
+    hidden_size: int = setting(256, ARCHITECTURE_KIND, _int_at_least(1), budget=True)
+    num_layers: int = setting(2, ARCHITECTURE_KIND, _int_at_least(1), budget=True)
+    # The forget gate's bias at initialisation (parameters.init_params); None: PyTorch's
+    # initialisation, like every other bias. Only for cells with a forget gate.
+    forget_bias: float | None = setting(None, FIXED_KIND, _optional(_real_in(-math.inf)))
+    # regularisation: the probability of zeroing each layer's output (inverted dropout),
+    # and the decoupled (AdamW-style) shrink per step, p -= lr * wd * p
+    dropout: float = setting(0.0, RESUMABLE_KIND, _real_in(0, 1), budget=True)
+    weight_decay: float = setting(0.0, RESUMABLE_KIND, _real_in(0))
+    # batching
+    seq_len: int = setting(64, FIXED_KIND, _int_at_least(1), budget=True)
+    batch_size: int = setting(32, FIXED_KIND, _int_at_least(1), budget=True)
+    # optimisation
+    optimizer: str = setting("adam", FIXED_KIND, _one_of(OPTIMIZERS))
+    lr: float = setting(2e-3, RESUMABLE_KIND, _real_in(0, low_open=True), budget=True)
+    momentum: float = setting(0.0, FIXED_KIND, _real_in(0, 1))
+    clip: float = setting(5.0, RESUMABLE_KIND, _real_in(0))
+    lr_schedule: str = setting("constant", RESUMABLE_KIND, _one_of(LR_SCHEDULES), budget=True)
+    warmup: int = setting(0, RESUMABLE_KIND, _int_at_least(0))
+    # the factor of the 'step' schedule, and the steps between its decays (0: one epoch)
+    lr_decay: float = setting(0.5, RESUMABLE_KIND, _real_in(0, 1, low_open=True, high_open=False))
+    lr_decay_every: int = setting(0, RESUMABLE_KIND, _int_at_least(0))
+    lr_min: float = setting(0.0, RESUMABLE_KIND, _real_in(0), budget=True)  # the cosine's floor
+    # steps over which 'cosine' decays; 0 means the run's step budget
+    lr_horizon: int = setting(0, RESUMABLE_KIND, _int_at_least(0))
+    # Seconds of training over which 'cosine' decays when --time is the only budget: set
+    # when such a run starts (loop.run_training), from the time its budget leaves for
+    # the training loop; the checkpoint's `elapsed` says how far along it is. 0: none.
+    lr_horizon_time: float = setting(0.0, DERIVED_KIND, _real_in(0))
+    seed: int = setting(0, FIXED_KIND, _int_at_least(0))
+    # compute: the cores a training step uses, one row shard of the batch each (at most
+    # B shards; shards.py). Saved with the run because it fixes the order in which the
+    # shards' gradients are summed, so a resume continues with the same rounding. The
+    # default, every core the process may use at most B, is the plan's (plan.py).
+    threads: int = setting(1, MACHINE_KIND, _int_at_least(1))
+    # The processes of the run (MPI ranks, ranks.py), each training its rows of the batch
+    # on `threads` cores. Saved because it fixes the gradients' summation order too.
+    ranks: int = setting(1, DERIVED_KIND, _int_at_least(1))
+    # compute: the BLAS behind the matrix products, as LIBRARY or STEP/CHUNK (the per-time-
+    # step products of the recurrences, and all the others; kernels/blas.py), and which copy
+    # of weight_hh the forward/backward step products read: "stored" (PyTorch's [G*H, H]),
+    # "transposed" (a [H, G*H] copy), "packed" (packed by the step library once per chunk;
+    # oneMKL only) or "panels" (packed once per chunk into column panels for charlstm's own
+    # register-blocked product, kernels/panels.py, no BLAS). `train --blas auto` measures
+    # these choices on the machine (tune.py); these defaults are what a run that chose
+    # none computes with. Saved with the run because each choice rounds float32 its own way.
+    blas: str = setting("openblas", MACHINE_KIND,
+                        _parses(_parse_blas, "LIBRARY or STEP/CHUNK, e.g. openblas or mkl/openblas"))
+    step_weights: str = setting("stored/stored", MACHINE_KIND,
+                                _parses(parse_step_weights, "FORWARD/BACKWARD, each "
+                                        + " or ".join(STEP_WEIGHT_COPIES)))
+    # The operands of a training step's matrix products (PRECISIONS): bfloat16 needs a CPU
+    # with AVX512_BF16 (cpu.py); validation, evaluation and sampling run in float32 either
+    # way, from the float32 master weights. Saved because it decides the rounding.
+    precision: str = setting("float32", MACHINE_KIND, _one_of(PRECISIONS))
+    # With bfloat16: STEP/CHUNK, each of BF16_PRODUCT_KINDS. Saved: each rounds its way.
+    bf16_products: str = setting("panels/panels", MACHINE_KIND,
+                                 _parses(parse_bf16_products, "STEP/CHUNK, each "
+                                         + " or ".join(BF16_PRODUCT_KINDS)))
+    # budget: the run stops at whichever is reached first; None means no limit of that
+    # kind (a run that names none trains DEFAULT_EPOCHS epochs); time_limit is seconds,
+    # per invocation
+    steps: int | None = setting(None, RESUMABLE_KIND, _optional(_int_at_least(0)))
+    epochs: float | None = setting(None, RESUMABLE_KIND, _optional(_real_in(0, low_open=True)))
+    time_limit: float | None = setting(None, RESUMABLE_KIND, _optional(_real_in(0, low_open=True)),
+                                       option="time")
+    # early stopping: end the run after `patience` validations in a row that do not beat
+    # the best so far by at least `min_delta` bpc (0: never)
+    patience: int = setting(0, RESUMABLE_KIND, _int_at_least(0))
+    min_delta: float = setting(0.0, RESUMABLE_KIND, _real_in(0))
+    # cadence: steps between saves, validations (0: each epoch's end) and log lines
+    save_every: int = setting(200, RESUMABLE_KIND, _int_at_least(1))
+    eval_every: int = setting(0, RESUMABLE_KIND, _int_at_least(0))
+    log_every: int = setting(10, RESUMABLE_KIND, _int_at_least(1))
+
+    def to_json_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["corpus"] = list(self.corpus)
+        return d
+
+    @classmethod
+    def from_json_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {', '.join(unknown)}")
+        d = dict(d)
+        d["corpus"] = tuple(d.get("corpus", ()))
+        return cls(**d)
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+    @property
+    def step_layouts(self) -> tuple[str, str]:
+        """The copies of weight_hh the forward and the backward step products read."""
+        return parse_step_weights(self.step_weights)
+
+
+def _fields_where(test) -> tuple:
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if test(f.metadata))
+
+
+# The lists other modules need, derived from the declaration above.
+ARCHITECTURE = _fields_where(lambda m: m["kind"] == ARCHITECTURE_KIND)
+RESUMABLE = _fields_where(lambda m: m["kind"] in (RESUMABLE_KIND, MACHINE_KIND)) + ("ranks",)
+MACHINE = _fields_where(lambda m: m["kind"] == MACHINE_KIND)
+DERIVED = _fields_where(lambda m: m["kind"] == DERIVED_KIND)
+BUDGET_FILLED = _fields_where(lambda m: m["budget"])
+RULES = {f.name: f.metadata["rule"] for f in dataclasses.fields(TrainConfig)}
+OPTION_OF = {f.name: f.metadata["option"] for f in dataclasses.fields(TrainConfig)
+             if f.metadata["option"]}  # settings whose option is not named after them
+
+
+class InvalidSetting(ValueError):
+    """A setting outside what charlstm can run; ``name`` is the TrainConfig field."""
+
+    def __init__(self, name: str, value, expected: str):
+        super().__init__(f"invalid {name}: {value!r} (expected {expected})")
+        self.name, self.value, self.expected = name, value, expected
+
+
+def validate(config: TrainConfig) -> TrainConfig:
+    """Return ``config`` if every setting is one charlstm can run; raise InvalidSetting
+    for the first that is not (its message names the setting, the value and what it
+    should be)."""
+    for f in dataclasses.fields(config):
+        problem = RULES[f.name](getattr(config, f.name))
+        if problem is not None:
+            raise InvalidSetting(f.name, getattr(config, f.name), problem)
+    if config.forget_bias is not None and config.cell not in FORGET_GATE_CELLS:
+        raise InvalidSetting("forget_bias", config.forget_bias,
+                             f"no value with cell {config.cell}, which has no forget gate; "
+                             f"{', '.join(FORGET_GATE_CELLS[:-1])} and {FORGET_GATE_CELLS[-1]} "
+                             f"have one")
+    if config.lr_schedule == "cosine" and config.lr_min > config.lr:
+        raise InvalidSetting("lr_min", config.lr_min,
+                             f"at most --lr ({config.lr:g}): the cosine schedule falls from "
+                             f"--lr to --lr-min")
+    if config.patience > 0 and config.val_frac == 0:
+        raise InvalidSetting("patience", config.patience,
+                             "0 without a validation split (--val-frac 0): early stopping "
+                             "counts validations")
+    return config
+
+
+DEFAULTS = TrainConfig()  # the one place each default is written
 
 
 _DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]*)")

@@ -22,7 +22,7 @@ import sys
 import typing
 from pathlib import Path
 
-from charlstm.training.config import TrainConfig, format_duration, parse_duration
+from charlstm.training.config import DERIVED, OPTION_OF, TrainConfig, format_duration, parse_duration
 from charlstm.errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -31,10 +31,10 @@ else:  # pragma: no cover - exercised on older Pythons only
     import tomli as tomllib
 
 TABLE = "train"
-# TrainConfig fields a file may not set: those a run derives when it starts (the time
-# horizon of a cosine schedule that follows --time). Keys a file may set that are not fields:
-DERIVED = {"lr_horizon_time", "ranks"}
-EXTRA_KEYS = {"time": "time_limit"}
+# A file may set every TrainConfig field but those a run derives when it starts
+# (config.DERIVED), under the option's name where that is not the field's (time_limit:
+# time).
+EXTRA_KEYS = {option: name for name, option in OPTION_OF.items()}
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)
            if f.name not in DERIVED and f.name not in EXTRA_KEYS.values()}
 _HINTS = typing.get_type_hints(TrainConfig)

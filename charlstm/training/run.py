@@ -16,7 +16,8 @@ from pathlib import Path
 
 from charlstm.model import checkpoint as ckpt_io
 from charlstm.training.budget import apply_recipe, describe, recipe_for, wants_recipe
-from charlstm.training.config import RESUMABLE, InvalidSetting, TrainConfig, validate
+from charlstm.training.config import (ARCHITECTURE, DEFAULT_EPOCHS, OPTION_OF, RESUMABLE,
+                                      InvalidSetting, TrainConfig, validate)
 from charlstm.machine.cpu import bf16_missing, resolve_precision
 from charlstm.errors import UsageProblem, UserError
 from charlstm.training.lock import RunLock
@@ -25,10 +26,6 @@ from charlstm.data.tokens import CACHE_DIR_NAME, fingerprint, write_cache
 from charlstm.training.loop import (VALIDATION_SLACK_SECONDS, Trainer, batches_for, prepare_data, validations_without_improvement)
 from charlstm.machine.tune import fall_back_if_missing, resolve
 
-DEFAULT_EPOCHS = 10  # the budget of a run that names none
-OPTION_OF = {"time_limit": "time"}  # settings whose option is not named after them
-# What --init-from takes from its checkpoint: the model's shape and vocabulary.
-ARCHITECTURE = ("cell", "hidden_size", "num_layers")
 
 
 class BudgetReached(UserError):
