@@ -177,8 +177,9 @@ def _short(error: BaseException) -> str:
 
 def _written_by_charlstm(path: Path) -> str | None:
     """Why the unreadable file ``path`` is a damaged checkpoint rather than some other
-    file: empty, zeros where its header should be, or a checkpoint's start with its end
-    missing or overwritten. None when it does not start as a checkpoint does."""
+    file: empty, cut short, zeros from some byte on, a checkpoint's start with its end
+    missing or overwritten, or a checkpoint's zip directory behind an overwritten start.
+    None when neither its start nor its end looks like a checkpoint's."""
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
@@ -196,6 +197,18 @@ def _written_by_charlstm(path: Path) -> str | None:
         if b"PK\x05\x06" not in tail:
             return f"it is cut short or its end is overwritten (it ends at byte {size:,} with no zip directory)"
         return "its zip directory is overwritten"
+    if size < 30 + len(_FIRST_MEMBER) and _ZIP_LOCAL_HEADER.startswith(head[:4]):
+        return f"it is cut short (it ends at byte {size:,})"
+    written = head.rstrip(b"\0")
+    tail_start = max(0, size - len(tail))
+    last_written = tail_start + len(tail.rstrip(b"\0"))  # the end of the last non-zero byte seen
+    if written and _ZIP_LOCAL_HEADER.startswith(written[:4]) and last_written <= max(len(written), tail_start):
+        return f"it is zeros from byte {len(written):,} on" if len(written) < len(head) else \
+            "its end is zeros"
+    # The start is overwritten but the zip directory at the end still lists the members
+    # charlstm writes, the first of which is always the configuration.
+    if b"PK\x05\x06" in tail and b"PK\x01\x02" in tail and _FIRST_MEMBER in tail:
+        return "its first bytes are overwritten"
     return None
 
 
@@ -232,6 +245,20 @@ class _NpzReader:
     def close(self):
         self.zip.close()
 
+    def _holds_member(self, key: str) -> bool:
+        """Whether the file's bytes hold a zip local header for member ``key`` (a key the
+        directory does not list is then damage, not a file written without it)."""
+        name = key.encode() + b".npy"
+        with open(self.path, "rb") as f:
+            data = f.read()
+        at = data.find(_ZIP_LOCAL_HEADER)
+        while at >= 0:
+            name_length = int.from_bytes(data[at + 26:at + 28], "little")
+            if name_length == len(name) and data[at + 30:at + 30 + len(name)] == name:
+                return True
+            at = data.find(_ZIP_LOCAL_HEADER, at + 1)
+        return False
+
     def __contains__(self, key):
         return key in self.members
 
@@ -239,6 +266,9 @@ class _NpzReader:
         """Read member ``key``; ``check(dtype, shape)`` returns an error string or None."""
         info = self.members.get(key)
         if info is None:
+            if self._holds_member(key):
+                raise Damaged(f"its zip directory is overwritten: it does not list the {key!r} "
+                              f"array the file holds")
             raise CheckpointError(f"checkpoint lacks the key {key!r}")
         try:
             with self.zip.open(info) as f:
