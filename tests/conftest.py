@@ -104,11 +104,13 @@ def train(config, out_dir):
 
 def resume(run_dir, **changes):
     """Resume ``run_dir``'s last.npz in-process with the configuration ``changes``, the
-    way `charlstm resume` does (charlstm.training.run.resume_run: corpus check included)."""
-    from charlstm.training.run import resume_run
+    way `charlstm resume` does (plan.plan_resume and run.resume_run: corpus check
+    included)."""
     from charlstm.training.loop import run_training
+    from charlstm.training.plan import plan_resume
+    from charlstm.training.run import resume_run
 
-    trainer = resume_run(run_dir, changes)
+    trainer = resume_run(plan_resume(run_dir, changes))
     assert run_training(trainer, run_dir, quiet=True) == 0
     return trainer
 

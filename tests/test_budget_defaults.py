@@ -6,6 +6,7 @@ import pytest
 
 from charlstm.training.budget import (BUDGET_TABLE, RECIPE_SETTINGS, apply_recipe, describe, recipe_for, wants_recipe)
 from charlstm.training.config import (InvalidSetting, TrainConfig, format_duration, parse_duration, validate)
+from charlstm.training.plan import MachineRequest, plan_new_run
 from charlstm.training.run import start_run
 from conftest import make_text, run_cli
 
@@ -85,17 +86,17 @@ def test_durations_print_as_they_are_read():
         assert parse_duration(format_duration(seconds)) == seconds
 
 
-def test_start_run_takes_the_recipe_only_when_given_is_passed(tmp_path):
+def test_a_plan_takes_the_recipe_only_when_given_is_passed(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(30_000))
-    config = TrainConfig(corpus=(str(corpus),), time_limit=60.0, threads=1)
-    trainer, _ = start_run(config, tmp_path / "as-is", blas="openblas",
-                           step_weights="stored/stored")
+    settings = dict(corpus=(str(corpus),), time_limit=60.0, threads=1)
+    request = MachineRequest(blas="openblas", step_weights="stored/stored")
+    trainer, _ = start_run(plan_new_run(settings, None, request, tmp_path / "as-is"))
     trainer.lock.release()
     assert trainer.config.lr_schedule == "constant" and not trainer.notes
     recipe = recipe_for(len(trainer.data.train_ids), 60.0)
-    trainer, _ = start_run(config, tmp_path / "table", blas="openblas",
-                           step_weights="stored/stored", given={"dropout"})
+    trainer, _ = start_run(plan_new_run(dict(settings, dropout=0.0), {"dropout"}, request,
+                                        tmp_path / "table"))
     trainer.lock.release()
     for name, value in recipe.settings.items():
         assert getattr(trainer.config, name) == (0.0 if name == "dropout" else value)

@@ -6,6 +6,7 @@ charlstm ...`` runs it too, and ``python cli.py ...`` from a checkout.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import signal
@@ -53,7 +54,7 @@ import click
 from charlstm import __version__
 from charlstm.cli import console, standard_output
 from charlstm.tools.bench import QUALITY_RECIPES
-from charlstm.training.config import (CELLS, DEFAULTS, LR_SCHEDULES, OPTIMIZERS, TrainConfig, parse_duration)
+from charlstm.training.config import CELLS, DEFAULTS, LR_SCHEDULES, OPTIMIZERS, parse_duration
 from charlstm.machine.cpu import DEFAULT_PRECISION, PRECISION_CHOICES
 from charlstm.errors import AnotherRankFailed, UsageProblem, UserError
 from charlstm.tools.gradflow import (DEFAULT_CHUNKS as DEFAULT_FLOW_CHUNKS, DEFAULT_LENGTH as DEFAULT_FLOW_LENGTH)
@@ -372,35 +373,25 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, bf16_products, retu
     the built-in corpus: the Python language reference that ships with every CPython.
     Writes RUN_DIR/last.npz, best.npz and metrics.jsonl.
     """
-    from charlstm.training.run import start_run
-    from charlstm.training.loop import run_training
+    from charlstm.api import train_planned
+    from charlstm.training.plan import MachineRequest, plan_new_run
 
     if retune and blas != "auto":
         raise click.UsageError("--retune measures the products again: it goes with --blas auto")
-    paths = paths or ctx.meta.get("run_file_corpus", ())
-
-    cadence = {k: options.pop(k) for k in ("save_every", "eval_every", "log_every")}
-    cadence = {k: v for k, v in cadence.items() if v is not None}
     ranks = _ranks(ctx, distributed)
-    if options["threads"] is None:
-        from charlstm.model.shards import default_threads
-        rows = -(-options["batch_size"] // ranks.size)
-        options["threads"] = default_threads(rows) if ranks.size == 1 else max(
-            1, min(rows, default_threads(rows) // ranks.local_size()))
-    if init_from is not None:
-        _take_architecture_from(ctx, init_from, options)
-    board = _board_dir(tensorboard, None) if tensorboard else None  # a named one: checked first
-    trainer, out_dir = start_run(TrainConfig(corpus=tuple(paths), **options, **cadence),
-                                 Path(out) if out else None, force, blas, step_weights,
-                                 precision=precision, retune=retune,
-                                 bf16_products=bf16_products, init_from=init_from,
-                                 ranks=ranks, given=_given(ctx, options))
-    _announce(trainer, out_dir)
-    if tensorboard == "":
-        board = _board_dir(tensorboard, out_dir)
-    status = run_training(trainer, out_dir, quiet=quiet or not ranks.is_root,
-                          started=INVOCATION_STARTED, tensorboard=board)
-    _finish(trainer, out_dir, status)
+    settings = {k: v for k, v in options.items() if v is not None}  # None: the default
+    settings["corpus"] = tuple(paths or ctx.meta.get("run_file_corpus", ()))
+    plan = plan_new_run(settings, _given(ctx, options),
+                        MachineRequest(blas, step_weights, precision, bf16_products, retune),
+                        Path(out) if out else None, force, init_from, ranks)
+    run = train_planned(plan, ranks, echo=_say, progress=not quiet, started=INVOCATION_STARTED,
+                        tensorboard=tensorboard)
+    if run.status:
+        sys.exit(run.status)
+
+
+def _say(line: str) -> None:
+    click.echo(line, err=True)
 
 
 def _given(ctx, options: dict) -> set[str]:
@@ -412,20 +403,6 @@ def _given(ctx, options: dict) -> set[str]:
             if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)}
 
 
-def _board_dir(option: str | None, run_dir: Path) -> Path | None:
-    """--tensorboard's directory, made now: a directory that cannot be written is refused
-    before training starts."""
-    if option is None:
-        return None
-    directory = Path(run_dir) / "tensorboard" if option == "" else Path(option)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"--tensorboard: cannot write {directory} ({e.strerror or e}); "
-                        f"choose another directory") from None
-    return directory
-
-
 def _ranks(ctx, distributed: str):
     """The run's processes: this one alone, or the ranks of the MPI job it is part of;
     refused when that does not match how the process was started (ranks.ranks_for)."""
@@ -434,63 +411,6 @@ def _ranks(ctx, distributed: str):
     ranks = ranks_for(distributed)
     ctx.obj["ranks"] = ranks
     return ranks
-
-
-def _take_architecture_from(ctx, init_from, options: dict) -> None:
-    """With --init-from, the cell and sizes not given on the command line (or in
-    --config's file) are the checkpoint's; start_run refuses ones that differ."""
-    from click.core import ParameterSource
-
-    from charlstm.model import checkpoint as ckpt_io
-    from charlstm.training.config import ARCHITECTURE
-
-    source = ckpt_io.load(ckpt_io.resolve_checkpoint(init_from, prefer_best=True))
-    for name in ARCHITECTURE:
-        if ctx.get_parameter_source(name) in (ParameterSource.DEFAULT, None):
-            options[name] = getattr(source.config, name)
-
-
-def _announce(trainer, out_dir: Path) -> None:
-    if not trainer.ranks.is_root:
-        return  # rank 0 speaks for the run
-    for note in trainer.notes:  # what the user must know about the input
-        click.echo(f"Note: {note}", err=True)
-    cfg, data = trainer.config, trainer.data
-    from charlstm.model.parameters import count_params
-    click.echo(
-        f"charlstm {__version__}: {cfg.cell} {cfg.num_layers}x{cfg.hidden_size}, "
-        f"{count_params(trainer.net.params.shapes):,} parameters, vocabulary {len(data.vocab)}, "
-        f"{len(data.train_ids):,} training / {len(data.val_ids):,} validation characters, "
-        f"{data.batches.steps_per_epoch} steps per epoch; writing {out_dir}", err=True)
-    from charlstm.kernels.blas import BLAS
-    if cfg.precision == "bfloat16":
-        from charlstm.training.config import parse_bf16_products
-
-        step, chunk = parse_bf16_products(cfg.bf16_products)
-        where = {"panels": "charlstm's panels", "mkl": "oneMKL"}
-        on = (f"on {where[step]}" if step == chunk
-              else f"step products on {where[step]}, chunk products on {where[chunk]}")
-        products = (f"bfloat16 products (float32 accumulation) {on}; validation in float32 "
-                    f"on {BLAS.describe()}")
-    else:
-        products = f"matrix products on {BLAS.describe()}; step weights {cfg.step_weights}"
-    tuning = trainer.tuning
-    how = ("" if tuning is None else
-           "; chosen by an earlier measurement here (--retune measures again)" if tuning.remembered
-           else "; measured now")
-    click.echo(f"{products}, {cfg.threads} thread{'s' if cfg.threads != 1 else ''}{how}", err=True)
-
-
-def _finish(trainer, out_dir: Path, status: int) -> None:
-    from charlstm.training.loop import checkpoint_lines
-
-    if trainer.ranks.is_root:  # rank 0 speaks for the run
-        if trainer.stop_reason:
-            click.echo(f"Note: {trainer.stop_reason}", err=True)
-        for line in checkpoint_lines(trainer, out_dir, stopped=bool(status)):
-            click.echo(line, err=True)
-    if status:
-        sys.exit(status)
 
 
 @main.command()
@@ -527,8 +447,8 @@ def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_
     never stopped. A new --lr, schedule, --clip, --dropout, --weight-decay or --corpus
     continues from the same weights and optimizer state under the new setting (recorded
     in the run's history), which is then no longer that run."""
-    from charlstm.training.run import resume_run
-    from charlstm.training.loop import run_training
+    from charlstm.api import train_planned
+    from charlstm.training.plan import MachineRequest, plan_resume
 
     changes = {k: v for k, v in settings.items() if v is not None}
     if steps is not None or epochs is not None or time_limit is not None:
@@ -537,18 +457,15 @@ def resume(ctx, run_dir, steps, epochs, time_limit, corpus, threads, blas, step_
         changes["corpus"] = tuple(corpus)
     if threads is not None:
         changes["threads"] = threads
-    run_dir = Path(run_dir)
-    ranks = _ranks(ctx, distributed)
-    board = _board_dir(tensorboard, run_dir) if ranks.is_root else None
     if retune and blas != "auto":
         raise click.UsageError("--retune measures the products again: it goes with --blas auto")
-    trainer = resume_run(run_dir, changes, blas, step_weights, precision=precision, retune=retune,
-                         bf16_products=bf16_products,
-                         warn=lambda line: click.echo(f"Warning: {line}", err=True), ranks=ranks)
-    _announce(trainer, run_dir)
-    status = run_training(trainer, run_dir, quiet=quiet or not ranks.is_root,
-                          started=INVOCATION_STARTED, tensorboard=board)
-    _finish(trainer, run_dir, status)
+    ranks = _ranks(ctx, distributed)
+    plan = plan_resume(Path(run_dir), changes,
+                       MachineRequest(blas, step_weights, precision, bf16_products, retune), ranks)
+    run = train_planned(plan, ranks, echo=_say, progress=not quiet, started=INVOCATION_STARTED,
+                        tensorboard=tensorboard)
+    if run.status:
+        sys.exit(run.status)
 
 
 @main.command()
@@ -578,8 +495,6 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num
     last.npz), streaming it to stdout."""
     import numpy as np
 
-    from charlstm.model.sample import Sampler, stop_at
-
     ctx = click.get_current_context()
     if stop == "":
         raise click.BadParameter("must not be empty", ctx, param_hint="'--stop'")
@@ -600,23 +515,21 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, prime_file, num
         if prime.startswith("\ufeff"):
             prime = prime[1:]  # a byte-order mark is not part of the text
     _require_standard_output("the sample")
-    _, ckpt, say_which = _read_checkpoint(checkpoint)
-    sampler = Sampler(ckpt)
-    if stop is not None:
-        sampler.check_stop(stop)
-    if prime:
-        sampler.encode(prime)  # refuses a prime outside the vocabulary before any output
+    model, say_which = _load(checkpoint)
+    rng = np.random.default_rng(seed)  # one generator: samples after the first continue it
+
+    def one_sample():
+        return model.stream(length, prime, temperature, top_k, top_p, stop=stop, rng=rng)
+
+    first = one_sample()
+    head = next(first, "")  # a prime or stop outside the vocabulary is refused here
     say_which()
-    rng = np.random.default_rng(seed)
     out = sys.stdout
     try:
         for i in range(num_samples):
-            sampler.prime(prime, rng)
             if i:
                 out.write("---\n")
-            out.write(prime)
-            out.flush()
-            for piece in stop_at(sampler.stream(length, temperature, top_k, rng, top_p=top_p), stop):
+            for piece in itertools.chain([head], first) if i == 0 else one_sample():
                 out.write(piece)
                 out.flush()
             out.write("\n")
@@ -660,23 +573,14 @@ def _read_bytes(path: str, option: str) -> bytes:
 
 
 def _read_checkpoint(checkpoint):
-    """(path, Checkpoint, say_which) of a CHECKPOINT argument: a file, or a run
-    directory's best.npz (else last.npz). sample, eval and info read the same one and,
-    given a directory, call ``say_which()`` once their input has passed its checks: it
-    names the checkpoint on stderr, so they never quietly speak of different models (and
-    an error stays one line)."""
-    from charlstm.model import checkpoint as ckpt_io
-    from charlstm.model.export import HF_WEIGHTS, is_hf_folder, load_safetensors
+    """(path, Checkpoint, say_which) of a CHECKPOINT argument (api.read_checkpoint): a
+    file, or a run directory's best.npz (else last.npz). sample, eval and info read the
+    same one and, given a directory, call ``say_which()`` once their input has passed its
+    checks: it names the checkpoint on stderr, so they never quietly speak of different
+    models (and an error stays one line)."""
+    from charlstm.api import read_checkpoint
 
-    if is_hf_folder(checkpoint):  # an `export --format hf` folder
-        path = Path(checkpoint) / HF_WEIGHTS
-        ckpt = load_safetensors(path)
-    elif str(checkpoint).endswith(".safetensors"):
-        path = Path(checkpoint)
-        ckpt = load_safetensors(path)
-    else:
-        path = ckpt_io.resolve_checkpoint(checkpoint, prefer_best=True)
-        ckpt = ckpt_io.load(path)
+    path, ckpt = read_checkpoint(checkpoint)
 
     def say_which():
         if Path(checkpoint).is_dir():
@@ -684,6 +588,14 @@ def _read_checkpoint(checkpoint):
             scored = f", validation {best:.4f} bpc" if not math.isnan(best) else ""
             click.echo(f"reading {path} (step {ckpt.step}{scored})", err=True)
     return path, ckpt, say_which
+
+
+def _load(checkpoint):
+    """(api.Model, say_which) of a CHECKPOINT argument, as ``_read_checkpoint``."""
+    from charlstm.api import Model
+
+    path, ckpt, say_which = _read_checkpoint(checkpoint)
+    return Model(ckpt, path), say_which
 
 
 def _repeat_note(history: list) -> str:
@@ -726,28 +638,18 @@ def eval_(checkpoint, file, encoding, skip_unknown, as_json):
 
     FILE may also name a built-in corpus: builtin:pydoc or builtin:recall:N."""
     _require_standard_output("the score")
-    from charlstm.data.corpus import describe_chars, read_text_file
-    from charlstm.model.evaluate import stream_bits_per_char
-    from charlstm.model.network import Network
+    from charlstm.data.corpus import read_text_file
 
-    _, ckpt, say_which = _read_checkpoint(checkpoint)
+    model, say_which = _load(checkpoint)
     text = read_text_file(file, encoding)
-    unknown = ckpt.vocab.unknown_chars(text)
-    if unknown and skip_unknown:
-        drop = set(unknown)
-        kept = "".join(c for c in text if c not in drop)
-        click.echo(f"skipped {len(text) - len(kept)} characters outside the model's "
-                   f"vocabulary: {describe_chars(unknown)}", err=True)
-        text = kept
-    else:
-        ckpt.vocab.require_covers(text, str(file), "pass --skip-unknown to drop them")
-    if len(text) < 2:
-        raise UserError(f"{file} needs at least two characters (of the vocabulary) to evaluate")
+    if not skip_unknown:
+        model.vocab.require_covers(text, str(file), "pass --skip-unknown to drop them")
+    bpc, chars, dropped = model.score(text, skip_unknown, str(file))
+    if dropped:
+        click.echo(dropped, err=True)
     say_which()
-    net = Network(ckpt.config, len(ckpt.vocab), ckpt.params)
-    bpc = stream_bits_per_char(net, ckpt.vocab.encode(text))
     if as_json:
-        click.echo(json.dumps({"bpc": bpc, "chars": len(text)}))
+        click.echo(json.dumps({"bpc": bpc, "chars": chars}))
     else:
         click.echo(f"{bpc:.4f}")
 
