@@ -285,9 +285,16 @@ class Model:
               name: str = "the text") -> tuple[float, int, str]:
         """(bits per character, characters scored, what was dropped: "" or a note) of
         ``text``, as ``bpc``; ``name`` is what the errors call the text."""
+        kept, dropped = self.scorable(text, skip_unknown, name)
+        return self.bpc_of_scorable(kept), len(kept), dropped
+
+    def scorable(self, text: str, skip_unknown: bool = False,
+                 name: str = "the text") -> tuple[str, str]:
+        """(the part of ``text`` that is scored, "" or a note on what was dropped): the
+        checks ``score`` makes before it computes anything. Raises UserError for
+        characters outside the vocabulary (unless ``skip_unknown``) or fewer than two
+        left to score."""
         from charlstm.data.corpus import describe_chars
-        from charlstm.model.evaluate import stream_bits_per_char
-        from charlstm.model.network import Network
 
         vocab = self.checkpoint.vocab
         unknown = vocab.unknown_chars(text)
@@ -303,8 +310,15 @@ class Model:
         if len(text) < 2:
             raise UserError(f"{name} needs at least two characters (of the vocabulary) to "
                             f"evaluate")
-        net = Network(self.checkpoint.config, len(vocab), self.checkpoint.params)
-        return stream_bits_per_char(net, vocab.encode(text)), len(text), dropped
+        return text, dropped
+
+    def bpc_of_scorable(self, text: str) -> float:
+        """Bits per character of ``text`` that ``scorable`` returned (no checks made)."""
+        from charlstm.model.evaluate import stream_bits_per_char
+        from charlstm.model.network import Network
+
+        net = Network(self.checkpoint.config, len(self.checkpoint.vocab), self.checkpoint.params)
+        return stream_bits_per_char(net, self.checkpoint.vocab.encode(text))
 
     def __repr__(self) -> str:
         cfg = self.config

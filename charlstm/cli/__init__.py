@@ -644,12 +644,13 @@ def eval_(checkpoint, file, encoding, skip_unknown, as_json):
     text = read_text_file(file, encoding)
     if not skip_unknown:
         model.vocab.require_covers(text, str(file), "pass --skip-unknown to drop them")
-    bpc, chars, dropped = model.score(text, skip_unknown, str(file))
+    text, dropped = model.scorable(text, skip_unknown, str(file))
     if dropped:
         click.echo(dropped, err=True)
-    say_which()
+    say_which()  # before scoring, which can take minutes
+    bpc = model.bpc_of_scorable(text)
     if as_json:
-        click.echo(json.dumps({"bpc": bpc, "chars": chars}))
+        click.echo(json.dumps({"bpc": bpc, "chars": len(text)}))
     else:
         click.echo(f"{bpc:.4f}")
 
