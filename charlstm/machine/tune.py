@@ -210,8 +210,12 @@ def _chunk_products(config: TrainConfig, vocab_size: int, rng) -> list[tuple[_Pr
     return out
 
 
-def _reps(product: _Product, budget_s: float, rate_flops: float = 5e10) -> int:
-    return max(1, int(budget_s * rate_flops / product.flops))
+def _reps(seconds_per_rep: float, budget_s: float = STEP_BUDGET_S) -> int:
+    """Repetitions that make one sample last about ``budget_s``, from a calibration run's
+    seconds per repetition. Counted from the measured time, not from the FLOPs: a tiny
+    product is bound by the call, not the arithmetic (at hidden size 12 a FLOP-based
+    count made each sample 15x too long and the tuner 7 s instead of 0.5)."""
+    return max(1, int(budget_s / max(seconds_per_rep, 1e-9)))
 
 
 def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_libraries=None,
@@ -220,7 +224,7 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
     for this run's shapes on this machine (see the module's docstring).
 
     ``step_libraries``/``chunk_libraries``: the candidates for each role (default: every
-    fast library installed, ``blas_libraries.available()``). Takes about 0.1-1 s.
+    fast library installed, ``blas_libraries.available()``). Takes about 0.3 s at hidden size 64, 1-2 s at 256-512.
     Raises blas_libraries.LibraryUnavailable if a named candidate is not installed.
     """
     installed = blas_libraries.available() or [DEFAULT_BLAS]
@@ -241,22 +245,30 @@ def tune(config: TrainConfig, vocab_size: int, step_libraries=None, chunk_librar
     samples: dict[tuple, list[float]] = {}
     try:
         gemms = {name: lib.gemm("s") for name, lib in libs.items()}
-        for product in steps.values():  # warm up each library at each shape
-            for name in step_libraries:
-                product.seconds(gemms[name], 3)
-        for product in panels.values():  # compiles the kernel, or loads it from the cache
+        # Warm up each candidate at each shape (the panels compile or load their kernel),
+        # then calibrate how many repetitions make a sample last STEP_BUDGET_S.
+        reps = {}
+        for direction, product in panels.items():
             product.seconds(3)
+            reps["panels", direction] = _reps(product.seconds(10))
+        for name in step_libraries:
+            for key, product in steps.items():
+                product.seconds(gemms[name], 3)
+                reps["step", name, *key] = _reps(product.seconds(gemms[name], 10))
+            for key, product in packed.get(name, {}).items():
+                product.seconds(3)
+                reps["packed", name, *key] = _reps(product.seconds(10))
         for _ in range(rounds):
             for direction, product in panels.items():
                 samples.setdefault(("panels", direction), []).append(
-                    product.seconds(_reps(product, STEP_BUDGET_S)))
+                    product.seconds(reps["panels", direction]))
             for name in step_libraries:
                 for key, product in steps.items():
                     samples.setdefault(("step", name, *key), []).append(
-                        product.seconds(gemms[name], _reps(product, STEP_BUDGET_S)))
+                        product.seconds(gemms[name], reps["step", name, *key]))
                 for key, product in packed.get(name, {}).items():
                     samples.setdefault(("step", name, *key), []).append(
-                        product.seconds(_reps(product, STEP_BUDGET_S)))
+                        product.seconds(reps["packed", name, *key]))
             if len(chunk_libraries) > 1:
                 for name in chunk_libraries:
                     total = sum(count * product.seconds(gemms[name], 1) for product, count in chunks)
