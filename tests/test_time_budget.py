@@ -96,9 +96,9 @@ def test_patience_stops_the_run_and_resume_respects_and_changes_it(tmp_path):
 
 
 def test_step_pace_scales_the_validation_estimate_by_sustained_slowdown_only():
-    from charlstm.training.loop import _StepPace
+    from charlstm.training.time_budget import StepPace
 
-    pace = _StepPace(window=5, bucket_seconds=0)  # every step a bucket of its own
+    pace = StepPace(window=5, bucket_seconds=0)  # every step a bucket of its own
     pace.validation_timed()  # before a full window: the reference is the first full one
     assert pace.slowdown() == 1.0
     for _ in range(5):
@@ -121,9 +121,9 @@ def test_step_pace_scales_the_validation_estimate_by_sustained_slowdown_only():
 def test_step_pace_of_a_tiny_model_reads_a_burst_of_load_as_a_burst():
     """1 ms steps: a burst of 30 slow steps (0.15 s) is a few buckets of a window that
     spans half a second, and changes nothing; the same load sustained does."""
-    from charlstm.training.loop import _StepPace
+    from charlstm.training.time_budget import StepPace
 
-    pace = _StepPace()
+    pace = StepPace()
     for _ in range(1000):
         pace.add(0.001)
     pace.validation_timed()

@@ -4,10 +4,8 @@ from __future__ import annotations
 import json
 import math
 import signal
-import statistics
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +26,9 @@ from charlstm.kernels.blas import BLAS
 from charlstm.parallel.ranks import SingleProcess
 from charlstm.model.shards import ShardedNetwork
 from charlstm.training.optim import Optimizer, clip_grad_norm, learning_rate
+from charlstm.training.time_budget import TimeBudget
 
 LN2 = math.log(2)
-EXIT_SECONDS = 0.1  # a --time budget keeps this for closing files and the last report
-# ... and this beyond the final validation's estimate: one scheduler slice or a busy
-# neighbour on a shared machine, during a validation of half a second, was enough to cut
-# it short at the deadline in CI.
-VALIDATION_SLACK_SECONDS = 0.25
 
 
 @dataclass
@@ -226,52 +220,6 @@ class Trainer:
         return min(limits) if limits else None
 
 
-class _StepPace:
-    """How much slower the machine steps now than when the validation was last timed, to
-    scale that timing for the final validation under a --time budget: a machine that
-    becomes busy after the timing (another job, a browser) reads the validation slower
-    too.
-
-    Steps are gathered into buckets of at least ``bucket_seconds`` each (one step each
-    for a model whose steps take longer), and the pace is the median of the last
-    ``window`` buckets' mean step: one slow step or a short burst of load (a page fault,
-    the garbage collector, another process waking) changes nothing, and sustained load
-    shows within half a window, about half a second. Counted in steps alone, the window
-    of a tiny model lasted milliseconds, and a burst of load on a shared machine looked
-    sustained and ended a --time run seconds early."""
-
-    def __init__(self, window: int = 15, bucket_seconds: float = 1 / 30):
-        self.recent = deque(maxlen=window)  # mean step seconds of each recent bucket
-        self.bucket_seconds = bucket_seconds
-        self._bucket_sum, self._bucket_steps = 0.0, 0
-        self.reference = None  # the median when the validation was timed
-        self.waiting = False  # timed before a full window: take the next full one
-
-    def add(self, seconds: float) -> None:
-        """One training step's time (not the first of a process: it loads the kernels)."""
-        self._bucket_sum += seconds
-        self._bucket_steps += 1
-        if self._bucket_sum < self.bucket_seconds:
-            return
-        self.recent.append(self._bucket_sum / self._bucket_steps)
-        self._bucket_sum, self._bucket_steps = 0.0, 0
-        if self.waiting and len(self.recent) == self.recent.maxlen:
-            self.reference, self.waiting = statistics.median(self.recent), False
-
-    def validation_timed(self) -> None:
-        if len(self.recent) == self.recent.maxlen:
-            self.reference, self.waiting = statistics.median(self.recent), False
-        else:
-            self.waiting = True
-
-    def slowdown(self) -> float:
-        """The current median over the reference's, at least 1: never less time than the
-        validation took when timed."""
-        if self.reference is None or self.waiting or not self.reference > 0:
-            return 1.0
-        return max(1.0, statistics.median(self.recent) / self.reference)
-
-
 class _StopSignals:
     """Turns SIGINT, SIGTERM and SIGHUP (a closed terminal or SSH session) into a flag the
     loop checks between steps, so a stop never lands in the middle of an update and
@@ -414,6 +362,272 @@ def _clock(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
+class _TrainingRun:
+    """One invocation of the training loop: the trainer, its clock (TimeBudget), the
+    outputs (checkpoints, metrics.jsonl, TensorBoard, the progress bar) and the state the
+    steps share (the best validation, early stopping's count, the last save). Every rank
+    runs one; rank 0 decides what depends on its clock, validates and writes."""
+
+    def __init__(self, trainer: Trainer, out_dir: Path, quiet: bool, started: float | None,
+                 tensorboard: Path | None):
+        self.trainer = trainer
+        cfg = trainer.config
+        self.out_dir = out_dir
+        self.last_path, self.best_path = out_dir / "last.npz", out_dir / "best.npz"
+        self.ranks = trainer.ranks
+        self.root = self.ranks.is_root
+        if self.root:
+            ckpt_io.remove_stale_temporaries(out_dir)
+        self.began = time.perf_counter()
+        self.started = started = self.began if started is None else started
+        deadline = started + cfg.time_limit if cfg.time_limit is not None else None
+        if trainer.train_to_schedule_end:
+            deadline = self.began + cfg.lr_horizon_time - trainer.elapsed_before
+        self.has_val = len(trainer.data.val_ids) >= 2
+        self.clock = TimeBudget(deadline, len(trainer.validation_ids()) - 1 if self.has_val else 0,
+                                self._probe_validation)
+        self.saved_step = None  # the step last.npz holds
+        self.step_limit = trainer.step_limit()
+        self.log = MetricsLog(out_dir / "metrics.jsonl", trainer.metrics) if self.root else None
+        self.board = None
+        if tensorboard is not None and self.root:
+            from charlstm.tools.tensorboard import TensorBoardLog
+
+            self.board = TensorBoardLog(tensorboard)
+        self.bar = tqdm(total=self.step_limit, initial=trainer.step, file=sys.stderr,
+                        disable=quiet or not self.root, unit="step", dynamic_ncols=True, leave=True)
+        self.window = {"bits": 0.0, "steps": 0, "seconds": 0.0}  # since the last metrics row
+        self.last_val = float("nan")
+        self.signals = _StopSignals()
+        self.agreed_signal = 0  # the signal that stops every rank (any rank's, the largest)
+        trainer.stop_reason = None
+        self.stale, self.stale_best = validations_without_improvement(trainer.metrics, cfg.min_delta)
+        if (cfg.lr_schedule == "cosine" and cfg.lr_horizon == 0 and cfg.lr_horizon_time == 0
+                and deadline is not None and cfg.steps is None and cfg.epochs is None):
+            # The time budget is the schedule's horizon: what it leaves for training once
+            # start-up is done and the final validation is set aside (estimated as
+            # TimeBudget.spent does), so the rate reaches lr_min as training stops.
+            left = self.clock.training_seconds_left()  # first: it may time the validation
+            horizon = self.ranks.bcast(self.elapsed() + left)
+            trainer.config = cfg.replace(lr_horizon_time=horizon)  # rank 0's clock
+
+    def elapsed(self) -> float:
+        """Training seconds of the whole run, earlier invocations included."""
+        return self.trainer.elapsed_before + time.perf_counter() - self.began
+
+    def _probe_validation(self) -> float:
+        """Seconds per character of the validation's first chunks, the kernels loaded:
+        eight chunks, since one scheduler pause in a two-chunk probe, a millisecond,
+        scaled to a long validation text let the final validation overrun a 4 s budget
+        on a busy machine."""
+        ids = self.trainer.validation_ids()
+        stream_bits_per_char(self.trainer.net, ids[:2 * 256 + 1])  # loads batch-1 kernels
+        probe = ids[:8 * 256 + 1]
+        t0 = time.perf_counter()
+        stream_bits_per_char(self.trainer.net, probe)
+        return (time.perf_counter() - t0) / (len(probe) - 1)
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint: the ranks' carried states gathered (every rank calls this
+        at the same step), rank 0 writes. If best.npz cannot be written, last.npz still
+        is, and the error says which step it holds."""
+        trainer = self.trainer
+        whole = self.ranks.gather_rows(trainer.state)
+        if not self.root:
+            return
+        t0 = time.perf_counter()
+        try:
+            ckpt_io.save(trainer.to_checkpoint(self.elapsed(), whole), path)
+        except CheckpointError as e:
+            if path == self.last_path:
+                raise
+            try:
+                ckpt_io.save(trainer.to_checkpoint(self.elapsed(), whole), self.last_path)
+                self.saved_step = trainer.step
+            except CheckpointError:
+                raise CheckpointError(f"{e}; last.npz could not be written either "
+                                      f"(step {self.saved_step} is the last saved)") from None
+            raise CheckpointError(f"{e}; the run stopped and saved step {trainer.step} "
+                                  f"in last.npz") from None
+        self.clock.save_timed(time.perf_counter() - t0)
+        if path == self.last_path:
+            self.saved_step = trainer.step
+
+    def begin(self) -> None:
+        """last.npz before the first step, so a run directory always holds a checkpoint
+        to resume; and a note if starting up spent the time budget."""
+        trainer = self.trainer
+        if trainer.step == 0 or not self.last_path.exists():
+            self.save(self.last_path)
+        else:
+            self.saved_step = trainer.step  # resumed from last.npz as it is
+        if self.root and self.clock.limited and self.budget_spent() and trainer.step != self.step_limit:
+            trainer.stop_reason = (
+                f"the --time budget ({_clock(trainer.config.time_limit)}) was spent before "
+                f"the first step: starting took {time.perf_counter() - self.started:.1f} s "
+                f"(compiling the kernels, on a first run); give a longer --time")
+
+    def end(self) -> None:
+        """The last save, and a note if the final validation and save ended late."""
+        self.save(self.last_path)
+        late = self.clock.late_by() if self.root else 0.0
+        if late > 0 and self.has_val and self.trainer.stop_reason is None and not self.signals.signum:
+            self.trainer.stop_reason = (
+                f"the machine slowed near the end: the final validation and save ended "
+                f"{late:.2f} s past the --time budget (the final validation may take up "
+                f"to {self.clock.overrun_allowed:.2f} s past it)")
+
+    # -- what ends a run ----------------------------------------------------------------
+
+    def budget_spent(self) -> bool:
+        return (self.step_limit is not None and self.trainer.step >= self.step_limit) or self.clock.spent()
+
+    def agreed_stop(self, first: bool) -> bool:
+        """Whether to stop before the next step, the same on every rank: a signal on any
+        rank, or, before this invocation's first step, rank 0's budget. After a step the
+        budget is decided with it (``decide``), so that the last step is validated:
+        asked again here, after a save had raised the time a save takes, the budget
+        ended a run without its final validation."""
+        self.agreed_signal = self.ranks.most(self.signals.signum or 0)
+        return bool(self.agreed_signal) or (
+            first and self.ranks.bcast(self.budget_spent() if self.root else None))
+
+    def patience_ran_out(self, val: float) -> bool:
+        """Count ``val`` for early stopping (rank 0) and say whether the run must end."""
+        cfg = self.trainer.config
+        if cfg.patience == 0 or math.isnan(val):
+            return False
+        if val < self.stale_best - cfg.min_delta:
+            self.stale_best, self.stale = val, 0
+            return False
+        self.stale += 1
+        if self.stale < cfg.patience:
+            return False
+        self.trainer.stop_reason = (
+            f"stopped early: {self.stale} validations in a row did not beat "
+            f"{self.stale_best:.4f} bpc by {cfg.min_delta:g} (--patience {cfg.patience}); "
+            f"best.npz holds the best model")
+        return True
+
+    # -- validation ---------------------------------------------------------------------
+
+    def validation_must_stop(self) -> bool:
+        return self.signals.signum is not None or self.clock.validation_must_stop()
+
+    def validate(self) -> tuple[float, bool]:
+        """Validate (rank 0): the score, NaN if cut short, and whether it is the best."""
+        trainer = self.trainer
+        self.clock.validation_started()
+        t0 = time.perf_counter()
+        value = trainer.validate(self.validation_must_stop)
+        if math.isnan(value) and not self.validation_must_stop():
+            raise TrainingDiverged(f"training diverged at step {trainer.step}: the validation "
+                                   f"loss is not finite; lower --lr or clip gradients with --clip")
+        if math.isnan(value):
+            why = "a signal" if self.signals.signum is not None else (
+                f"the --time budget, and the {self.clock.overrun_allowed:.1f} s past it that "
+                f"the final validation may take,")
+            trainer.stop_reason = (f"{why} cut the validation at step {trainer.step} "
+                                   f"short; it has no validation score")
+            return value, False
+        self.clock.validation_timed(time.perf_counter() - t0)
+        self.last_val = value
+        if not (value >= trainer.best_val_bpc):  # true when best is NaN
+            trainer.best_val_bpc = value
+            return value, True
+        return value, False
+
+    def validation_due(self, final: bool) -> bool:
+        cfg, trainer = self.trainer.config, self.trainer
+        return self.has_val and (final or (cfg.eval_every > 0 and trainer.step % cfg.eval_every == 0)
+                                 or (cfg.eval_every == 0 and trainer.epoch_step == 0))
+
+    def decide(self, interrupted: bool) -> tuple:
+        """Rank 0, after a step: (whether it is the last, its validation score or NaN,
+        whether that is the best, a divergence message or None)."""
+        final = interrupted or self.budget_spent()
+        val, improved, problem = float("nan"), False, None
+        if not interrupted and self.validation_due(final):
+            try:
+                val, improved = self.validate()
+            except TrainingDiverged as e:
+                problem = str(e)
+            # A validation that ran into the deadline was the last: the step it scored
+            # ends the run, not one more unscored step.
+            final = (final or self.patience_ran_out(val) or self.trainer.stop_reason is not None
+                     or self.budget_spent())
+        return final, val, improved, problem
+
+    # -- one step -----------------------------------------------------------------------
+
+    def step(self, first: bool) -> bool:
+        """Train one step, then validate, log and save as the settings say; returns
+        whether it was the last."""
+        trainer, cfg = self.trainer, self.trainer.config
+        t0 = time.perf_counter()
+        bits, norm, lr = trainer.train_step(self.ranks.bcast(self.elapsed()))
+        seconds = time.perf_counter() - t0
+        self.clock.step_timed(seconds, first)
+        self.window["seconds"] += self.clock.step_seconds
+        self.window["bits"] += bits
+        self.window["steps"] += 1
+        self.agreed_signal = self.ranks.most(self.signals.signum or 0)
+        decision = self.decide(bool(self.agreed_signal)) if self.root else None
+        final, val, improved, problem = self.ranks.bcast(decision)
+        if problem is not None:
+            raise TrainingDiverged(problem)
+        if improved:
+            self.save(self.best_path)
+        if self.root and (trainer.step % cfg.log_every == 0 or not math.isnan(val) or final):
+            self.log_row(val, lr, norm)
+        if trainer.step % cfg.save_every == 0 and not final:
+            self.save(self.last_path)
+        self.bar.update(1)
+        return final
+
+    def log_row(self, val, lr, norm) -> None:
+        """A metrics row (metrics.jsonl, TensorBoard, the run's history) and the bar's
+        text, from the steps since the last row."""
+        trainer, window = self.trainer, self.window
+        chars_per_step = trainer.config.batch_size * trainer.config.seq_len
+        steps = max(window["steps"], 1)
+        cps = window["steps"] * chars_per_step / window["seconds"] if window["seconds"] > 0 else 0.0
+        row = [trainer.step, trainer.epoch_progress(), window["bits"] / steps
+               if window["steps"] else float("nan"), val, lr, norm, cps, self.elapsed()]
+        trainer.metrics.append(row)
+        self.log.write(row)
+        if self.board is not None:
+            self.board.write(MetricsLog.as_dict(row))
+        window.update(bits=0.0, steps=0, seconds=0.0)
+        val_text = "-" if math.isnan(self.last_val) else f"{self.last_val:.3f}"  # none yet, not "nan"
+        budget = ""
+        if self.clock.limited:
+            budget = (f", {_clock(self.clock.seconds_left())} left of "
+                      f"{_clock(trainer.config.time_limit)}")
+        self.bar.set_postfix_str(
+            f"train {row[2]:.3f} bpc, val {val_text} bpc, {cps:,.0f} chars/s{budget}", refresh=False)
+
+    def close(self) -> None:
+        """Close the outputs and the shard threads and release the run's lock, however
+        the run ended."""
+        trainer = self.trainer
+        self.bar.close()
+        if self.log is not None:
+            self.log.close()
+        if self.board is not None:
+            self.board.close(trainer.config, trainer.best_val_bpc)
+        trainer.net.close()  # the shard threads; a later step would start them again
+        if trainer.lock is not None:
+            trainer.lock.release()
+            trainer.lock = None
+
+    def exit_status(self) -> int:
+        signalled = self.agreed_signal or self.signals.signum or 0
+        return 128 + signalled if signalled else 0
+
+
 def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
                  started: float | None = None, tensorboard: Path | None = None) -> int:
     """Train until the budget is spent or a signal arrives; returns the exit status
@@ -422,283 +636,32 @@ def run_training(trainer: Trainer, out_dir: Path, quiet: bool = False,
     ``started``: the time.perf_counter() at which the invocation began (default: now).
     ``tensorboard``: a directory to write each metrics row to as TensorBoard events too
     (tensorboard.py), and the hyperparameters at the end.
-    A --time budget bounds the whole invocation from then: training stops early enough
-    that the final validation (timed on the validation text as the run goes) and the last
-    save fit. If the machine slows after that time was set aside, a validation still
-    running at the deadline goes on past it by at most the time set aside for it (1.5
-    times its estimate and VALIDATION_SLACK_SECONDS), so the run ends with its last step
-    scored (``stop_reason`` says how late); past that, or when a signal arrives, it stops
-    within one chunk and goes unscored. last.npz is written before the first
-    step, so a run directory always holds a checkpoint to resume. Raises
-    TrainingDiverged, saying which checkpoint is on disk, and UserError when a file
-    cannot be written."""
-    cfg = trainer.config
-    out_dir = Path(out_dir)
-    last_path, best_path = out_dir / "last.npz", out_dir / "best.npz"
-    if trainer.ranks.is_root:
-        ckpt_io.remove_stale_temporaries(out_dir)
-    began = time.perf_counter()
-    started = began if started is None else started
-    deadline = started + cfg.time_limit if cfg.time_limit is not None else None
-    if trainer.train_to_schedule_end:
-        deadline = began + cfg.lr_horizon_time - trainer.elapsed_before
-
-    def elapsed() -> float:
-        return trainer.elapsed_before + time.perf_counter() - began
-
-    timing = {"save": 0.0, "step": 0.0, "val_per_char": None}
-    pace = _StepPace()
-    saved = {"step": None}
-
-    ranks = trainer.ranks
-    root = ranks.is_root
-
-    def save(path: Path) -> None:
-        """Write a checkpoint: the ranks' carried states gathered (every rank calls this
-        at the same step), rank 0 writes."""
-        whole = ranks.gather_rows(trainer.state)
-        if not root:
-            return
-        t0 = time.perf_counter()
-        try:
-            ckpt_io.save(trainer.to_checkpoint(elapsed(), whole), path)
-        except CheckpointError as e:
-            if path == last_path:
-                raise
-            # best.npz could not be written: keep the progress in last.npz if it can be.
-            try:
-                ckpt_io.save(trainer.to_checkpoint(elapsed(), whole), last_path)
-                saved["step"] = trainer.step
-            except CheckpointError:
-                raise CheckpointError(f"{e}; last.npz could not be written either "
-                                      f"(step {saved['step']} is the last saved)") from None
-            raise CheckpointError(f"{e}; the run stopped and saved step {trainer.step} "
-                                  f"in last.npz") from None
-        timing["save"] = max(timing["save"], time.perf_counter() - t0)
-        if path == last_path:
-            saved["step"] = trainer.step
-
-    has_val = len(trainer.data.val_ids) >= 2
-    step_limit = trainer.step_limit()
-    chars_per_step = cfg.batch_size * cfg.seq_len
-    log = MetricsLog(out_dir / "metrics.jsonl", trainer.metrics) if root else None
-    board = None
-    if tensorboard is not None and root:
-        from charlstm.tools.tensorboard import TensorBoardLog
-
-        board = TensorBoardLog(tensorboard)
-    bar = tqdm(total=step_limit, initial=trainer.step, file=sys.stderr, disable=quiet or not root,
-               unit="step", dynamic_ncols=True, leave=True)
-    window = {"bits": 0.0, "steps": 0, "seconds": 0.0}
-    last_val = float("nan")
-    signals = _StopSignals()
-    trainer.stop_reason = None
-
-    def validation_seconds() -> float:
-        """What the final validation will take, from the last one timed (or a probe of
-        its first chunks, the kernels being compiled by then: eight chunks, since one
-        scheduler pause in a two-chunk probe, a millisecond, scaled to a long validation
-        text let the final validation overrun a 4 s budget on a busy machine)."""
-        if not has_val:
-            return 0.0
-        ids = trainer.validation_ids()
-        if timing["val_per_char"] is None:
-            stream_bits_per_char(trainer.net, ids[:2 * 256 + 1])  # loads batch-1 kernels
-            probe = ids[:8 * 256 + 1]
-            t0 = time.perf_counter()
-            stream_bits_per_char(trainer.net, probe)
-            timing["val_per_char"] = (time.perf_counter() - t0) / (len(probe) - 1)
-            pace.validation_timed()
-        return timing["val_per_char"] * (len(ids) - 1) * pace.slowdown()
-
-    def final_validation_seconds() -> float:
-        """What to set aside for the final validation: half again the estimate (a probe
-        of a few chunks reads faster per character than a whole validation, whose text
-        no longer fits in the caches) and a slack for pauses that are not ours."""
-        return 1.5 * validation_seconds() + VALIDATION_SLACK_SECONDS if has_val else 0.0
-
-    if (cfg.lr_schedule == "cosine" and cfg.lr_horizon == 0 and cfg.lr_horizon_time == 0
-            and deadline is not None and cfg.steps is None and cfg.epochs is None):
-        # The time budget is the schedule's horizon: what it leaves for training once
-        # start-up is done and the final validation is set aside (estimated as
-        # out_of_time does), so the rate reaches lr_min as training stops.
-        reserve = final_validation_seconds() + EXIT_SECONDS
-        now = time.perf_counter()
-        horizon = ranks.bcast(trainer.elapsed_before + now - began
-                              + max(deadline - now - reserve, 1e-3))
-        cfg = trainer.config = cfg.replace(lr_horizon_time=horizon)  # rank 0's clock
-
-    def out_of_time() -> bool:
-        if deadline is None:
-            return False
-        needed = timing["save"] + EXIT_SECONDS
-        if timing["step"] > 0:  # a step of this invocation ran: the kernels are loaded
-            needed += timing["step"] + final_validation_seconds()
-        return time.perf_counter() + needed >= deadline
-
-    # A validation still running at the deadline is the last one, and scores the model
-    # the run ends with: it may go on past the deadline by as much as was set aside for
-    # it (a machine that slowed after the time was set aside), then stops unscored.
-    overrun = {"allowed": 0.0}
-
-    def validation_must_stop() -> bool:
-        return signals.signum is not None or (
-            deadline is not None and time.perf_counter() + 2 * timing["save"] + EXIT_SECONDS
-            >= deadline + overrun["allowed"])
-
-    def evaluate() -> tuple[float, bool]:
-        """Validate (rank 0): the score, NaN if cut short, and whether it is the best."""
-        nonlocal last_val
-        overrun["allowed"] = final_validation_seconds() if deadline is not None else 0.0
-        t0 = time.perf_counter()
-        value = trainer.validate(validation_must_stop)
-        if math.isnan(value) and not validation_must_stop():
-            raise TrainingDiverged(f"training diverged at step {trainer.step}: the validation "
-                                   f"loss is not finite; lower --lr or clip gradients with --clip")
-        if math.isnan(value):
-            why = "a signal" if signals.signum is not None else (
-                f"the --time budget, and the {overrun['allowed']:.1f} s past it that the final "
-                f"validation may take,")
-            trainer.stop_reason = (f"{why} cut the validation at step {trainer.step} "
-                                   f"short; it has no validation score")
-            return value, False
-        timing["val_per_char"] = (time.perf_counter() - t0) / (len(trainer.validation_ids()) - 1)
-        pace.validation_timed()
-        last_val = value
-        if not (last_val >= trainer.best_val_bpc):  # true when best is NaN
-            trainer.best_val_bpc = last_val
-            return last_val, True
-        return last_val, False
-
-    def log_row(val, lr, norm) -> None:
-        steps = max(window["steps"], 1)
-        cps = window["steps"] * chars_per_step / window["seconds"] if window["seconds"] > 0 else 0.0
-        row = [trainer.step, trainer.epoch_progress(), window["bits"] / steps
-               if window["steps"] else float("nan"), val, lr, norm, cps, elapsed()]
-        trainer.metrics.append(row)
-        log.write(row)
-        if board is not None:
-            board.write(MetricsLog.as_dict(row))
-        window.update(bits=0.0, steps=0, seconds=0.0)
-        val_text = "-" if math.isnan(last_val) else f"{last_val:.3f}"  # none yet, not "nan"
-        budget = ""
-        if deadline is not None:
-            budget = (f", {_clock(deadline - time.perf_counter())} left of "
-                      f"{_clock(cfg.time_limit)}")
-        bar.set_postfix_str(
-            f"train {row[2]:.3f} bpc, val {val_text} bpc, {cps:,.0f} chars/s{budget}", refresh=False)
-
-    def budget_spent() -> bool:
-        return (step_limit is not None and trainer.step >= step_limit) or out_of_time()
-
-    stale = {"count": 0, "best": math.inf}
-    stale["count"], stale["best"] = validations_without_improvement(trainer.metrics, cfg.min_delta)
-
-    def patience_ran_out(val: float) -> bool:
-        """Count ``val`` for early stopping (rank 0) and say whether the run must end."""
-        if cfg.patience == 0 or math.isnan(val):
-            return False
-        if val < stale["best"] - cfg.min_delta:
-            stale["best"], stale["count"] = val, 0
-            return False
-        stale["count"] += 1
-        if stale["count"] < cfg.patience:
-            return False
-        trainer.stop_reason = (
-            f"stopped early: {stale['count']} validations in a row did not beat "
-            f"{stale['best']:.4f} bpc by {cfg.min_delta:g} (--patience {cfg.patience}); "
-            f"best.npz holds the best model")
-        return True
-
-    agreed = {"signal": 0}  # the signal that stops every rank (any rank's, the largest)
-
-    def agreed_stop(first: bool) -> bool:
-        """Whether to stop before the next step, the same on every rank: a signal on any
-        rank, or, before this invocation's first step, rank 0's budget. After a step the
-        budget is decided with it (``final`` below), so that the last step is validated:
-        asked again here, after a save had raised the time a save takes, the budget
-        ended a run without its final validation."""
-        agreed["signal"] = ranks.most(signals.signum or 0)
-        return bool(agreed["signal"]) or (first and ranks.bcast(budget_spent() if root else None))
-
+    A --time budget bounds the whole invocation from then (time_budget.TimeBudget):
+    training stops early enough that the final validation (timed on the validation text
+    as the run goes) and the last save fit. If the machine slows after that time was set
+    aside, a validation still running at the deadline goes on past it by at most the time
+    set aside for it (1.5 times its estimate and VALIDATION_SLACK_SECONDS), so the run
+    ends with its last step scored (``stop_reason`` says how late); past that, or when a
+    signal arrives, it stops within one chunk and goes unscored. last.npz is written
+    before the first step, so a run directory always holds a checkpoint to resume.
+    Raises TrainingDiverged, saying which checkpoint is on disk, and UserError when a
+    file cannot be written."""
+    run = _TrainingRun(trainer, Path(out_dir), quiet, started, tensorboard)
     try:
-        with signals:
-            if trainer.step == 0 or not last_path.exists():
-                save(last_path)  # a run directory always holds a checkpoint to resume
-            else:
-                saved["step"] = trainer.step  # resumed from last.npz as it is
-            if root and deadline is not None and budget_spent() and trainer.step != step_limit:
-                trainer.stop_reason = (
-                    f"the --time budget ({_clock(cfg.time_limit)}) was spent before the "
-                    f"first step: starting took {time.perf_counter() - started:.1f} s "
-                    f"(compiling the kernels, on a first run); give a longer --time")
+        with run.signals:
+            run.begin()
             first = True
-            while not agreed_stop(first):
-                t0 = time.perf_counter()
-                bits, norm, lr = trainer.train_step(ranks.bcast(elapsed()))
-                timing["step"] = time.perf_counter() - t0
-                if first and deadline is not None:
-                    # The first step of a process also loads (or compiles) the kernels:
-                    # not what the next ones take.
-                    timing["step"] = min(timing["step"], 0.1 * (deadline - time.perf_counter()))
-                else:
-                    pace.add(timing["step"])
+            while not run.agreed_stop(first):
+                final = run.step(first)
                 first = False
-                window["seconds"] += timing["step"]
-                window["bits"] += bits
-                window["steps"] += 1
-                agreed["signal"] = ranks.most(signals.signum or 0)
-                interrupted = bool(agreed["signal"])
-                decision = None
-                if root:  # rank 0 decides what depends on its clock, and validates
-                    final = interrupted or budget_spent()
-                    val, improved, problem = float("nan"), False, None
-                    if has_val and not interrupted and (
-                            final
-                            or (cfg.eval_every > 0 and trainer.step % cfg.eval_every == 0)
-                            or (cfg.eval_every == 0 and trainer.epoch_step == 0)):
-                        try:
-                            val, improved = evaluate()
-                        except TrainingDiverged as e:
-                            problem = str(e)
-                        # A validation that ran into the deadline was the last: the step
-                        # it scored ends the run, not one more unscored step.
-                        final = (final or patience_ran_out(val) or trainer.stop_reason is not None
-                                 or budget_spent())
-                    decision = (final, val, improved, problem)
-                final, val, improved, problem = ranks.bcast(decision)
-                if problem is not None:
-                    raise TrainingDiverged(problem)
-                if improved:
-                    save(best_path)
-                if root and (trainer.step % cfg.log_every == 0 or not math.isnan(val) or final):
-                    log_row(val, lr, norm)
-                if trainer.step % cfg.save_every == 0 and not final:
-                    save(last_path)
-                bar.update(1)
                 if final:
                     break
-            save(last_path)
-            late = time.perf_counter() - deadline if deadline is not None and root else 0.0
-            if late > 0 and has_val and trainer.stop_reason is None and not signals.signum:
-                trainer.stop_reason = (
-                    f"the machine slowed near the end: the final validation and save ended "
-                    f"{late:.2f} s past the --time budget (the final validation may take up "
-                    f"to {overrun['allowed']:.2f} s past it)")
+            run.end()
     except TrainingDiverged as e:
         raise TrainingDiverged(
-            f"{e}; {last_path} (step {saved['step']}) is untouched: continue from it with "
-            f"`charlstm resume {out_dir} --lr LOWER`, or start over with --force if its "
-            f"weights are already too large") from None
+            f"{e}; {run.last_path} (step {run.saved_step}) is untouched: continue from it "
+            f"with `charlstm resume {run.out_dir} --lr LOWER`, or start over with --force if "
+            f"its weights are already too large") from None
     finally:
-        bar.close()
-        if log is not None:
-            log.close()
-        if board is not None:
-            board.close(trainer.config, trainer.best_val_bpc)
-        trainer.net.close()  # the shard threads; a later step would start them again
-        if trainer.lock is not None:
-            trainer.lock.release()
-            trainer.lock = None
-    signalled = agreed["signal"] or signals.signum or 0
-    return 128 + signalled if signalled else 0
+        run.close()
+    return run.exit_status()

@@ -31,7 +31,8 @@ from charlstm.parallel.ranks import SingleProcess
 from charlstm.training.budget import apply_recipe, describe, recipe_for, wants_recipe
 from charlstm.training.config import (ARCHITECTURE, DEFAULT_EPOCHS, OPTION_OF, RESUMABLE,
                                       InvalidSetting, TrainConfig, validate)
-from charlstm.training.loop import VALIDATION_SLACK_SECONDS, Data, batches_for, prepare_data
+from charlstm.training.loop import Data, batches_for, prepare_data
+from charlstm.training.time_budget import VALIDATION_SLACK_SECONDS
 
 BUDGETS = ("steps", "epochs", "time_limit")
 
