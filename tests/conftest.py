@@ -1,3 +1,4 @@
+import functools
 import os
 import shutil
 import subprocess
@@ -16,13 +17,20 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="charlstm-tests-cache-")
 
 
+_WORDS = ("the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "it")
+
+
+@functools.lru_cache(maxsize=32)
 def make_text(n_chars: int, seed: int = 0) -> str:
-    """A small corpus with learnable structure: words from a tiny lexicon, in lines."""
+    """A small corpus with learnable structure: words from a tiny lexicon, in lines.
+    Remembered per process: several tests ask for the same few million characters."""
     rng = np.random.default_rng(seed)
-    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "it"]
     out, size = [], 0
     while size < n_chars:
-        line = " ".join(rng.choice(words, size=rng.integers(3, 9))) + ".\n"
+        # The draws of rng.choice(_WORDS, size=k), without its conversion of the lexicon
+        # at every line (half the time of a long text).
+        indices = rng.integers(0, len(_WORDS), size=rng.integers(3, 9))
+        line = " ".join([_WORDS[i] for i in indices]) + ".\n"
         out.append(line)
         size += len(line)
     return "".join(out)[:n_chars]
