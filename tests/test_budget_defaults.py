@@ -119,6 +119,10 @@ def test_cli_time_alone_tells_the_choice_and_saves_it_in_the_run(tmp_path):
     chosen = info["history"][0]["chosen"]
     assert info["history"][0]["budget_recipe"] == recipe.name and "lr" not in chosen
     assert info["config"]["lr"] == 1e-3
+    # --time alone trains in bfloat16 where the CPU has its products (--precision auto)
+    from charlstm.machine.cpu import resolve_precision
+
+    assert info["config"]["precision"] == resolve_precision("auto")
     ratio = recipe.settings["lr_min"] / recipe.settings["lr"]
     assert info["config"]["lr_min"] == chosen["lr_min"] == pytest.approx(1e-3 * ratio)
     for name, value in chosen.items():
@@ -157,6 +161,7 @@ def test_cli_a_model_size_or_another_budget_keeps_the_plain_defaults(tmp_path, o
     info = json.loads(run_cli("info", out / "last.npz", "--json").stdout)
     assert info["config"]["lr_schedule"] == "constant" and info["config"]["dropout"] == 0.0
     assert "budget_recipe" not in info["history"][0]
+    assert info["config"]["precision"] == "float32"  # the default, without the table
 
 
 def test_cli_a_setting_from_the_config_file_counts_as_given(tmp_path):

@@ -373,6 +373,8 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, bf16_products, retu
     the built-in corpus: the Python language reference that ships with every CPython.
     Writes RUN_DIR/last.npz, best.npz and metrics.jsonl.
     """
+    from click.core import ParameterSource
+
     from charlstm.api import train_planned
     from charlstm.training.plan import MachineRequest, plan_new_run
 
@@ -381,6 +383,8 @@ def train(ctx, paths, out, force, quiet, blas, step_weights, bf16_products, retu
     ranks = _ranks(ctx, distributed)
     settings = {k: v for k, v in options.items() if v is not None}  # None: the default
     settings["corpus"] = tuple(paths or ctx.meta.get("run_file_corpus", ()))
+    if ctx.get_parameter_source("precision") is ParameterSource.DEFAULT:
+        precision = None  # float32, or the budget table's choice (auto) with --time alone
     plan = plan_new_run(settings, _given(ctx, options),
                         MachineRequest(blas, step_weights, precision, bf16_products, retune),
                         Path(out) if out else None, force, init_from, ranks)
