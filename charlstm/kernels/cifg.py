@@ -121,3 +121,24 @@ def cifg_backward(weight_hh, c0, cs, gates, tanh_cs, dhs, dh, dc, dpre, layout=0
                 dcr[j] = dc_t * (one - i)
         # dh_{t-1} = dpre_t @ weight_hh (the recurrent part; dhs[t-1] joins next step).
         recurrent_backward(dp, weight_hh, dh, layout)
+
+
+# -- the cell's Python side: what model/network.py calls for one layer of a chunk ------
+# ``ws`` is the network's Workspace: per layer k, ws.hs[k] and the buffers LAYER_BUFFERS
+# names ([T, B, width * H] each, by width); SHARED_BUFFERS are one per workspace, reused
+# by each layer in turn, by (shape, width): "steps" [T, B, width * H], "rows" [B, width * H].
+
+LAYER_BUFFERS = {"cs": 1, "tanh_cs": 1, "gates": 3}
+SHARED_BUFFERS = {}
+
+
+def layer_forward(ws, k, xproj, weight_hh, layout, bias_hh, peepholes):
+    cifg_forward(xproj, weight_hh, ws.h0[k], ws.c0[k], ws.hs[k], ws.cs[k], ws.gates[k],
+                 ws.tanh_cs[k], layout)
+
+
+def layer_backward(ws, k, weight_hh, layout, dh, dc, dpre, peepholes, peephole_grads):
+    """Fills dpre; returns the gradient of the recurrent product h W_hh^T + b_hh."""
+    cifg_backward(weight_hh, ws.c0[k], ws.cs[k], ws.gates[k], ws.tanh_cs[k], ws.dhs, dh, dc,
+                  dpre, layout)
+    return dpre

@@ -144,3 +144,28 @@ def gru_backward(weight_hh, h0, hs, gates, ghns, dhs, dh, dpre, drec, dhz, layou
         # dh_{t-1} = drec_t @ weight_hh (+ dhz, added in the next step's pass).
         recurrent_backward(dq, weight_hh, dh, layout)
     dh += dhz
+
+
+# -- the cell's Python side: what model/network.py calls for one layer of a chunk ------
+# ``ws`` is the network's Workspace: per layer k, ws.hs[k] and the buffers LAYER_BUFFERS
+# names ([T, B, width * H] each, by width); SHARED_BUFFERS are one per workspace, reused
+# by each layer in turn, by (shape, width): "steps" [T, B, width * H], "rows" [B, width * H].
+
+# ghns: h_{t-1} W_hn^T + b_hn per step, what r scales, needed by the backward. drec: the
+# gradient of the recurrent product h W_hh^T + b_hh, one layer at a time.
+LAYER_BUFFERS = {"gates": 3, "ghns": 1}
+SHARED_BUFFERS = {"drec": ("steps", 3), "scratch": ("rows", 1)}
+
+
+def layer_forward(ws, k, xproj, weight_hh, layout, bias_hh, peepholes):
+    H = ws.hs[k].shape[2]
+    gru_forward(xproj, weight_hh, bias_hh[2 * H:], ws.h0[k], ws.hs[k], ws.gates[k], ws.ghns[k],
+                layout)
+
+
+def layer_backward(ws, k, weight_hh, layout, dh, dc, dpre, peepholes, peephole_grads):
+    """Fills dpre; returns the gradient of the recurrent product h W_hh^T + b_hh, which
+    differs from dpre in the candidate rows (scaled by r on the recurrent side)."""
+    gru_backward(weight_hh, ws.h0[k], ws.hs[k], ws.gates[k], ws.ghns[k], ws.dhs, dh, dpre,
+                 ws.drec, ws.scratch, layout)
+    return ws.drec

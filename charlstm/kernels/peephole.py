@@ -170,3 +170,26 @@ def peephole_weight_grads(c0, cs, dpre, d_ci, d_cf, d_co):
                 d_ci[j] += dpi[j] * cpr[j]
                 d_cf[j] += dpf[j] * cpr[j]
                 d_co[j] += dpo[j] * cnr[j]
+
+
+# -- the cell's Python side: what model/network.py calls for one layer of a chunk ------
+# ``ws`` is the network's Workspace: per layer k, ws.hs[k] and the buffers LAYER_BUFFERS
+# names ([T, B, width * H] each, by width); SHARED_BUFFERS are one per workspace, reused
+# by each layer in turn, by (shape, width): "steps" [T, B, width * H], "rows" [B, width * H].
+
+LAYER_BUFFERS = {"cs": 1, "tanh_cs": 1, "gates": 4}
+SHARED_BUFFERS = {}
+
+
+def layer_forward(ws, k, xproj, weight_hh, layout, bias_hh, peepholes):
+    peephole_forward(xproj, weight_hh, *peepholes, ws.h0[k], ws.c0[k], ws.hs[k], ws.cs[k],
+                     ws.gates[k], ws.tanh_cs[k], layout)
+
+
+def layer_backward(ws, k, weight_hh, layout, dh, dc, dpre, peepholes, peephole_grads):
+    """Fills dpre and adds to the peephole weights' gradients; returns the gradient of
+    the recurrent product h W_hh^T + b_hh."""
+    peephole_backward(weight_hh, *peepholes, ws.c0[k], ws.cs[k], ws.gates[k], ws.tanh_cs[k],
+                      ws.dhs, dh, dc, dpre, layout)
+    peephole_weight_grads(ws.c0[k], ws.cs[k], dpre, *peephole_grads)
+    return dpre

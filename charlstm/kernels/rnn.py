@@ -65,3 +65,22 @@ def rnn_backward(weight_hh, hs, dhs, dh, dpre, layout=0):
                 h = hr[j]
                 dpr[j] = (dhr[j] + dhsr[j]) * (one - h * h)
         recurrent_backward(dp, weight_hh, dh, layout)
+
+
+# -- the cell's Python side: what model/network.py calls for one layer of a chunk ------
+# ``ws`` is the network's Workspace: per layer k, ws.hs[k] and the buffers LAYER_BUFFERS
+# names ([T, B, width * H] each, by width); SHARED_BUFFERS are one per workspace, reused
+# by each layer in turn, by (shape, width): "steps" [T, B, width * H], "rows" [B, width * H].
+
+LAYER_BUFFERS = {}
+SHARED_BUFFERS = {"scratch": ("rows", 1)}
+
+
+def layer_forward(ws, k, xproj, weight_hh, layout, bias_hh, peepholes):
+    rnn_forward(xproj, weight_hh, ws.h0[k], ws.hs[k], ws.scratch, layout)
+
+
+def layer_backward(ws, k, weight_hh, layout, dh, dc, dpre, peepholes, peephole_grads):
+    """Fills dpre; returns the gradient of the recurrent product h W_hh^T + b_hh."""
+    rnn_backward(weight_hh, ws.hs[k], ws.dhs, dh, dpre, layout)
+    return dpre

@@ -1,13 +1,16 @@
 """What each recurrent cell is, in one table.
 
-A cell's kernels live in kernels/<name>.py (a forward beside its backward) and its NumPy
-twin in tests/reference.py; everything else that differs between cells reads this table:
+A cell's kernels live in kernels/<name>.py (a forward beside its backward), with the
+cell's Python side beside them: the workspace buffers its kernels use and the calls
+that run one layer forward and backward (``Cell.kernels()``). Its NumPy twin is in
+tests/reference.py. Everything else that differs between cells reads this table:
 the gate count G of PyTorch's [G*H, in] weight layout, the state a layer carries, the
 sampling kernel's code, where bias_hh's rows go, the per-layer peephole weights, which
 gate block ``--forget-bias`` sets, and PyTorch's module of the same name, if it has one.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from charlstm.kernels.codes import CELL_CIFG, CELL_GRU, CELL_LSTM, CELL_PEEPHOLE, CELL_RNN
@@ -33,6 +36,12 @@ class Cell:
     @property
     def has_cell_state(self) -> bool:
         return "c" in self.state
+
+    def kernels(self):
+        """The module kernels/<name>.py: its layer_forward and layer_backward, and the
+        LAYER_BUFFERS and SHARED_BUFFERS they use. Imported on demand, so reading the
+        table (checking a configuration) loads no kernel."""
+        return importlib.import_module(f"charlstm.kernels.{self.name}")
 
 
 CELL_TABLE = {

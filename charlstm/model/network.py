@@ -20,13 +20,8 @@ from charlstm.training.config import TrainConfig
 from charlstm.errors import UserError
 from charlstm.kernels import blas as blas_module
 from charlstm.kernels.blas import (BLAS, STEP_LAYOUTS, matmul_nn, matmul_nt, matmul_tn, transpose_into)
-from charlstm.kernels.cifg import cifg_backward, cifg_forward
-from charlstm.kernels.gru import gru_backward, gru_forward
-from charlstm.kernels.lstm import lstm_backward, lstm_forward
 from charlstm.kernels.onehot import onehot_backward, onehot_forward
 from charlstm.kernels.panels import pack_panels, panel_buffer
-from charlstm.kernels.peephole import (peephole_backward, peephole_forward, peephole_weight_grads)
-from charlstm.kernels.rnn import rnn_backward, rnn_forward
 from charlstm.kernels.softmax import softmax_xent_grad, softmax_xent_loss
 from charlstm.model.mixed import LowPrecisionProducts, LowPrecisionWeights
 from charlstm.model.parameters import FlatParams
@@ -42,19 +37,11 @@ class Workspace:
         # the gradient of the gate pre-activations in the backward pass.
         self.xproj = [np.empty((T, B, G * H), dtype) for _ in range(num_layers)]
         self.hs = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
-        if CELL_TABLE[cell].has_cell_state:  # lstm, peephole, cifg
-            self.cs = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
-            self.tanh_cs = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
-            self.gates = [np.empty((T, B, G * H), dtype) for _ in range(num_layers)]
-        elif cell == "gru":
-            self.gates = [np.empty((T, B, G * H), dtype) for _ in range(num_layers)]
-            # h_{t-1} W_hn^T + b_hn per step: what r scales, needed by the backward.
-            self.ghns = [np.empty((T, B, H), dtype) for _ in range(num_layers)]
-            # Gradient of the recurrent product h W_hh^T + b_hh; one layer at a time.
-            self.drec = np.empty((T, B, G * H), dtype)
-            self.scratch = np.empty((B, H), dtype)
-        else:
-            self.scratch = np.empty((B, H), dtype)
+        kernels = CELL_TABLE[cell].kernels()  # the buffers the cell's kernels use
+        for name, width in kernels.LAYER_BUFFERS.items():
+            setattr(self, name, [np.empty((T, B, width * H), dtype) for _ in range(num_layers)])
+        for name, (shape, width) in kernels.SHARED_BUFFERS.items():
+            setattr(self, name, np.empty((T, B, width * H) if shape == "steps" else (B, width * H), dtype))
         # Layer outputs as the layer above (or the decoder) reads them under dropout:
         # allocated on the first masked pass, so runs without dropout pay nothing.
         self.dropped: list | None = None
@@ -88,7 +75,10 @@ class Network:
                  low_precision_weights: LowPrecisionWeights | None = None):
         self.cell = config.cell
         self.has_cell_state = CELL_TABLE[config.cell].has_cell_state
-        self.gru = config.cell == "gru"
+        self.kernels = CELL_TABLE[config.cell].kernels()
+        # bias_hh rows the cell adds inside its kernel (the GRU's n rows, inside r * (...)),
+        # so not folded into the input projection with the other biases.
+        self.bias_hh_rows_inside = CELL_TABLE[config.cell].bias_hh_rows_inside
         self.num_layers = config.num_layers
         self.H = config.hidden_size
         self.G = config.gates
@@ -199,12 +189,9 @@ class Network:
             xproj = ws.xproj[k]
             xproj2d = xproj.reshape(N, -1)
             b_hh = p[f"rnn.bias_hh_l{k}"]
-            if self.gru:
-                # bias_hh's n rows are added by the kernel, inside r * (...).
-                bias = p[f"rnn.bias_ih_l{k}"].copy()
-                bias[:2 * self.H] += b_hh[:2 * self.H]
-            else:
-                bias = p[f"rnn.bias_ih_l{k}"] + b_hh
+            bias = p[f"rnn.bias_ih_l{k}"] + b_hh
+            if self.bias_hh_rows_inside:  # the kernel adds bias_hh's last H rows itself
+                bias[-self.H:] = p[f"rnn.bias_ih_l{k}"][-self.H:]
             if k == 0:
                 np.add(p["rnn.weight_ih_l0"].T, bias, out=ws.table)
                 onehot_forward(ws.table, ws.ids, xproj2d)
@@ -220,20 +207,7 @@ class Network:
                 if self._w_hh_t is not None:
                     transpose_into(p[f"rnn.weight_hh_l{k}"], self._w_hh_t[k])
                 w_hh, layout = self._step_weight(k, self.fwd_layout, True, B)
-            if self.cell == "lstm":
-                lstm_forward(xproj, w_hh, ws.h0[k], ws.c0[k], ws.hs[k], ws.cs[k],
-                             ws.gates[k], ws.tanh_cs[k], layout)
-            elif self.cell == "peephole":
-                peephole_forward(xproj, w_hh, *self.peepholes(k), ws.h0[k], ws.c0[k], ws.hs[k],
-                                 ws.cs[k], ws.gates[k], ws.tanh_cs[k], layout)
-            elif self.cell == "cifg":
-                cifg_forward(xproj, w_hh, ws.h0[k], ws.c0[k], ws.hs[k], ws.cs[k],
-                             ws.gates[k], ws.tanh_cs[k], layout)
-            elif self.gru:
-                gru_forward(xproj, w_hh, b_hh[2 * self.H:], ws.h0[k], ws.hs[k], ws.gates[k],
-                            ws.ghns[k], layout)
-            else:
-                rnn_forward(xproj, w_hh, ws.h0[k], ws.hs[k], ws.scratch, layout)
+            self.kernels.layer_forward(ws, k, xproj, w_hh, layout, b_hh, self.peepholes(k))
             state["h"][k] = ws.hs[k][T - 1]
             if self.has_cell_state:
                 state["c"][k] = ws.cs[k][T - 1]
@@ -302,27 +276,13 @@ class Network:
                 w_hh, layout = low.step_weight(k, False), 0
             else:
                 w_hh, layout = self._step_weight(k, self.bwd_layout, False, B)
-            if self.cell == "lstm":
-                lstm_backward(w_hh, ws.c0[k], ws.cs[k], ws.gates[k], ws.tanh_cs[k],
-                              ws.dhs, dh, dc, dpre, layout)
-            elif self.cell == "peephole":
-                peephole_backward(w_hh, *self.peepholes(k), ws.c0[k], ws.cs[k], ws.gates[k],
-                                  ws.tanh_cs[k], ws.dhs, dh, dc, dpre, layout)
-                peephole_weight_grads(ws.c0[k], ws.cs[k], dpre, *self.peepholes(k, g))
-            elif self.cell == "cifg":
-                cifg_backward(w_hh, ws.c0[k], ws.cs[k], ws.gates[k], ws.tanh_cs[k],
-                              ws.dhs, dh, dc, dpre, layout)
-            elif self.gru:
-                gru_backward(w_hh, ws.h0[k], ws.hs[k], ws.gates[k], ws.ghns[k], ws.dhs, dh,
-                             dpre, ws.drec, ws.scratch, layout)
-            else:
-                rnn_backward(w_hh, ws.hs[k], ws.dhs, dh, dpre, layout)
-            # The gradient of the recurrent product h W_hh^T + b_hh: the same as dpre's
-            # but for the GRU, whose candidate rows are scaled by r on the recurrent side.
-            drec = ws.drec if self.gru else dpre
+            # The gradient of the recurrent product h W_hh^T + b_hh: dpre's, but for the
+            # GRU, whose candidate rows are scaled by r on the recurrent side.
+            drec = self.kernels.layer_backward(ws, k, w_hh, layout, dh, dc, dpre,
+                                               self.peepholes(k), self.peepholes(k, g))
             GH = dpre.shape[2]
             dpre2d = dpre.reshape(N, GH)
-            drec2d = drec.reshape(N, GH) if self.gru else dpre2d
+            drec2d = drec.reshape(N, GH)
             hs = ws.hs[k]
             g_hh = g[f"rnn.weight_hh_l{k}"]
             if low is not None:
@@ -332,8 +292,8 @@ class Network:
                 matmul_tn(drec[1:].reshape(-1, GH), hs[:-1].reshape(-1, H), g_hh)
                 matmul_tn(drec[0], ws.h0[k], g_hh, 1.0)
             np.sum(dpre2d, axis=0, out=g[f"rnn.bias_ih_l{k}"])
-            if self.gru:
-                np.sum(drec.reshape(N, GH), axis=0, out=g[f"rnn.bias_hh_l{k}"])
+            if drec is not dpre:
+                np.sum(drec2d, axis=0, out=g[f"rnn.bias_hh_l{k}"])
             else:
                 g[f"rnn.bias_hh_l{k}"][...] = g[f"rnn.bias_ih_l{k}"]
             if k == 0:

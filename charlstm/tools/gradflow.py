@@ -92,7 +92,7 @@ def flow_gradients(net: Network, inputs: np.ndarray, targets: np.ndarray,
     dhs[S - 1] = dlogits @ p["decoder.weight"]
     norms, vectors = {}, {}
     dpre = np.empty((S, K, G * H))
-    if net.gru:
+    if net.cell == "gru":
         drec = np.empty((S, K, G * H))
         scratch = np.empty((K, H))
     for k in range(L - 1, -1, -1):
@@ -128,7 +128,7 @@ def flow_gradients(net: Network, inputs: np.ndarray, targets: np.ndarray,
                                       dpre[one])
                 else:
                     cifg_backward(w_hh, c_prev, *saved, dhs[one], dh, dc, dpre[one])
-            elif net.gru:
+            elif net.cell == "gru":
                 h_prev = ws.h0[k] if t == 0 else ws.hs[k][t - 1]
                 gru_backward(w_hh, h_prev, ws.hs[k][one], ws.gates[k][one], ws.ghns[k][one],
                              dhs[one], dh, dpre[one], drec[one], scratch)
