@@ -16,7 +16,8 @@ file (one object per run) so an interrupted study resumes where it stopped:
         --seeds 0 1 2 3 --torch --out docs/quality/precision-tinyshakespeare.json
     python benchmarks/precision_quality.py --corpus ../shared/data/anna-karenina.txt \
         --seeds 0 1 2 3 --out docs/quality/precision-anna-karenina.json
-    python benchmarks/precision_quality.py --summary docs/quality/precision-*.json
+    python benchmarks/precision_quality.py --summary docs/quality/precision-*.json \
+        --plot docs/quality/precision.png
 """
 from __future__ import annotations
 
@@ -75,6 +76,40 @@ def summary(paths) -> None:
                       f"{statistics.mean(diffs):+.4f}, worst {max(diffs):+.4f}")
 
 
+def plot(paths, out) -> None:
+    """Validation curves, one panel per corpus: each run's seeds as thin lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line]
+    corpora = sorted({r["corpus"] for r in rows})
+    colours = {("charlstm", "float32"): "tab:blue", ("charlstm", "bfloat16"): "tab:orange",
+               ("torch", "float32"): "tab:green", ("torch", "bfloat16"): "tab:red"}
+    names = {("charlstm", "float32"): "charlstm float32", ("charlstm", "bfloat16"): "charlstm bfloat16",
+             ("torch", "float32"): "PyTorch float32", ("torch", "bfloat16"): "PyTorch autocast bfloat16"}
+    fig, axes = plt.subplots(1, len(corpora), figsize=(6.5 * len(corpora), 4.5), squeeze=False)
+    for ax, corpus in zip(axes[0], corpora):
+        labelled = set()
+        for r in rows:
+            if r["corpus"] != corpus:
+                continue
+            key = (r["tool"], r["precision"])
+            steps, bpc = zip(*r["curve"])
+            ax.plot(steps, bpc, color=colours[key], linewidth=1, alpha=0.8,
+                    label=None if key in labelled else names[key])
+            labelled.add(key)
+        ax.set_title(f"{corpus}: M (lstm 2x256), equal steps, one line per seed")
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation bits per character")
+        ax.set_ylim(top=min(4.0, ax.get_ylim()[1]))
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus")
@@ -85,9 +120,12 @@ def main() -> None:
     ap.add_argument("--torch", action="store_true", help="also PyTorch float32 and autocast")
     ap.add_argument("--out")
     ap.add_argument("--summary", nargs="+", metavar="JSON")
+    ap.add_argument("--plot", metavar="PNG", help="with --summary: draw the curves")
     a = ap.parse_args()
     if a.summary:
         summary(a.summary)
+        if a.plot:
+            plot(a.summary, a.plot)
         return
     out = Path(a.out)
     done = set()
