@@ -397,6 +397,7 @@ class _TrainingRun:
         self.bar = tqdm(total=self.step_limit, initial=trainer.step, file=sys.stderr,
                         disable=quiet or not self.root, unit="step", dynamic_ncols=True, leave=True)
         self.window = {"bits": 0.0, "steps": 0, "seconds": 0.0}  # since the last metrics row
+        self.last_lr_and_norm = (float("nan"), float("nan"))
         self.last_val = float("nan")
         self.signals = _StopSignals()
         self.agreed_signal = 0  # the signal that stops every rank (any rank's, the largest)
@@ -470,7 +471,11 @@ class _TrainingRun:
                 f"(compiling the kernels, on a first run); give a longer --time")
 
     def end(self) -> None:
-        """The last save, and a note if the final validation and save ended late."""
+        """A metrics row for the last step if it has none (a signal that arrived after
+        the step was decided stops the loop before the next), the last save, and a note
+        if the final validation and save ended late."""
+        if self.root and self.window["steps"]:
+            self.log_row(float("nan"), *self.last_lr_and_norm)
         self.save(self.last_path)
         late = self.clock.late_by() if self.root else 0.0
         if late > 0 and self.has_val and self.trainer.stop_reason is None and not self.signals.signum:
@@ -568,6 +573,7 @@ class _TrainingRun:
         trainer, cfg = self.trainer, self.trainer.config
         t0 = time.perf_counter()
         bits, norm, lr = trainer.train_step(self.ranks.bcast(self.elapsed()))
+        self.last_lr_and_norm = (lr, norm)
         seconds = time.perf_counter() - t0
         self.clock.step_timed(seconds, first)
         self.window["seconds"] += self.clock.step_seconds
