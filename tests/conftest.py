@@ -1,3 +1,4 @@
+import fcntl
 import functools
 import os
 import shutil
@@ -146,3 +147,27 @@ def assert_resume_is_bit_identical(tmp_path, config, n):
     common = np.intersect1d(ma[:, 0], mb[:, 0])
     assert np.array_equal(ma[np.isin(ma[:, 0], common)][:, 2], mb[np.isin(mb[:, 0], common)][:, 2])
     return whole, a
+
+
+# -- tests that time the machine --------------------------------------------------------
+# The suite runs one worker per core (pytest-xdist). A test marked `alone` measures time
+# against a --time budget and asserts on it, so it runs with every other worker idle: it
+# takes an exclusive lock that every other test holds shared while it runs.
+_SHARE_LOCK = Path(tempfile.gettempdir()) / (
+    f"charlstm-tests-{os.environ.get('PYTEST_XDIST_TESTRUNUID', os.getpid())}.lock")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "alone: runs while no other test runs in any worker "
+                                       "(it asserts on wall-clock time)")
+
+
+@pytest.fixture(autouse=True)
+def _machine_share(request):
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(_SHARE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

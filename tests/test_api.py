@@ -4,6 +4,7 @@ line prints."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,3 +73,18 @@ def test_api_errors_are_the_packages_one_line_errors(tmp_path):
     with pytest.raises(charlstm.UserError, match="outside the model's vocabulary"):
         model.bpc("QQQ")
     assert model.score("QQQ the", skip_unknown=True)[1] == 4
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch):
+    """The README's "From Python" block, run as written (in a scratch directory)."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("### From Python"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["run"].step == 60 and len(namespace["text"]) == len("The ") + 200
+    assert 0 < namespace["bpc"] < 10
+    assert json.loads(run_cli("info", tmp_path / "runs/api-example", "--json").stdout)["last_step"] == 90

@@ -136,6 +136,7 @@ def test_cli_time_alone_tells_the_choice_and_saves_it_in_the_run(tmp_path):
     assert f"budget table's '{recipe.name}' recipe chose" in text
 
 
+@pytest.mark.alone
 def test_cli_the_rate_reaches_its_floor_as_training_stops(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(60_000))

@@ -30,6 +30,7 @@ def _rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.alone
 def test_time_alone_anneals_over_the_budget_and_resume_continues_the_curve(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(20_000))

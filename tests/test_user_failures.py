@@ -285,6 +285,7 @@ def long_validation(tmp_path_factory):
     return path
 
 
+@pytest.mark.alone
 def test_time_bounds_the_whole_invocation_validation_included(long_validation, tmp_path):
     out = tmp_path / "run"
     args = [long_validation, *TINY[:-1], "--val-frac", "0.5", "--val-chars", "0", "--time", "4s",
@@ -333,6 +334,7 @@ def _wait_for_the_final_validation(run_dir, proc):
     raise AssertionError(f"the run ended ({proc.returncode}) before its final validation")
 
 
+@pytest.mark.alone
 def test_a_machine_that_slows_during_the_final_validation_still_ends_scored(long_validation, tmp_path):
     """While the final validation of a --time run is read, the machine stops until past
     the deadline (SIGSTOP, then SIGCONT: a laptop lid, a swap storm, a host that

@@ -31,23 +31,10 @@ def _quiet_ctrl_c_while_loading():
 _SIGINT_AFTER_LOADING = _quiet_ctrl_c_while_loading()
 
 
-def _process_age() -> float:
-    """Seconds since this process started (Linux: /proc), or 0 where that is unknown.
-    Interpreter start-up and imports take a few tenths of a second before this module
-    runs, and a --time budget bounds the whole invocation."""
-    import os
+from charlstm.training.time_budget import process_age  # noqa: E402 (light: no kernels)
 
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        with open("/proc/uptime", "rb") as f:
-            uptime = float(f.read().split()[0])
-        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-INVOCATION_STARTED = time.perf_counter() - _process_age()
+# A --time budget bounds the whole invocation, interpreter start-up and imports included.
+INVOCATION_STARTED = time.perf_counter() - process_age()
 
 import click
 
@@ -246,11 +233,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except UserError as e:
             ranks = (ctx.obj or {}).get("ranks")
-            if ranks is not None and ranks.size > 1 and not getattr(e, "agreed", False):
-                prefix = "" if ranks.is_root else f"(rank {ranks.rank}) "
-                click.echo(f"Error: {prefix}{e}", err=True)
-                sys.stderr.flush()
-                ranks.comm.Abort(2 if isinstance(e, UsageProblem) else 1)
+            if ranks is not None:  # over MPI, one rank's error ends the job (ranks.py)
+                ranks.abort_for(e, _error_line)
             raise
 
 
@@ -264,6 +248,11 @@ def main(ctx, debug):
     ctx.obj = {"debug": debug}
     # Every command ends cleanly on SIGTERM and SIGHUP, as on Ctrl-C (console.py).
     console.stop_on_signals()
+
+
+def _error_line(line: str) -> None:
+    click.echo(line, err=True)
+    sys.stderr.flush()
 
 
 def _guard_standard_streams() -> None:

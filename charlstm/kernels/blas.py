@@ -90,6 +90,11 @@ class BlasBinding:
         self.libraries: dict[str, blas_libraries.Library] = {}
         self._stubs: dict = {}  # ctypes callbacks must outlive the symbols pointing at them
 
+    def fixed_spec(self) -> str | None:
+        """The choice this process can no longer change (its kernels are linked against
+        it), or None while ``bind`` may still change it."""
+        return self.spec if self.spec is not None and _kernels_linked() else None
+
     def bind(self, spec: str) -> None:
         """Point the kernels' products at ``spec``'s libraries.
 

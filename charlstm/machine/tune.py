@@ -470,6 +470,13 @@ def resolve(config: TrainConfig, vocab_size: int, blas: str = "auto",
                            {"blas": choice.blas, "step_weights": choice.step_weights,
                             "bf16_products": choice.bf16_products, "timings": choice.timings,
                             "measured": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    fixed = _process_binding()
+    if fixed is not None and choice.blas != fixed:
+        # An earlier run in this process linked the kernels to another choice (one per
+        # process: blas.py), as in a notebook's second charlstm.train: measure what that
+        # choice can run, and remember nothing.
+        step, chunk = parse_blas(fixed)
+        choice = tune(config, vocab_size, [step], [chunk])
     if step_weights is not None:
         choice.step_weights = step_weights
     if bf16_products is not None:
@@ -478,6 +485,13 @@ def resolve(config: TrainConfig, vocab_size: int, blas: str = "auto",
                             bf16_products=choice.bf16_products)
     _check_packing(chosen)
     return chosen, choice
+
+
+def _process_binding() -> str | None:
+    """The BLAS choice this process's kernels are already linked against, if any."""
+    from charlstm.kernels.blas import BLAS
+
+    return BLAS.fixed_spec()
 
 
 def _remembered(config: TrainConfig, vocab_size: int) -> Choice | None:

@@ -89,6 +89,9 @@ class SingleProcess:
             raise error
         return payload
 
+    def abort_for(self, error: UserError, echo) -> None:
+        """One process: the error ends it the ordinary way (nothing to do here)."""
+
 
 class MpiRanks:
     """This process's place in an MPI job (mpi4py's COMM_WORLD)."""
@@ -181,3 +184,14 @@ class MpiRanks:
             error.agreed = True  # every rank knows: the job can end normally
             raise error
         return self.bcast(payload)
+
+    def abort_for(self, error: UserError, echo) -> None:
+        """A user error on this rank that the ranks did not reach together (``agree``
+        marks those it raised): the others may be waiting in a collective, so print it
+        once, rank-prefixed except on rank 0, through ``echo``, and end the whole job with
+        the status the command line gives it (2 for a usage problem, else 1)."""
+        if getattr(error, "agreed", False):
+            return
+        prefix = "" if self.is_root else f"(rank {self.rank}) "
+        echo(f"Error: {prefix}{error}")
+        self.comm.Abort(2 if isinstance(error, UsageProblem) else 1)

@@ -85,7 +85,10 @@ class Trainer:
         self.data = data
         self.ranks = ranks if ranks is not None else SingleProcess()
         self.rows = self.ranks.rows(config.batch_size)
-        BLAS.bind(config.blas)  # before any kernel of this process runs
+        try:
+            BLAS.bind(config.blas)  # before any kernel of this process runs
+        except RuntimeError as e:  # a second run of one Python process (the API)
+            raise UserError(f"{e} (a new Python process), or give blas={BLAS.spec!r}") from None
         V = len(data.vocab)
         if resume_from is None:
             rng = np.random.default_rng(config.seed)

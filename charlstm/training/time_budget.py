@@ -9,6 +9,7 @@ deadline is None; it answers "no" to both.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections import deque
@@ -18,6 +19,20 @@ EXIT_SECONDS = 0.1  # a --time budget keeps this for closing files and the last 
 # neighbour on a shared machine, during a validation of half a second, was enough to cut
 # it short at the deadline in CI.
 VALIDATION_SLACK_SECONDS = 0.25
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: /proc), or 0 where that is unknown: a
+    --time budget bounds the whole invocation, and interpreter start-up and imports take
+    a few tenths of a second before the command line's module runs."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/uptime", "rb") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 class StepPace:
