@@ -261,14 +261,7 @@ def write(config: TrainConfig, comment: str = "") -> str:
     """``config`` as a ``[train]`` table that ``read`` returns unchanged (settings that
     are unset, None, are left out: unset is their default; so is bf16_products in a
     float32 run, where it means nothing and train refuses it)."""
-    lines = [f"# {line}" for line in comment.splitlines()] + [f"[{TABLE}]"]
-    for name, value in config.to_json_dict().items():
-        if value is None or name in DERIVED:
-            continue
-        if name == "bf16_products" and config.precision != "bfloat16":
-            continue
-        if name == "time_limit":
-            lines.append(f"time = \"{format_duration(value)}\"")
-        else:
-            lines.append(f"{name} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
+    options = {name: value for name, value in config.to_json_dict().items()
+               if name not in DERIVED
+               and not (name == "bf16_products" and config.precision != "bfloat16")}
+    return write_options(options, comment)
